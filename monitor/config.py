@@ -1,0 +1,291 @@
+"""The settings tree: one TOML file plus ``MLLM_MONITOR_*`` environment overrides.
+
+This module is the only reader of files and environment variables for settings; everything else
+receives a :class:`Settings` (or a part of it) as an argument.
+
+Where the file comes from, first match wins: the path given by the caller (``--config``), the
+``MLLM_MONITOR_CONFIG`` variable, ``./mllm-monitor.toml`` if it exists, else embedded defaults.
+Environment overrides beat the file: nested keys are joined by ``__``, so
+``MLLM_MONITOR_DATABASE__URL`` sets ``[database] url``. Unknown keys are errors, so a typo is
+reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from monitor.errors import ConfigError
+
+ENV_PREFIX = "MLLM_MONITOR_"
+CONFIG_PATH_ENV = "MLLM_MONITOR_CONFIG"
+DEFAULT_CONFIG_FILE = Path("mllm-monitor.toml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """'90s', '5m', '1h', '1d' (or seconds as a number) to a timedelta; others pass through."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+        raise ValueError(f"invalid duration {value!r}: use a number and a unit, like '5m' or '30s'")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact form: 300 s -> '5m', 90 s -> '90s'."""
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///./mllm-monitor.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return url
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServerSettings:
+        if not self.token and not _is_loopback(self.host):
+            raise ValueError(
+                f"server.token must be set when server.host ({self.host}) is not a loopback "
+                "address: anyone who reaches the port could write records"
+            )
+        return self
+
+
+class ImageEncoderSettings(_Section):
+    kind: Literal["clip_vision", "none"] = "clip_vision"
+    model: str = "openai/clip-vit-base-patch32"
+
+
+class TextEncoderSettings(_Section):
+    kind: Literal["xlmr_embedding_layer", "hf_mean_pool"] = "xlmr_embedding_layer"
+    model: str = "xlm-roberta-base"
+
+
+class EncoderSettings(_Section):
+    image: ImageEncoderSettings = ImageEncoderSettings()
+    text: TextEncoderSettings = TextEncoderSettings()
+    device: str = "cpu"
+    fusion: Literal["mean", "concat"] = "mean"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", device):
+            raise ValueError("must be 'cpu', 'auto', 'cuda', 'cuda:N' or 'mps'")
+        return device
+
+
+class ReferenceStoreSettings(_Section):
+    root: Path = Path("./references")
+
+
+class ProxySettings(_Section):
+    upstream: str = ""
+
+
+class ReferenceModelSettings(_Section):
+    model_url: str = ""
+    model: str = ""
+    fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_per_minute: int = Field(default=60, ge=0)
+
+
+class StreamSettings(_Section):
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    reference: str = "default"
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class WindowSettings(_Section):
+    size: Duration = timedelta(minutes=5)
+    lateness: Duration = timedelta(minutes=1)
+    min_samples: int = Field(default=50, ge=2)
+
+    @model_validator(mode="after")
+    def _positive(self) -> WindowSettings:
+        if self.size <= timedelta(0):
+            raise ValueError("windows.size must be positive")
+        if self.lateness < timedelta(0):
+            raise ValueError("windows.lateness must not be negative")
+        return self
+
+
+class AlertSettings(_Section):
+    false_alarm_rate: float = Field(default=0.01, gt=0.0, lt=0.5)
+    bound_budget: Literal["auto"] | Annotated[float, Field(gt=0.0)] = "auto"
+    emid_budget: float = 0.0
+    hysteresis: str = "2/3"
+
+    @field_validator("hysteresis")
+    @classmethod
+    def _k_of_m(cls, value: str) -> str:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        if not match or not 1 <= int(match[1]) <= int(match[2]):
+            raise ValueError("must be 'k/m' with 1 <= k <= m, like '2/3'")
+        return f"{int(match[1])}/{int(match[2])}"
+
+    @property
+    def hysteresis_k_of_m(self) -> tuple[int, int]:
+        k, m = self.hysteresis.split("/")
+        return int(k), int(m)
+
+
+class Settings(BaseSettings):
+    """Every setting of the monitor; see DESIGN section 3 for the meaning of each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    server: ServerSettings = ServerSettings()
+    encoders: EncoderSettings = EncoderSettings()
+    reference: ReferenceStoreSettings = ReferenceStoreSettings()
+    proxy: ProxySettings = ProxySettings()
+    references: ReferenceModelSettings = ReferenceModelSettings()
+    streams: list[StreamSettings] = Field(default_factory=lambda: [StreamSettings()])
+    windows: WindowSettings = WindowSettings()
+    alerts: AlertSettings = AlertSettings()
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The TOML file these settings were read from; None for embedded defaults."""
+        return self._source
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_streams(cls, streams: list[StreamSettings]) -> list[StreamSettings]:
+        names = [s.name for s in streams]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stream names must be unique, repeated: {', '.join(duplicates)}")
+        if not streams:
+            raise ValueError("at least one [[streams]] entry is needed")
+        return streams
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked, for display."""
+        data = self.model_dump(mode="json")
+        if data["server"]["token"]:
+            data["server"]["token"] = "***"
+        return data
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file to read: explicit path, then $MLLM_MONITOR_CONFIG, then ./mllm-monitor.toml."""
+    if path is not None:
+        return Path(path)
+    from_env = os.environ.get(CONFIG_PATH_ENV)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, merge and validate the settings; any problem raises one :class:`ConfigError`."""
+    source = resolve_config_path(path)
+    data: dict[str, Any] = {}
+    if source is not None:
+        try:
+            with source.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {source}", path=source) from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc}", path=source) from exc
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        where = f"config file {source}" if source else "settings"
+        raise ConfigError(
+            f"invalid {where} (environment overrides included):",
+            problems=[_describe(err) for err in exc.errors()],
+            path=source,
+        ) from exc
+    settings._source = source
+    return settings
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling against the documented keys)"
+    return f"{loc or '(top level)'}: {message}"

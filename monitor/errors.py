@@ -1,0 +1,68 @@
+"""The one exception tree of mllm-monitor.
+
+Every error the project raises on purpose is a :class:`MonitorError`, so callers (the CLI, the
+HTTP layer) can map them to exit codes and 4xx answers by class, never by message::
+
+    MonitorError
+    ├── ConfigError                 settings file or environment is invalid
+    ├── InvalidInputError           data handed to the monitor is unusable (also a ValueError)
+    │   └── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
+    └── EstimatorError              an estimator cannot produce a number
+        ├── CheckpointError         a CLUB weights file cannot be read or does not fit
+        └── CalibrationError        a null distribution cannot support what was asked of it
+
+Exceptions carry context as attributes (``field``, ``path``) besides their message, and code that
+wraps a lower-level exception chains it with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MonitorError(Exception):
+    """Root of every error raised on purpose by mllm-monitor."""
+
+
+class ConfigError(MonitorError):
+    """The settings (TOML file or MLLM_MONITOR_* environment) are invalid.
+
+    ``problems`` lists one ``"dotted.key: what is wrong"`` line per problem found.
+    """
+
+    def __init__(
+        self, message: str, *, problems: list[str] | None = None, path: Path | None = None
+    ) -> None:
+        self.problems = list(problems or [])
+        self.path = path
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+class InvalidInputError(MonitorError, ValueError):
+    """Data handed to the monitor cannot be used; ``field`` names the offending input."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class EmbeddingError(InvalidInputError):
+    """An embedding array is empty, non-finite, of the wrong shape or not L2-normalised."""
+
+
+class EstimatorError(MonitorError):
+    """An estimator cannot produce a number from what it was given."""
+
+
+class CheckpointError(EstimatorError):
+    """A CLUB weights file is missing, unreadable, or does not fit the expected dimensions."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class CalibrationError(EstimatorError):
+    """A null distribution cannot support the request (too few trials for the alpha, ...)."""

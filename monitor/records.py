@@ -1,0 +1,131 @@
+"""Plain data passed between the layers: traffic records, window keys, window results.
+
+No dependencies beyond the standard library, so every layer can import it. Field names follow
+the contracts of DESIGN section 3; ``WindowResult.to_dict`` is the JSON shape of
+``GET /v1/windows`` and ``mllm-monitor windows list --json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any, Literal
+
+# The four JSD terms of the EMID bound, also the `term` label of the metrics.
+TERMS: tuple[str, ...] = ("visual", "text", "output_id", "output_live")
+
+WindowStatus = Literal["ok", "insufficient"]
+
+
+class RiskLevel(IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRecord:
+    """One sampled exchange: query (image and/or prompt), the model's answer, maybe a reference."""
+
+    id: str
+    timestamp: datetime
+    stream: str = "default"
+    model: str | None = None
+    prompt: str | None = None
+    image: bytes | None = None
+    response: str | None = None
+    reference: str | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class WindowKey:
+    """A tumbling window of event time for one stream: [start, end)."""
+
+    stream: str
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} is not after its start {self.start}")
+
+
+@dataclass(frozen=True, slots=True)
+class TermValues:
+    """One number (or None where not computable) per JSD term."""
+
+    visual: float | None = None
+    text: float | None = None
+    output_id: float | None = None
+    output_live: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in TERMS}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """Everything computed for one window; None marks a value that could not be computed."""
+
+    key: WindowKey
+    n: int
+    n_images: int
+    n_references: int
+    status: WindowStatus
+    risk_level: RiskLevel
+    estimator_version: str
+    computed_at: datetime
+    id: str | None = None
+    jsd: TermValues = field(default_factory=TermValues)
+    p_values: TermValues = field(default_factory=TermValues)
+    thresholds: TermValues = field(default_factory=TermValues)
+    bound_scale_adjusted: float | None = None
+    bound_entropy_scaled: float | None = None
+    bound_complete: bool = False
+    emi_live: float | None = None
+    emi_id: float | None = None
+    emid: float | None = None
+    emid_interval: tuple[float, float] | None = None
+    ood_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stream": self.key.stream,
+            "start": _rfc3339(self.key.start),
+            "end": _rfc3339(self.key.end),
+            "n": self.n,
+            "n_images": self.n_images,
+            "n_references": self.n_references,
+            "status": self.status,
+            "risk_level": int(self.risk_level),
+            "jsd": self.jsd.to_dict(),
+            "p_values": self.p_values.to_dict(),
+            "thresholds": self.thresholds.to_dict(),
+            "upper_bound": {
+                "scale_adjusted": self.bound_scale_adjusted,
+                "entropy_scaled": self.bound_entropy_scaled,
+                "complete": self.bound_complete,
+            },
+            "emi": {"live": self.emi_live, "id": self.emi_id},
+            "emid": self.emid,
+            "emid_interval": list(self.emid_interval) if self.emid_interval else None,
+            "ood_fraction": self.ood_fraction,
+            "estimator_version": self.estimator_version,
+            "computed_at": _rfc3339(self.computed_at),
+        }
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment} has no time zone; use UTC")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
