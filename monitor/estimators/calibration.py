@@ -1,0 +1,301 @@
+"""Null calibration (ID-vs-ID splits), p-values, thresholds and bootstrap intervals.
+
+A raw JSD or bound value means nothing on its own: it is biased upwards at small n. It is
+compared with what pure ID traffic of the same window size produces. As DESIGN section 4 asks,
+the ID data is split once into a *comparison* set and a disjoint *pool*; pseudo-windows drawn
+from the pool are compared with the comparison set, and live windows are later compared with that
+same set. (A pseudo-window drawn from inside the comparison set looks closer than any held-out
+traffic would, and every real window would then alarm.)
+
+p-value: (1 + #{null >= observed}) / (1 + B). A window is significant when p < alpha, which is
+the same as ``observed > threshold(alpha)``. Everything random here takes a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from monitor.errors import CalibrationError, InvalidInputError
+from monitor.estimators._arrays import ArrayLike, check_embeddings, check_same_rows
+from monitor.estimators.club import CLUB, club_estimate_from_heads
+from monitor.estimators.rjsd import JSDMode, ReferenceJSD
+
+IndexArray = npt.NDArray[np.integer[Any]]
+
+
+@dataclass(frozen=True)
+class NullDistribution:
+    """B values of a statistic on ID-vs-ID pseudo-windows of one size, sorted ascending."""
+
+    window_size: int
+    values: npt.NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        values = np.sort(np.asarray(self.values, dtype=np.float64))
+        if values.size == 0 or not np.isfinite(values).all():
+            raise CalibrationError("a null distribution needs at least one finite value")
+        object.__setattr__(self, "values", values)
+
+    @property
+    def trials(self) -> int:
+        return int(self.values.size)
+
+    def p_value(self, observed: float) -> float:
+        """(1 + #{null >= observed}) / (1 + B): never 0, and valid at any B."""
+        if not math.isfinite(observed):
+            raise InvalidInputError(
+                f"observed statistic is not finite: {observed}", field="observed"
+            )
+        at_least = self.trials - int(np.searchsorted(self.values, observed, side="left"))
+        return (1 + at_least) / (1 + self.trials)
+
+    def threshold(self, alpha: float) -> float:
+        """The value t such that ``observed > t`` exactly when ``p_value(observed) < alpha``."""
+        _check_alpha(alpha)
+        # Largest count k of null values >= observed with (1 + k) / (1 + B) < alpha.
+        k_max = math.ceil(alpha * (1 + self.trials)) - 2
+        if k_max < 0:
+            raise CalibrationError(
+                f"{self.trials} null trials cannot support a false-alarm rate of {alpha}: "
+                f"the smallest p-value is 1/{self.trials + 1}; use at least "
+                f"{math.ceil(1 / alpha)} trials"
+            )
+        k_max = min(k_max, self.trials - 1)
+        return float(self.values[self.trials - 1 - k_max])
+
+    def is_significant(self, observed: float, alpha: float) -> bool:
+        _check_alpha(alpha)
+        return self.p_value(observed) < alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window_size": self.window_size, "values": self.values.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NullDistribution:
+        return cls(
+            window_size=int(data["window_size"]),
+            values=np.asarray(data["values"], dtype=np.float64),
+        )
+
+
+def split_reference(
+    n: int, comparison_size: int, *, seed: int = 0
+) -> tuple[IndexArray, IndexArray]:
+    """Disjoint random (comparison, pool) index sets over n ID records."""
+    if not 0 < comparison_size < n:
+        raise InvalidInputError(
+            f"comparison_size must lie in [1, {n - 1}] for {n} ID records, got {comparison_size}",
+            field="comparison_size",
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:comparison_size]), np.sort(order[comparison_size:])
+
+
+def null_distributions(
+    statistic: Callable[[IndexArray], Mapping[str, float | None]],
+    *,
+    pool_size: int,
+    window_size: int,
+    trials: int = 200,
+    seed: int = 0,
+) -> dict[str, NullDistribution]:
+    """Null distributions of several statistics computed on the same pseudo-windows.
+
+    ``statistic`` gets the row indices (into the pool) of one pseudo-window of ``window_size``
+    distinct records and returns named values; None values (a term not computable on that
+    window) are left out of that name's null. Computing all terms from the same draws is what
+    lets the bound's null share its pseudo-windows with the per-term nulls.
+    """
+    if window_size < 1 or window_size > pool_size:
+        raise InvalidInputError(
+            f"window_size must lie in [1, {pool_size}] (the pool size), got {window_size}",
+            field="window_size",
+        )
+    if trials < 1:
+        raise InvalidInputError(f"trials must be positive, got {trials}", field="trials")
+    rng = np.random.default_rng(seed)
+    collected: dict[str, list[float]] = {}
+    for _ in range(trials):
+        window = rng.choice(pool_size, size=window_size, replace=False)
+        for name, value in statistic(window).items():
+            if value is not None:
+                collected.setdefault(name, []).append(float(value))
+    return {
+        name: NullDistribution(window_size, np.asarray(values))
+        for name, values in collected.items()
+    }
+
+
+def null_distribution(
+    statistic: Callable[[IndexArray], float],
+    *,
+    pool_size: int,
+    window_size: int,
+    trials: int = 200,
+    seed: int = 0,
+) -> NullDistribution:
+    """Null distribution of one statistic; see :func:`null_distributions`."""
+    nulls = null_distributions(
+        lambda idx: {"value": statistic(idx)},
+        pool_size=pool_size,
+        window_size=window_size,
+        trials=trials,
+        seed=seed,
+    )
+    return nulls["value"]
+
+
+def jsd_null(
+    comparison: ArrayLike,
+    pool: ArrayLike,
+    window_size: int,
+    *,
+    trials: int = 200,
+    seed: int = 0,
+    mode: JSDMode = "paper",
+) -> NullDistribution:
+    """Null of the representation JSD between the comparison set and pool pseudo-windows."""
+    reference = ReferenceJSD(comparison, mode=mode)
+    rows = check_embeddings(pool, "pool", dim=reference.dim, unit_norm=True)
+    return null_distribution(
+        lambda idx: reference(rows[idx], name="pool window"),
+        pool_size=rows.shape[0],
+        window_size=window_size,
+        trials=trials,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a percentile bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    resamples: int
+
+
+def bootstrap_interval(
+    statistic: Callable[[IndexArray], float],
+    n: int,
+    *,
+    resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap of ``statistic`` over n rows resampled with replacement."""
+    _check_bootstrap(n, resamples, confidence)
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(_resample(rng, n)) for _ in range(resamples)])
+    return _interval(statistic(np.arange(n)), values, confidence)
+
+
+def emi_bootstrap(
+    club: CLUB,
+    x: ArrayLike,
+    y_hat: ArrayLike,
+    y: ArrayLike,
+    *,
+    resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """EMI with a bootstrap interval; the CLUB network runs once, resamples reuse its outputs."""
+    emi_of = _emi_resampler(club, x, y_hat, y)
+    n = check_embeddings(x, "x").shape[0]
+    return bootstrap_interval(emi_of, n, resamples=resamples, confidence=confidence, seed=seed)
+
+
+def emid_bootstrap(
+    club: CLUB,
+    id_x: ArrayLike,
+    id_y_hat: ArrayLike,
+    id_y: ArrayLike,
+    live_x: ArrayLike,
+    live_y_hat: ArrayLike,
+    live_y: ArrayLike,
+    *,
+    resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """EMID = EMI(ID) - EMI(live) with an interval from resampling both windows independently."""
+    id_emi = _emi_resampler(club, id_x, id_y_hat, id_y)
+    live_emi = _emi_resampler(club, live_x, live_y_hat, live_y)
+    n_id = check_embeddings(id_x, "id_x").shape[0]
+    n_live = check_embeddings(live_x, "live_x").shape[0]
+    _check_bootstrap(min(n_id, n_live), resamples, confidence)
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [id_emi(_resample(rng, n_id)) - live_emi(_resample(rng, n_live)) for _ in range(resamples)]
+    )
+    point = id_emi(np.arange(n_id)) - live_emi(np.arange(n_live))
+    return _interval(point, values, confidence)
+
+
+def _emi_resampler(
+    club: CLUB, x: ArrayLike, y_hat: ArrayLike, y: ArrayLike
+) -> Callable[[IndexArray], float]:
+    x_arr = check_embeddings(x, "x", dim=club.x_dim)
+    y_hat_arr = check_embeddings(y_hat, "y_hat", dim=club.y_dim)
+    y_arr = check_embeddings(y, "y", dim=club.y_dim)
+    check_same_rows(x_arr, y_hat_arr, "x", "y_hat")
+    check_same_rows(x_arr, y_arr, "x", "y")
+    y_hat_t, y_t = _as_tensor(y_hat_arr, club), _as_tensor(y_arr, club)
+    mu, logvar = club.mu_logvar(x_arr)
+
+    def emi_of(idx: IndexArray) -> float:
+        rows = torch.as_tensor(idx)
+        mu_i, lv_i = mu[rows], logvar[rows]
+        return club_estimate_from_heads(mu_i, lv_i, y_hat_t[rows]) - club_estimate_from_heads(
+            mu_i, lv_i, y_t[rows]
+        )
+
+    return emi_of
+
+
+def _resample(rng: np.random.Generator, n: int) -> IndexArray:
+    """n row indices drawn with replacement."""
+    return np.asarray(rng.integers(0, n, size=n), dtype=np.intp)
+
+
+def _as_tensor(arr: npt.NDArray[Any], club: CLUB) -> torch.Tensor:
+    param = next(club.parameters())
+    return torch.as_tensor(arr).to(device=param.device, dtype=param.dtype)
+
+
+def _interval(point: float, values: npt.NDArray[np.float64], confidence: float) -> Interval:
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return Interval(
+        estimate=float(point),
+        low=float(low),
+        high=float(high),
+        confidence=confidence,
+        resamples=int(values.size),
+    )
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise InvalidInputError(f"alpha must lie in (0, 1), got {alpha}", field="alpha")
+
+
+def _check_bootstrap(n: int, resamples: int, confidence: float) -> None:
+    if n < 2:
+        raise InvalidInputError(f"bootstrap needs at least 2 rows, got {n}", field="n")
+    if resamples < 1:
+        raise InvalidInputError(f"resamples must be positive, got {resamples}", field="resamples")
+    if not 0.0 < confidence < 1.0:
+        raise InvalidInputError(
+            f"confidence must lie in (0, 1), got {confidence}", field="confidence"
+        )

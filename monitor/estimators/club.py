@@ -1,0 +1,335 @@
+"""CLUB mutual-information estimator (Cheng et al., 2020) as used by arXiv 2502.00577.
+
+A network gives q(y|x) = N(mu(x), diag(exp(logvar(x)))), with the paper's architecture and
+parameter names (so the authors' state dict loads as is):
+
+    p_mu     = Linear(x_dim, h/2) -> Tanh -> Linear(h/2, y_dim)
+    p_logvar = Linear(x_dim, h/2) -> Tanh -> Linear(h/2, y_dim) -> Tanh
+
+The estimate is mean_i sum_k [ -(mu_ik - y_ik)^2 / 2s_ik + mean_j (y_jk - mu_ik)^2 / 2s_ik ],
+s = exp(logvar). The reference code builds an n x n x d tensor for the second term; expanding
+mean_j (y_jk - mu_ik)^2 = E[y_k^2] - 2 mu_ik E[y_k] + mu_ik^2 makes mu^2 cancel and leaves
+
+    [ 2 mu_ik (y_ik - E[y_k]) + E[y_k^2] - y_ik^2 ] / 2s_ik,
+
+O(n d) in time and O(chunk d) in memory, computed in row chunks with the two first layers fused.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from monitor.errors import CheckpointError, InvalidInputError
+from monitor.estimators._arrays import (
+    ArrayLike,
+    FloatArray,
+    check_embeddings,
+    check_same_rows,
+)
+
+CHECKPOINT_FORMAT = "mllm-monitor/club@1"
+_ESTIMATE_CHUNK_ROWS = 2048
+
+
+class CLUB(nn.Module):
+    """q(y|x) network of the CLUB estimator; ``estimate(x, y)`` gives the MI estimate in nats."""
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 500) -> None:
+        super().__init__()
+        if min(x_dim, y_dim) < 1 or hidden < 2:
+            raise InvalidInputError(
+                f"CLUB needs positive dims and hidden >= 2, got x_dim={x_dim}, y_dim={y_dim}, "
+                f"hidden={hidden}",
+                field="hidden",
+            )
+        self.x_dim, self.y_dim, self.hidden = x_dim, y_dim, hidden
+        half = hidden // 2
+        self.p_mu = nn.Sequential(nn.Linear(x_dim, half), nn.Tanh(), nn.Linear(half, y_dim))
+        self.p_logvar = nn.Sequential(
+            nn.Linear(x_dim, half), nn.Tanh(), nn.Linear(half, y_dim), nn.Tanh()
+        )
+        # Free-form provenance saved with the weights (encoder fingerprint, training data, ...).
+        self.metadata: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu(x) and logvar(x)."""
+        return self.p_mu(x), self.p_logvar(x)
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unnormalised Gaussian log-likelihood of the pairs, the training objective."""
+        mu, logvar = self.forward(x)
+        return (-((mu - y) ** 2) / logvar.exp() - logvar).sum(dim=1).mean()
+
+    def mu_logvar(
+        self, x: ArrayLike, *, chunk_rows: int = _ESTIMATE_CHUNK_ROWS
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu(x) and logvar(x) for a whole set, without autograd (for bootstrap reuse)."""
+        X = self._to_params(check_embeddings(x, "x", dim=self.x_dim))
+        with torch.inference_mode():
+            parts = [self._heads(X[s : s + chunk_rows]) for s in range(0, X.shape[0], chunk_rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def estimate(
+        self, x: ArrayLike, y: ArrayLike, *, chunk_rows: int = _ESTIMATE_CHUNK_ROWS
+    ) -> float:
+        """CLUB estimate of I(X; Y) from paired rows of ``x`` (n, x_dim) and ``y`` (n, y_dim)."""
+        x_arr = check_embeddings(x, "x", dim=self.x_dim)
+        y_arr = check_embeddings(y, "y", dim=self.y_dim)
+        check_same_rows(x_arr, y_arr, "x", "y")
+        X, Y = self._to_params(x_arr), self._to_params(y_arr)
+        with torch.inference_mode():
+            y_mean, y_sq_mean = _moments(Y)
+            total = 0.0
+            for start in range(0, X.shape[0], chunk_rows):
+                mu, logvar = self._heads(X[start : start + chunk_rows])
+                total += _club_terms_sum(
+                    mu, logvar, Y[start : start + chunk_rows], y_mean, y_sq_mean
+                )
+        return total / X.shape[0]
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Both first layers read the same x: one GEMM for the two of them.
+        mu0, mu2 = self.p_mu[0], self.p_mu[2]
+        lv0, lv2 = self.p_logvar[0], self.p_logvar[2]
+        assert isinstance(mu0, nn.Linear)
+        assert isinstance(mu2, nn.Linear)
+        assert isinstance(lv0, nn.Linear)
+        assert isinstance(lv2, nn.Linear)
+        w1 = torch.cat([mu0.weight, lv0.weight])
+        b1 = torch.cat([mu0.bias, lv0.bias])
+        h = torch.addmm(b1, x, w1.T).tanh_()
+        half = mu0.out_features
+        mu = torch.addmm(mu2.bias, h[:, :half], mu2.weight.T)
+        logvar = torch.addmm(lv2.bias, h[:, half:], lv2.weight.T).tanh_()
+        return mu, logvar
+
+    def _to_params(self, arr: FloatArray) -> torch.Tensor:
+        param = next(self.parameters())
+        return torch.as_tensor(arr).to(device=param.device, dtype=param.dtype)
+
+
+def _moments(
+    y: torch.Tensor, chunk_rows: int = _ESTIMATE_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[y] and E[y^2] per column, accumulated in float64 chunk by chunk (no n x d copies)."""
+    first = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
+    second = torch.zeros_like(first)
+    for start in range(0, y.shape[0], chunk_rows):
+        chunk = y[start : start + chunk_rows]
+        first += chunk.sum(0, dtype=torch.float64)
+        second += (chunk * chunk).sum(0, dtype=torch.float64)
+    n = y.shape[0]
+    return (first / n).to(y.dtype), (second / n).to(y.dtype)
+
+
+def _club_terms_sum(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    y: torch.Tensor,
+    y_mean: torch.Tensor,
+    y_sq_mean: torch.Tensor,
+) -> float:
+    """sum_ik [mu (y - E y) + (E y^2 - y^2) / 2] * exp(-logvar); overwrites logvar.
+
+    Fused into three passes over the chunk and one dot product, so no n x d temporaries
+    beyond the chunk's own.
+    """
+    term = torch.addcmul(y_sq_mean * 0.5, y, y, value=-0.5)
+    term.addcmul_(mu, y - y_mean)
+    weight = logvar.neg_().exp_()
+    return float(torch.dot(term.view(-1), weight.view(-1)))
+
+
+def club_estimate_from_heads(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> float:
+    """The CLUB estimate from precomputed mu(x), logvar(x) and paired y (all (n, d))."""
+    y_mean, y_sq_mean = _moments(y)
+    return _club_terms_sum(mu, logvar.clone(), y, y_mean, y_sq_mean) / y.shape[0]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One training epoch, for progress display: held-out log-likelihood (higher is better)."""
+
+    epoch: int
+    train_loglik: float
+    holdout_loglik: float
+    best_epoch: int
+
+
+def train_club(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    hidden: int = 500,
+    epochs: int = 200,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    holdout_fraction: float = 0.2,
+    patience: int = 10,
+    seed: int = 0,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> CLUB:
+    """Fit a CLUB network on paired rows by maximising the Gaussian log-likelihood.
+
+    A seeded random ``holdout_fraction`` of the pairs is held out; training stops after
+    ``patience`` epochs without a better held-out log-likelihood, and the best model is returned.
+    The same inputs and seed give the same weights; the global torch RNG is left untouched.
+    """
+    X = check_embeddings(x, "x")
+    Y = check_embeddings(y, "y")
+    check_same_rows(X, Y, "x", "y")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise InvalidInputError("holdout_fraction must lie in (0, 1)", field="holdout_fraction")
+    n = X.shape[0]
+    n_holdout = max(1, round(n * holdout_fraction))
+    if n - n_holdout < 2:
+        raise InvalidInputError(f"need at least 3 pairs to train CLUB, got {n}", field="x")
+    if epochs < 1 or batch_size < 1 or patience < 1 or not lr > 0:
+        raise InvalidInputError(
+            "epochs, batch_size, patience and lr must be positive", field="epochs"
+        )
+
+    order = np.random.default_rng(seed).permutation(n)
+    xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(Y, dtype=torch.float32)
+    hold = torch.as_tensor(order[:n_holdout])
+    train = torch.as_tensor(order[n_holdout:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLUB(X.shape[1], Y.shape[1], hidden)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        best_state, best_loglik, best_epoch = copy.deepcopy(model.state_dict()), -math.inf, 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = train[torch.randperm(train.numel())]
+            total, batches = 0.0, 0
+            for s in range(0, perm.numel(), batch_size):
+                idx = perm[s : s + batch_size]
+                loss = -model.log_likelihood(xt[idx], yt[idx])
+                optimizer.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                total, batches = total - float(loss.detach()), batches + 1
+            model.eval()
+            with torch.no_grad():
+                holdout = float(model.log_likelihood(xt[hold], yt[hold]))
+            if holdout > best_loglik:
+                best_state, best_loglik, best_epoch = (
+                    copy.deepcopy(model.state_dict()),
+                    holdout,
+                    epoch,
+                )
+            if on_epoch is not None:
+                on_epoch(EpochReport(epoch, total / batches, holdout, best_epoch))
+            if epoch - best_epoch >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    model.metadata = {
+        "trained_pairs": n - n_holdout,
+        "holdout_pairs": n_holdout,
+        "best_epoch": best_epoch,
+        "holdout_loglik": best_loglik,
+        "seed": seed,
+    }
+    return model
+
+
+def save_club(model: CLUB, path: str | os.PathLike[str]) -> None:
+    """Write the weights, dims and metadata atomically (a crash never leaves half a file)."""
+    target = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "x_dim": model.x_dim,
+        "y_dim": model.y_dim,
+        "hidden": model.hidden,
+        "metadata": dict(model.metadata),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_club(
+    path: str | os.PathLike[str], *, x_dim: int | None = None, y_dim: int | None = None
+) -> CLUB:
+    """Load a CLUB saved by :func:`save_club` or a plain state dict as the authors publish it.
+
+    Always maps to CPU and never unpickles code (``weights_only``). ``x_dim`` / ``y_dim``, when
+    given, must match the weights.
+    """
+    source = Path(path)
+    try:
+        raw = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"CLUB weights file not found: {source}", path=source) from exc
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(
+            f"cannot read CLUB weights from {source}: {exc}", path=source
+        ) from exc
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{source} does not hold a state dict", path=source)
+    metadata: dict[str, Any] = {}
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        state, metadata = raw["state_dict"], dict(raw.get("metadata") or {})
+    else:
+        state = raw
+    model = _model_for_state(state, source)
+    for name, expected in (("x_dim", x_dim), ("y_dim", y_dim)):
+        if expected is not None and getattr(model, name) != expected:
+            raise CheckpointError(
+                f"{source} holds a CLUB with {name}={getattr(model, name)}, expected {expected}",
+                path=source,
+            )
+    model.metadata = metadata
+    model.eval()
+    return model
+
+
+_EXPECTED_KEYS = {
+    f"{head}.{layer}.{kind}"
+    for head in ("p_mu", "p_logvar")
+    for layer in (0, 2)
+    for kind in ("weight", "bias")
+}
+
+
+def _model_for_state(state: Mapping[str, Any], source: Path) -> CLUB:
+    keys = set(state)
+    if keys != _EXPECTED_KEYS:
+        missing, extra = sorted(_EXPECTED_KEYS - keys), sorted(keys - _EXPECTED_KEYS)
+        raise CheckpointError(
+            f"{source} is not a CLUB state dict (missing {missing or 'nothing'}, "
+            f"unexpected {extra or 'nothing'})",
+            path=source,
+        )
+    first = state["p_mu.0.weight"]
+    half, x_dim = first.shape
+    y_dim = state["p_mu.2.weight"].shape[0]
+    model = CLUB(int(x_dim), int(y_dim), 2 * int(half))
+    try:
+        model.load_state_dict(dict(state))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{source}: inconsistent CLUB tensor shapes: {exc}", path=source
+        ) from exc
+    return model

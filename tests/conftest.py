@@ -1,0 +1,58 @@
+"""Shared fixtures: where ../shared lives, and the golden arrays and values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN = SHARED / "golden"
+PAPER_CLUB = SHARED / "checkpoints" / "club_paper_global.pt"
+LLAVA_SHIFT = SHARED / "data" / "llava-bench-coco-shift"
+
+
+@pytest.fixture(scope="session")
+def golden_arrays() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "paper_parity.npz") as data:
+        return {name: data[name] for name in data.files}
+
+
+@pytest.fixture(scope="session")
+def golden_values() -> dict[str, Any]:
+    values: dict[str, Any] = json.loads((GOLDEN / "paper_parity_values.json").read_text())
+    return values
+
+
+def unit_rows(
+    rng: np.random.Generator,
+    n: int,
+    d: int,
+    *,
+    scale: np.ndarray | None = None,
+    mean: np.ndarray | None = None,
+) -> np.ndarray:
+    """n random L2-normalised rows in d dims, from an (optionally anisotropic, shifted) Gaussian."""
+    x = rng.standard_normal((n, d))
+    if scale is not None:
+        x = x * scale
+    if mean is not None:
+        x = x + mean
+    rows: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return rows
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skipped test is a failure: CI must have everything the tests need."""
+    import os
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get("CI") == "true" and skipped and exitstatus == 0:
+        if reporter:
+            reporter.write_line(f"CI=true: {skipped} skipped test(s) count as failures", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,160 @@
+"""Null calibration, p-values, thresholds and bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.errors import CalibrationError, InvalidInputError
+from monitor.estimators.calibration import (
+    NullDistribution,
+    bootstrap_interval,
+    emi_bootstrap,
+    emid_bootstrap,
+    jsd_null,
+    null_distributions,
+    split_reference,
+)
+from monitor.estimators.club import CLUB
+from monitor.estimators.emi import emi, emid
+from monitor.estimators.rjsd import ReferenceJSD
+from tests.conftest import unit_rows
+
+D = 24
+# An anisotropic ID distribution: a few strong directions, like real embeddings.
+SCALE = np.geomspace(3.0, 0.3, D)
+ID_MEAN = np.r_[1.5, np.zeros(D - 1)]
+
+
+def id_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    return unit_rows(rng, n, D, scale=SCALE, mean=ID_MEAN)
+
+
+def test_p_value_and_threshold_agree_on_every_observation() -> None:
+    rng = np.random.default_rng(0)
+    null = NullDistribution(50, rng.standard_normal(199))
+    for alpha in (0.01, 0.05, 0.1, 0.5):
+        t = null.threshold(alpha)
+        for observed in np.r_[null.values, null.values + 1e-9, rng.standard_normal(50)]:
+            assert (observed > t) == (null.p_value(observed) < alpha)
+
+
+def test_p_value_formula() -> None:
+    null = NullDistribution(10, np.array([1.0, 2.0, 3.0, 4.0]))
+    assert null.p_value(10.0) == pytest.approx(1 / 5)
+    assert null.p_value(3.0) == pytest.approx(3 / 5)  # counts null values >= observed
+    assert null.p_value(0.0) == pytest.approx(1.0)
+    assert null.trials == 4
+
+
+def test_threshold_needs_enough_trials() -> None:
+    null = NullDistribution(10, np.arange(50.0))
+    with pytest.raises(CalibrationError, match=r"cannot support a false-alarm rate of 0\.01"):
+        null.threshold(0.01)
+    with pytest.raises(InvalidInputError, match="alpha"):
+        null.threshold(1.5)
+
+
+def test_null_round_trips_through_dict() -> None:
+    null = NullDistribution(30, np.array([0.3, 0.1, 0.2]))
+    again = NullDistribution.from_dict(null.to_dict())
+    assert again.window_size == 30 and np.array_equal(again.values, [0.1, 0.2, 0.3])
+
+
+def test_split_reference_is_disjoint_seeded_and_complete() -> None:
+    comparison, pool = split_reference(100, 30, seed=4)
+    assert len(comparison) == 30 and len(pool) == 70
+    assert not set(comparison) & set(pool)
+    assert np.array_equal(np.sort(np.r_[comparison, pool]), np.arange(100))
+    assert np.array_equal(split_reference(100, 30, seed=4)[0], comparison)
+    with pytest.raises(InvalidInputError, match="comparison_size"):
+        split_reference(10, 10)
+
+
+def id_false_alarm_rate(
+    seed: int, *, window_size: int = 60, alpha: float = 0.05, windows: int = 200
+) -> float:
+    """Calibrate on one ID sample, then count alarms on `windows` fresh ID windows."""
+    rng = np.random.default_rng(seed)
+    ids = id_rows(rng, 5000)
+    comparison_idx, pool_idx = split_reference(len(ids), 600, seed=seed)
+    null = jsd_null(ids[comparison_idx], ids[pool_idx], window_size, trials=2000, seed=seed)
+    reference = ReferenceJSD(ids[comparison_idx])
+    alarms = [null.p_value(reference(id_rows(rng, window_size))) < alpha for _ in range(windows)]
+    return float(np.mean(alarms))
+
+
+@pytest.mark.slow
+def test_false_alarm_rate_on_id_windows_is_close_to_alpha() -> None:
+    """200 fresh ID windows against one calibration: the false-alarm rate stays near 0.05.
+
+    One calibration's rate over 200 windows spreads by about +-0.025 (binomial noise plus the
+    null's own sampling); the mean over 10 calibrations (2000 windows) is checked more tightly.
+    """
+    rates = [id_false_alarm_rate(seed) for seed in range(1, 11)]
+    assert 0.02 <= rates[0] <= 0.09, rates
+    assert 0.035 <= float(np.mean(rates)) <= 0.065, rates
+
+
+def test_clearly_shifted_window_gets_a_small_p_value() -> None:
+    rng = np.random.default_rng(9)
+    ids = id_rows(rng, 2000)
+    comparison_idx, pool_idx = split_reference(len(ids), 600, seed=0)
+    null = jsd_null(ids[comparison_idx], ids[pool_idx], 60, trials=300, seed=0)
+    shifted = unit_rows(rng, 60, D, scale=SCALE[::-1], mean=ID_MEAN)
+    assert null.p_value(ReferenceJSD(ids[comparison_idx])(shifted)) < 0.01
+
+
+def test_pseudo_windows_from_inside_the_comparison_set_would_alarm_on_real_traffic() -> None:
+    """Why the pool must be disjoint: an in-sample null sits below held-out ID traffic."""
+    rng = np.random.default_rng(11)
+    ids = id_rows(rng, 1200)
+    comparison_idx, pool_idx = split_reference(len(ids), 150, seed=0)
+    comparison = ids[comparison_idx]
+    reference = ReferenceJSD(comparison)
+    held_out = jsd_null(comparison, ids[pool_idx], 40, trials=100, seed=0)
+    in_sample = jsd_null(comparison, comparison, 40, trials=100, seed=0)
+    assert np.median(in_sample.values) < np.median(held_out.values)
+    fresh = [reference(id_rows(rng, 40)) for _ in range(40)]
+    assert np.mean([in_sample.p_value(v) < 0.05 for v in fresh]) > 0.3
+
+
+def test_null_distributions_share_draws_and_skip_missing_values() -> None:
+    seen: list[np.ndarray] = []
+
+    def statistic(idx: np.ndarray) -> dict[str, float | None]:
+        seen.append(idx)
+        return {"mean": float(idx.mean()), "visual": None if idx[0] % 2 else 1.0}
+
+    nulls = null_distributions(statistic, pool_size=50, window_size=10, trials=40, seed=0)
+    assert nulls["mean"].trials == 40
+    assert 0 < nulls["visual"].trials < 40
+    assert all(len(set(idx)) == 10 for idx in seen)  # windows hold distinct records
+    with pytest.raises(InvalidInputError, match="window_size"):
+        null_distributions(statistic, pool_size=5, window_size=10)
+
+
+def test_bootstrap_interval_covers_the_mean() -> None:
+    data = np.random.default_rng(0).normal(2.0, 1.0, size=400)
+    interval = bootstrap_interval(lambda idx: float(data[idx].mean()), len(data), seed=1)
+    assert interval.low < interval.estimate < interval.high
+    assert interval.low < 2.0 < interval.high
+    assert interval.high - interval.low == pytest.approx(2 * 1.96 / 20, rel=0.3)
+    again = bootstrap_interval(lambda idx: float(data[idx].mean()), len(data), seed=1)
+    assert again == interval
+
+
+def test_emi_and_emid_bootstrap_are_seeded_and_centred_on_the_estimate() -> None:
+    rng = np.random.default_rng(5)
+    model = CLUB(8, 8, hidden=16)
+    p = [rng.standard_normal((80, 8)) for _ in range(3)]
+    q = [rng.standard_normal((60, 8)) for _ in range(3)]
+    interval = emi_bootstrap(model, *p, resamples=100, seed=2)
+    assert interval.estimate == pytest.approx(emi(model, *p), abs=1e-9)
+    assert interval.low <= interval.estimate <= interval.high
+    drop = emid_bootstrap(model, *p, *q, resamples=100, seed=2)
+    assert drop.estimate == pytest.approx(emid(model, *p, *q), abs=1e-9)
+    assert drop.low < drop.high
+    assert drop == emid_bootstrap(model, *p, *q, resamples=100, seed=2)
+    with pytest.raises(InvalidInputError, match="confidence"):
+        emi_bootstrap(model, *p, confidence=1.0)

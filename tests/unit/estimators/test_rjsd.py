@@ -1,0 +1,147 @@
+"""Representation JSD: closed-form cases, modes, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.errors import EmbeddingError, InvalidInputError, MonitorError
+from monitor.estimators.rjsd import ReferenceJSD, representation_jsd, von_neumann_entropy
+from tests.conftest import unit_rows
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("mode", ["paper", "balanced"])
+@pytest.mark.parametrize(("n", "d"), [(10, 64), (200, 16)])  # Gram path and covariance path
+def test_identical_sets_give_zero(rng: np.random.Generator, mode: str, n: int, d: int) -> None:
+    a = unit_rows(rng, n, d)
+    assert representation_jsd(a, a, mode=mode) == pytest.approx(0.0, abs=1e-10)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "d"), [(5, 8, 64), (40, 70, 32), (300, 100, 16)])
+def test_orthogonal_subspaces_give_log2_in_balanced_mode(
+    rng: np.random.Generator, n_a: int, n_b: int, d: int
+) -> None:
+    half = d // 2
+    a = np.zeros((n_a, d))
+    b = np.zeros((n_b, d))
+    a[:, :half] = unit_rows(rng, n_a, half)
+    b[:, half:] = unit_rows(rng, n_b, d - half)
+    assert representation_jsd(a, b, mode="balanced") == pytest.approx(math.log(2), abs=1e-10)
+    if n_a != n_b:  # paper mode weighs the larger set more, so it departs from log 2
+        assert abs(representation_jsd(a, b, mode="paper") - math.log(2)) > 1e-3
+
+
+def test_modes_agree_at_equal_sizes(rng: np.random.Generator) -> None:
+    a, b = unit_rows(rng, 50, 24), unit_rows(rng, 50, 24, mean=np.full(24, 0.3))
+    assert representation_jsd(a, b, mode="paper") == pytest.approx(
+        representation_jsd(a, b, mode="balanced"), abs=1e-12
+    )
+
+
+def test_gram_and_covariance_paths_agree(rng: np.random.Generator) -> None:
+    # n_a + n_b < d takes the Gram path; compare with the d x d formula written out here.
+    a, b = unit_rows(rng, 20, 100), unit_rows(rng, 30, 100, mean=np.full(100, 0.1))
+
+    def entropy(c: np.ndarray) -> float:
+        e = np.linalg.eigvalsh(c)
+        e = e[e > 1e-12 * e.max()]
+        p = e / e.sum()
+        return float(-(p * np.log(p)).sum())
+
+    ca, cb = a.T @ a, b.T @ b
+    expected = entropy((ca + cb) / 2) - (entropy(ca) + entropy(cb)) / 2
+    assert representation_jsd(a, b) == pytest.approx(expected, abs=1e-9)
+
+
+def test_jsd_grows_with_shift(rng: np.random.Generator) -> None:
+    base = unit_rows(rng, 400, 16)
+    direction = np.eye(16)[0]
+    values = [
+        representation_jsd(base, unit_rows(rng, 400, 16, mean=s * direction))
+        for s in (0.0, 1.0, 3.0)
+    ]
+    assert values[0] < values[1] < values[2]
+
+
+def test_symmetric_in_balanced_mode(rng: np.random.Generator) -> None:
+    a, b = unit_rows(rng, 30, 12), unit_rows(rng, 80, 12, mean=np.full(12, 0.2))
+    assert representation_jsd(a, b, mode="balanced") == pytest.approx(
+        representation_jsd(b, a, mode="balanced"), abs=1e-12
+    )
+
+
+def test_reference_jsd_matches_function(rng: np.random.Generator) -> None:
+    ref, window = unit_rows(rng, 300, 16), unit_rows(rng, 40, 16)
+    cached = ReferenceJSD(ref, mode="balanced")
+    assert cached(window) == pytest.approx(representation_jsd(ref, window, mode="balanced"))
+    assert cached(window) == cached(window)
+
+
+def test_normalize_flag_rescales_rows(rng: np.random.Generator) -> None:
+    a, b = unit_rows(rng, 30, 8), unit_rows(rng, 30, 8, mean=np.full(8, 0.5))
+    scaled = a * rng.uniform(0.5, 3.0, size=(30, 1))
+    with pytest.raises(EmbeddingError, match=r"not L2-normalised.*normalize=True"):
+        representation_jsd(scaled, b)
+    assert representation_jsd(scaled, b, normalize=True) == pytest.approx(
+        representation_jsd(a, b), abs=1e-12
+    )
+
+
+def test_accepts_float16_and_torch(rng: np.random.Generator) -> None:
+    a, b = unit_rows(rng, 60, 32), unit_rows(rng, 60, 32, mean=np.full(32, 0.3))
+    exact = representation_jsd(a, b)
+    assert representation_jsd(a.astype(np.float16), b.astype(np.float16)) == pytest.approx(
+        exact, abs=1e-3
+    )
+    assert representation_jsd(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(exact)
+
+
+@pytest.mark.parametrize(
+    ("a", "message"),
+    [
+        (np.zeros((0, 8)), "empty"),
+        (np.ones(8) / math.sqrt(8), "2-D"),
+        (np.full((3, 8), np.nan), "NaN or inf"),
+        (np.zeros((3, 8)), "all-zero"),
+        (np.full((3, 4), 1.0), "not L2-normalised"),
+        (np.array([["a", "b"]]), "real numbers"),
+    ],
+)
+def test_bad_input_names_the_problem(a: np.ndarray, message: str) -> None:
+    good = np.eye(8)[:3]
+    with pytest.raises(EmbeddingError, match=message) as info:
+        representation_jsd(a, good)
+    assert isinstance(info.value, MonitorError) and info.value.field == "a"
+
+
+def test_inf_row_is_reported_with_its_index() -> None:
+    a = np.eye(4)
+    a[2, 1] = np.inf
+    with pytest.raises(EmbeddingError, match=r"1 row\(s\) with NaN or inf \(first at row 2\)"):
+        representation_jsd(np.eye(4), a)
+
+
+def test_dimension_mismatch_and_unknown_mode() -> None:
+    with pytest.raises(EmbeddingError, match="differ in dimension"):
+        representation_jsd(np.eye(4), np.eye(5))
+    with pytest.raises(InvalidInputError, match="unknown JSD mode"):
+        representation_jsd(np.eye(4), np.eye(4), mode="fast")  # type: ignore[arg-type]
+
+
+def test_von_neumann_entropy_closed_forms_and_errors() -> None:
+    assert von_neumann_entropy(np.eye(6)) == pytest.approx(math.log(6))
+    assert von_neumann_entropy(np.diag([3.0, 0.0, 0.0])) == pytest.approx(0.0)
+    with pytest.raises(EmbeddingError, match="square"):
+        von_neumann_entropy(np.ones((2, 3)))
+    with pytest.raises(EmbeddingError, match="not symmetric"):
+        von_neumann_entropy(np.array([[1.0, 2.0], [0.0, 1.0]]))
+    with pytest.raises(EmbeddingError, match="all zeros"):
+        von_neumann_entropy(np.zeros((3, 3)))
