@@ -87,6 +87,9 @@ class _Section(BaseModel):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///./mllm-monitor.db"
+    # Give up connecting after this long (an unreachable server is one clear error, not a hang).
+    connect_timeout: Duration = timedelta(seconds=5)
+    echo: bool = False
 
     @field_validator("url")
     @classmethod
@@ -94,6 +97,13 @@ class DatabaseSettings(_Section):
         if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return url
+
+
+class RetentionSettings(_Section):
+    """Raw prompts, answers and images are not stored unless ``store_raw`` is switched on."""
+
+    store_raw: bool = False
+    raw_ttl: Duration = timedelta(days=7)
 
 
 class ServerSettings(_Section):
@@ -114,18 +124,28 @@ class ServerSettings(_Section):
 class ImageEncoderSettings(_Section):
     kind: Literal["clip_vision", "none"] = "clip_vision"
     model: str = "openai/clip-vit-base-patch32"
+    revision: str = ""  # hub revision (branch, tag or commit) to pin; empty = default branch
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)  # encoded image size limit
+    max_pixels: int = Field(default=40_000_000, gt=0)  # decoded width * height limit
 
 
 class TextEncoderSettings(_Section):
     kind: Literal["xlmr_embedding_layer", "hf_mean_pool"] = "xlmr_embedding_layer"
     model: str = "xlm-roberta-base"
+    revision: str = ""
+    max_tokens: int = Field(default=512, ge=2)
 
 
 class EncoderSettings(_Section):
     image: ImageEncoderSettings = ImageEncoderSettings()
     text: TextEncoderSettings = TextEncoderSettings()
     device: str = "cpu"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fusion: Literal["mean", "concat"] = "mean"
+    batch_size: int = Field(default=32, ge=1)
+    threads: int = Field(default=0, ge=0)  # torch intra-op threads; 0 = torch's default
+    local_files_only: bool = False  # never reach the hub (HF_HUB_OFFLINE=1 also honoured)
+    cache_size: int = Field(default=4096, ge=0)  # embeddings kept by content hash; 0 = off
 
     @field_validator("device")
     @classmethod
@@ -201,6 +221,7 @@ class Settings(BaseSettings):
     )
 
     database: DatabaseSettings = DatabaseSettings()
+    retention: RetentionSettings = RetentionSettings()
     server: ServerSettings = ServerSettings()
     encoders: EncoderSettings = EncoderSettings()
     reference: ReferenceStoreSettings = ReferenceStoreSettings()
