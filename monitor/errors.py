@@ -6,10 +6,15 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     MonitorError
     ├── ConfigError                 settings file or environment is invalid
     ├── InvalidInputError           data handed to the monitor is unusable (also a ValueError)
-    │   └── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
-    └── EstimatorError              an estimator cannot produce a number
-        ├── CheckpointError         a CLUB weights file cannot be read or does not fit
-        └── CalibrationError        a null distribution cannot support what was asked of it
+    │   ├── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
+    │   └── ImageDecodeError        an image is corrupt, too large, a bomb, or of a refused format
+    ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
+    ├── EstimatorError              an estimator cannot produce a number
+    │   ├── CheckpointError         a CLUB weights file cannot be read or does not fit
+    │   └── CalibrationError        a null distribution cannot support what was asked of it
+    └── StorageError                the database cannot do what was asked
+        ├── DatabaseUnavailableError  bad URL, unreachable server, refused credentials
+        └── SchemaMismatchError     the database is at another Alembic revision than the code
 
 Exceptions carry context as attributes (``field``, ``path``) besides their message, and code that
 wraps a lower-level exception chains it with ``raise ... from exc``.
@@ -66,3 +71,32 @@ class CheckpointError(EstimatorError):
 
 class CalibrationError(EstimatorError):
     """A null distribution cannot support the request (too few trials for the alpha, ...)."""
+
+
+class ImageDecodeError(InvalidInputError):
+    """An image cannot be decoded safely: corrupt, truncated, too large, or a refused format."""
+
+
+class EncoderError(MonitorError):
+    """An encoder cannot be loaded or run: missing model files, unknown kind, bad settings."""
+
+
+class StorageError(MonitorError):
+    """The database cannot do what was asked."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database URL is invalid, the server unreachable, or the credentials refused."""
+
+
+class SchemaMismatchError(StorageError):
+    """The database schema is at another Alembic revision than this code expects.
+
+    ``current`` and ``expected`` are revision ids (``current`` is None for an empty database);
+    the message names the command that fixes it.
+    """
+
+    def __init__(self, message: str, *, current: str | None, expected: str | None) -> None:
+        self.current = current
+        self.expected = expected
+        super().__init__(message)
