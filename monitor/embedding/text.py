@@ -1,0 +1,172 @@
+"""Text encoders: the paper's XLM-R embedding layer, and masked mean pooling of any HF encoder.
+
+``xlmr_embedding_layer`` (arXiv 2502.00577): XLM-RoBERTa's embedding layer only (word +
+position + token-type embeddings, LayerNorm), which is ``hidden_states[0]`` of a full forward;
+the model is loaded with zero transformer layers, so the 12 layers are neither allocated nor
+run. Pooling: masked mean over the tokens after the first (<s>), max 512 tokens, L2-normalised.
+
+``hf_mean_pool``: the last hidden state of any transformers encoder (sentence-transformers
+directories included), masked mean over all tokens, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from monitor.embedding.base import (
+    Embeddings,
+    EncoderOptions,
+    Modality,
+    fingerprint,
+    l2_normalise,
+    load_error,
+    module_sha256,
+    quiet_transformers,
+)
+from monitor.embedding.batching import (
+    EmbeddingCache,
+    content_key,
+    encode_with_cache,
+    length_grouped_batches,
+)
+from monitor.embedding.images import ImageSource
+from monitor.errors import EncoderError, InvalidInputError
+
+
+class HFTextEncoder:
+    """Shared loading, tokenising, batching and caching; subclasses choose layer and pooling."""
+
+    kind = "hf_mean_pool"
+    modality: Modality = "text"
+    pooling = "last_hidden_state_masked_mean"
+
+    def __init__(self, model: str, options: EncoderOptions) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_name = model
+        self.options = options
+        options.apply_threads()
+        self.device = options.torch_device()
+        self.dtype = options.torch_dtype(self.device)
+        revision = options.revision or "main"
+        try:
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    model, revision=revision, local_files_only=options.local_files_only
+                )
+                network = AutoModel.from_pretrained(
+                    model,
+                    revision=revision,
+                    local_files_only=options.local_files_only,
+                    dtype=torch.float32,
+                    **self._model_overrides(),
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise load_error(self.kind, model, exc) from exc
+        if self.tokenizer.pad_token_id is None:
+            raise EncoderError(f"the tokenizer of {model!r} has no padding token")
+        self.network = network.eval()
+        self.dim = int(network.config.hidden_size)
+        limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        self.max_tokens = (
+            min(options.max_tokens, limit) if 1 < limit < 1_000_000 else options.max_tokens
+        )
+        self.fingerprint = fingerprint(
+            self.kind,
+            dim=self.dim,
+            pooling=self.pooling,
+            revision=options.revision,
+            weights_sha256=module_sha256(self._weights()),
+            preprocessing={
+                "tokenizer": _tokenizer_sha256(self.tokenizer),
+                "max_tokens": self.max_tokens,
+            },
+        )
+        self.network.to(device=self.device, dtype=self.dtype)
+        self._cache = EmbeddingCache(options.cache_size)
+
+    def _model_overrides(self) -> dict[str, Any]:
+        return {}
+
+    def _weights(self) -> torch.nn.Module:
+        module: torch.nn.Module = self.network
+        return module
+
+    def encode_texts(self, texts: Sequence[str]) -> Embeddings:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInputError(
+                    f"text {i} is a {type(text).__name__}, not a string", field="text"
+                )
+        items = list(texts)
+        keys = [content_key(t) for t in items]
+        return encode_with_cache(
+            keys,
+            self.dim,
+            self._cache,
+            lambda positions: self._embed([items[p] for p in positions]),
+        )
+
+    def encode_images(self, images: Sequence[ImageSource | Image.Image]) -> Embeddings:
+        raise EncoderError(f"{self.kind} encodes texts, not images")
+
+    def _embed(self, texts: list[str]) -> Embeddings:
+        ids: list[list[int]] = self.tokenizer(
+            texts, truncation=True, max_length=self.max_tokens, padding=False
+        )["input_ids"]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        pad = int(self.tokenizer.pad_token_id)
+        for batch in length_grouped_batches([len(x) for x in ids], self.options.batch_size):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            with torch.inference_mode():
+                pooled = self._pool(input_ids.to(self.device), mask.to(self.device))
+            out[batch] = l2_normalise(pooled)
+        return out
+
+    def _pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.network(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return masked_mean(hidden, mask)
+
+
+class XlmrEmbeddingLayerEncoder(HFTextEncoder):
+    """The paper's text embedding: XLM-R embedding-layer output, mean over tokens after <s>."""
+
+    kind = "xlmr_embedding_layer"
+    pooling = "embedding_layer_masked_mean_without_first_token"
+
+    def _model_overrides(self) -> dict[str, Any]:
+        return {"num_hidden_layers": 0}  # only the embedding layer is used: skip the rest
+
+    def _weights(self) -> torch.nn.Module:
+        embeddings: torch.nn.Module = self.network.embeddings
+        return embeddings
+
+    def _pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.network.embeddings(input_ids=input_ids)
+        return masked_mean(hidden[:, 1:], mask[:, 1:])
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _tokenizer_sha256(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
