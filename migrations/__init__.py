@@ -1,0 +1,1 @@
+"""Alembic migrations of the mllm-monitor database (see ``monitor.store.migrate``)."""

@@ -1,0 +1,124 @@
+"""The durable inbox: accepted records wait here, claimed under a lease, until embedded.
+
+A record is durable once :meth:`InboxMixin.enqueue` returns. Workers :meth:`claim` batches
+under a lease; a worker that crashes simply lets its lease run out, and its records become
+claimable again. :meth:`ack` deletes only what the acking worker still holds, so a record whose
+lease passed to another worker is acknowledged once, by that worker.
+
+Claims are atomic on both backends: PostgreSQL takes rows with ``FOR UPDATE SKIP LOCKED``
+(workers never wait on each other), SQLite runs the claim as one UPDATE in a
+``BEGIN IMMEDIATE`` transaction (one writer at a time, so two claims cannot overlap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
+
+from monitor.records import TrafficRecord
+from monitor.store._base import ID_BATCH, RepositoryBase, batched
+from monitor.store.models import InboxItem
+from monitor.store.types import InboxEntry, as_utc, record_from_json, record_to_json
+
+
+class InboxMixin(RepositoryBase):
+    def enqueue(
+        self, records: Sequence[TrafficRecord], *, received_at: datetime | None = None
+    ) -> list[int]:
+        """Store accepted records durably; returns their inbox ids in the records' order."""
+        if not records:
+            return []
+        now = self._now(received_at)
+        rows = [
+            {
+                "record_id": record.id,
+                "stream": record.stream,
+                "payload": record_to_json(record),
+                "received_at": now,
+                "claimed_by": None,
+                "lease_until": None,
+                "attempts": 0,
+            }
+            for record in records
+        ]
+        with self._write("enqueueing records") as conn:
+            result = conn.execute(
+                insert(InboxItem).returning(InboxItem.id, sort_by_parameter_order=True), rows
+            )
+            return list(result.scalars())
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 32,
+        lease: timedelta = timedelta(minutes=5),
+        now: datetime | None = None,
+    ) -> list[InboxEntry]:
+        """Take up to ``limit`` unclaimed (or lease-expired) records, oldest first."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+        moment = self._now(now)
+        until = moment + lease
+        free = (
+            select(InboxItem.id)
+            .where(or_(InboxItem.lease_until.is_(None), InboxItem.lease_until <= moment))
+            .order_by(InboxItem.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(InboxItem)
+            .where(InboxItem.id.in_(free))
+            .values(claimed_by=worker_id, lease_until=until, attempts=InboxItem.attempts + 1)
+            .returning(InboxItem.id, InboxItem.payload, InboxItem.received_at, InboxItem.attempts)
+        )
+        with self._write("claiming inbox records") as conn:
+            rows = conn.execute(stmt).all()
+        entries = [
+            InboxEntry(
+                id=row.id,
+                record=record_from_json(row.payload),
+                received_at=as_utc(row.received_at),
+                attempts=row.attempts,
+                lease_until=until,
+            )
+            for row in rows
+        ]
+        return sorted(entries, key=lambda entry: entry.id)
+
+    def ack(self, item_ids: Sequence[int], worker_id: str) -> int:
+        """Delete processed records this worker still holds; returns how many it held."""
+        with self._write("acknowledging inbox records") as conn:
+            return self._ack(conn, item_ids, worker_id)
+
+    def _ack(self, conn: Connection, item_ids: Sequence[int], worker_id: str) -> int:
+        done = 0
+        for chunk in batched(list(item_ids), ID_BATCH):
+            result = conn.execute(
+                delete(InboxItem).where(InboxItem.id.in_(chunk), InboxItem.claimed_by == worker_id)
+            )
+            done += result.rowcount
+        return done
+
+    def release(self, item_ids: Sequence[int], worker_id: str) -> int:
+        """Give claimed records back unprocessed (shutdown, or a batch that failed)."""
+        released = 0
+        with self._write("releasing inbox records") as conn:
+            for chunk in batched(list(item_ids), ID_BATCH):
+                result = conn.execute(
+                    update(InboxItem)
+                    .where(InboxItem.id.in_(chunk), InboxItem.claimed_by == worker_id)
+                    .values(claimed_by=None, lease_until=None)
+                )
+                released += result.rowcount
+        return released
+
+    def inbox_depth(self) -> int:
+        """Records waiting or in progress (the queue-depth gauge)."""
+        with self._read("counting the inbox") as conn:
+            return int(conn.execute(select(func.count()).select_from(InboxItem)).scalar_one())

@@ -1,0 +1,422 @@
+"""Samples, their embeddings, late references and raw-content retention."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Row, and_, delete, func, select, update
+
+from monitor.errors import EmbeddingError, StorageError
+from monitor.store._inbox import InboxMixin
+from monitor.store.models import (
+    EMBEDDING_KINDS,
+    Embedding,
+    LateReference,
+    RawContent,
+    Sample,
+    Stream,
+)
+from monitor.store.types import (
+    EmbeddingChunk,
+    LateReferenceEntry,
+    NewSample,
+    PurgeCounts,
+    StoredSample,
+    WindowLocation,
+    as_utc,
+    content_sha256,
+)
+from monitor.store.types import RawContent as RawContentData
+
+# float16, little-endian: 2 bytes a value, whatever the machine.
+BLOB_DTYPE = np.dtype("<f2")
+
+
+def encode_vector(vector: np.ndarray, *, field_name: str = "embedding") -> tuple[int, bytes]:
+    """(dim, float16 little-endian bytes) of a 1-d finite vector."""
+    array = np.asarray(vector)
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise EmbeddingError(
+            f"{field_name}: expected a non-empty 1-d vector, got shape {array.shape}",
+            field=field_name,
+        )
+    with np.errstate(over="ignore"):  # overflow shows up as inf, refused just below
+        half = array.astype(BLOB_DTYPE)
+    if not np.isfinite(half).all():
+        raise EmbeddingError(f"{field_name}: NaN or infinite values", field=field_name)
+    return int(array.shape[0]), half.tobytes()
+
+
+def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stacked float32 rows from float16 blobs of one dimension."""
+    flat = np.frombuffer(b"".join(blobs), dtype=BLOB_DTYPE)
+    if flat.size != len(blobs) * dim:
+        raise StorageError(f"stored embeddings do not match their dimension {dim}")
+    return flat.reshape(len(blobs), dim).astype(np.float32)
+
+
+@dataclass
+class _ChunkBuilder:
+    kinds: tuple[str, ...]
+    ids: list[str] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+    ood: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    blobs: dict[str, list[bytes]] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)
+
+    def add_sample(self, row: Any) -> None:
+        self.ids.append(row.id)
+        self.times.append(as_utc(row.event_time))
+        self.ood.append(np.nan if row.ood_score is None else row.ood_score)
+        self.weights.append(row.sampling_weight)
+
+    def add_vector(self, kind: str, dim: int, blob: bytes) -> None:
+        known = self.dims.setdefault(kind, dim)
+        if known != dim:
+            raise StorageError(f"{kind} embeddings of different dimensions ({known}, {dim})")
+        self.rows.setdefault(kind, []).append(len(self.ids) - 1)
+        self.blobs.setdefault(kind, []).append(blob)
+
+    def build(self) -> EmbeddingChunk:
+        vectors: dict[str, np.ndarray] = {}
+        index: dict[str, np.ndarray] = {}
+        for kind in self.kinds:
+            if kind in self.blobs:
+                vectors[kind] = decode_vectors(self.blobs[kind], self.dims[kind])
+                index[kind] = np.asarray(self.rows[kind], dtype=np.int64)
+            else:
+                vectors[kind] = np.zeros((0, 0), dtype=np.float32)
+                index[kind] = np.zeros(0, dtype=np.int64)
+        return EmbeddingChunk(
+            sample_ids=self.ids,
+            event_times=self.times,
+            ood_scores=np.asarray(self.ood, dtype=np.float64),
+            sampling_weights=np.asarray(self.weights, dtype=np.float64),
+            vectors=vectors,
+            index=index,
+        )
+
+
+class SamplesMixin(InboxMixin):
+    def add_samples(
+        self,
+        samples: Sequence[NewSample],
+        *,
+        ack: Sequence[int] = (),
+        worker_id: str | None = None,
+    ) -> int:
+        """Store samples with their embeddings (and, in the same transaction, ack inbox items).
+
+        Idempotent per sample id: a sample already stored is left as it is, so a record
+        embedded twice (a lease that ran out mid-batch) is stored once. Raw content is written
+        only with raw retention on. Returns how many inbox items were acknowledged.
+        """
+        if ack and worker_id is None:
+            raise ValueError("acknowledging inbox items needs the worker_id that claimed them")
+        streams = {name: self.ensure_stream(name) for name in {s.stream for s in samples}}
+        now = self._now()
+        sample_rows: list[dict[str, Any]] = []
+        vector_rows: list[dict[str, Any]] = []
+        raw_rows: list[dict[str, Any]] = []
+        for sample in samples:
+            sample_rows.append(_sample_row(sample, streams[sample.stream], now))
+            for kind, vector in sample.embeddings.items():
+                if kind not in EMBEDDING_KINDS:
+                    raise EmbeddingError(
+                        f"unknown embedding kind {kind!r} (known: {', '.join(EMBEDDING_KINDS)})",
+                        field=kind,
+                    )
+                dim, blob = encode_vector(vector, field_name=f"{sample.id}.{kind}")
+                vector_rows.append(
+                    {"sample_id": sample.id, "kind": kind, "dim": dim, "vector": blob}
+                )
+            if self._store_raw and sample.raw is not None:
+                raw_rows.append(_raw_row(sample.id, sample.raw, now, now + self._raw_ttl))
+        with self._write("storing samples") as conn:
+            if sample_rows:
+                conn.execute(self._insert(Sample).on_conflict_do_nothing(), sample_rows)
+            if vector_rows:
+                conn.execute(self._insert(Embedding).on_conflict_do_nothing(), vector_rows)
+            if raw_rows:
+                conn.execute(self._insert(RawContent).on_conflict_do_nothing(), raw_rows)
+            return self._ack(conn, ack, worker_id) if ack and worker_id is not None else 0
+
+    def get_sample(self, sample_id: str) -> StoredSample | None:
+        with self._read("reading a sample") as conn:
+            s = conn.execute(
+                select(Sample.__table__, Stream.name.label("stream_name"))
+                .join(Stream, Stream.id == Sample.stream_id)
+                .where(Sample.id == sample_id)
+            ).first()
+            if s is None:
+                return None
+            kinds = conn.execute(
+                select(Embedding.kind).where(Embedding.sample_id == sample_id)
+            ).scalars()
+            return StoredSample(
+                id=s.id,
+                stream=s.stream_name,
+                event_time=as_utc(s.event_time),
+                model=s.model,
+                prompt_sha256=s.prompt_sha256,
+                image_sha256=s.image_sha256,
+                response_sha256=s.response_sha256,
+                reference_sha256=s.reference_sha256,
+                has_image=s.has_image,
+                has_reference=s.has_reference,
+                ood_score=s.ood_score,
+                sampling_weight=s.sampling_weight,
+                encoder_fingerprint=s.encoder_fingerprint,
+                created_at=as_utc(s.created_at),
+                kinds=tuple(sorted(kinds, key=EMBEDDING_KINDS.index)),
+            )
+
+    def count_samples(self, stream: str, start: datetime, end: datetime) -> int:
+        """Samples of ``stream`` with start <= event time < end."""
+        with self._read("counting samples") as conn:
+            stream_id = self._find_stream(conn, stream)
+            if stream_id is None:
+                return 0
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(Sample)
+                    .where(
+                        Sample.stream_id == stream_id,
+                        Sample.event_time >= as_utc(start),
+                        Sample.event_time < as_utc(end),
+                    )
+                ).scalar_one()
+            )
+
+    def iter_embeddings(
+        self,
+        stream: str,
+        start: datetime,
+        end: datetime,
+        *,
+        kinds: Sequence[str] = EMBEDDING_KINDS,
+        chunk_size: int = 2048,
+    ) -> Generator[EmbeddingChunk, None, None]:
+        """Embeddings of ``stream`` with start <= event time < end, ``chunk_size`` samples at a
+        time, in (event time, id) order. Rows are streamed from the server (a server-side
+        cursor on PostgreSQL): memory holds one chunk, not the range. Closing the generator early
+        releases the connection."""
+        wanted = tuple(dict.fromkeys(kinds))
+        unknown = [k for k in wanted if k not in EMBEDDING_KINDS]
+        if unknown or not wanted:
+            raise ValueError(f"kinds must be among {EMBEDDING_KINDS}, got {list(kinds)}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        with self._read("reading embeddings") as conn:
+            stream_id = self._find_stream(conn, stream)
+            if stream_id is None:
+                return
+            stmt = (
+                select(
+                    Sample.id,
+                    Sample.event_time,
+                    Sample.ood_score,
+                    Sample.sampling_weight,
+                    Embedding.kind,
+                    Embedding.dim,
+                    Embedding.vector,
+                )
+                .select_from(Sample)
+                .outerjoin(
+                    Embedding, and_(Embedding.sample_id == Sample.id, Embedding.kind.in_(wanted))
+                )
+                .where(
+                    Sample.stream_id == stream_id,
+                    Sample.event_time >= as_utc(start),
+                    Sample.event_time < as_utc(end),
+                )
+                .order_by(Sample.event_time, Sample.id, Embedding.kind)
+            )
+            result = conn.execution_options(yield_per=chunk_size * len(wanted)).execute(stmt)
+            builder = _ChunkBuilder(wanted)
+            last: str | None = None
+            for row in result:
+                if row.id != last:
+                    if len(builder.ids) == chunk_size:
+                        yield builder.build()
+                        builder = _ChunkBuilder(wanted)
+                    builder.add_sample(row)
+                    last = row.id
+                if row.kind is not None:
+                    builder.add_vector(row.kind, row.dim, row.vector)
+            if builder.ids:
+                yield builder.build()
+
+    # -- late references --------------------------------------------------------------------
+
+    def add_late_reference(
+        self, record_id: str, text: str, *, received_at: datetime | None = None
+    ) -> int:
+        """Keep a reference answer that arrived after its record, until it is embedded."""
+        with self._write("storing a late reference") as conn:
+            return int(
+                conn.execute(
+                    self._insert(LateReference)
+                    .values(
+                        record_id=record_id,
+                        text=text,
+                        reference_sha256=content_sha256(text),
+                        received_at=self._now(received_at),
+                        resolved_at=None,
+                    )
+                    .returning(LateReference.id)
+                ).scalar_one()
+            )
+
+    def pending_late_references(self, limit: int = 100) -> list[LateReferenceEntry]:
+        """Unresolved late references whose sample is stored (ready to embed), oldest first."""
+        with self._read("listing late references") as conn:
+            rows = conn.execute(
+                select(LateReference.__table__)
+                .join(Sample, Sample.id == LateReference.record_id)
+                .where(LateReference.resolved_at.is_(None))
+                .order_by(LateReference.id)
+                .limit(limit)
+            ).all()
+            return [_late_entry(ref) for ref in rows]
+
+    def get_late_reference(self, ref_id: int) -> LateReferenceEntry | None:
+        with self._read("reading a late reference") as conn:
+            found = conn.execute(
+                select(LateReference.__table__).where(LateReference.id == ref_id)
+            ).first()
+            return _late_entry(found) if found is not None else None
+
+    def resolve_late_reference(
+        self, ref_id: int, vector: np.ndarray, *, now: datetime | None = None
+    ) -> WindowLocation | None:
+        """Store the reference embedding on its sample and forget the text (unless raw
+        retention is on). Returns where the sample falls, so its window can be recomputed;
+        None when the reference or its sample is unknown."""
+        dim, blob = encode_vector(vector, field_name="reference")
+        moment = self._now(now)
+        with self._write("resolving a late reference") as conn:
+            ref = conn.execute(
+                select(LateReference.__table__).where(LateReference.id == ref_id)
+            ).first()
+            if ref is None:
+                return None
+            sample = conn.execute(
+                select(Sample.id, Sample.event_time, Stream.name)
+                .join(Stream, Stream.id == Sample.stream_id)
+                .where(Sample.id == ref.record_id)
+            ).first()
+            if sample is None:
+                return None
+            conn.execute(
+                self._insert(Embedding)
+                .values(sample_id=sample.id, kind="reference", dim=dim, vector=blob)
+                .on_conflict_do_update(
+                    index_elements=["sample_id", "kind"], set_={"dim": dim, "vector": blob}
+                )
+            )
+            conn.execute(
+                update(Sample)
+                .where(Sample.id == sample.id)
+                .values(has_reference=True, reference_sha256=ref.reference_sha256)
+            )
+            if self._store_raw and ref.text is not None:
+                conn.execute(
+                    self._insert(RawContent)
+                    .values(
+                        _raw_row(
+                            sample.id,
+                            RawContentData(reference=ref.text),
+                            moment,
+                            moment + self._raw_ttl,
+                        )
+                    )
+                    .on_conflict_do_update(
+                        index_elements=["sample_id"], set_={"reference": ref.text}
+                    )
+                )
+            conn.execute(
+                update(LateReference)
+                .where(LateReference.id == ref_id)
+                .values(text=None, resolved_at=moment)
+            )
+            return WindowLocation(stream=sample.name, event_time=as_utc(sample.event_time))
+
+    # -- raw content and retention ------------------------------------------------------------
+
+    def get_raw(self, sample_id: str) -> RawContentData | None:
+        with self._read("reading raw content") as conn:
+            raw = conn.execute(
+                select(RawContent.__table__).where(RawContent.sample_id == sample_id)
+            ).first()
+            if raw is None:
+                return None
+            return RawContentData(raw.prompt, raw.response, raw.reference, raw.image)
+
+    def purge_raw(self, now: datetime | None = None) -> PurgeCounts:
+        """The retention job: delete raw content past its TTL (all of it when raw retention is
+        off), and late references that found no sample within the TTL."""
+        moment = self._now(now)
+        with self._write("purging raw content") as conn:
+            raw = delete(RawContent)
+            if self._store_raw:
+                raw = raw.where(RawContent.expires_at <= moment)
+            raw_count = conn.execute(raw).rowcount
+            orphans = conn.execute(
+                delete(LateReference).where(
+                    LateReference.resolved_at.is_(None),
+                    LateReference.received_at <= moment - self._raw_ttl,
+                )
+            ).rowcount
+        return PurgeCounts(raw_content=raw_count, late_references=orphans)
+
+
+def _sample_row(sample: NewSample, stream_id: int, now: datetime) -> dict[str, Any]:
+    return {
+        "id": sample.id,
+        "stream_id": stream_id,
+        "event_time": as_utc(sample.event_time),
+        "model": sample.model,
+        "prompt_sha256": sample.prompt_sha256,
+        "image_sha256": sample.image_sha256,
+        "response_sha256": sample.response_sha256,
+        "reference_sha256": sample.reference_sha256,
+        "has_image": sample.has_image,
+        "has_reference": sample.has_reference,
+        "ood_score": sample.ood_score,
+        "sampling_weight": sample.sampling_weight,
+        "encoder_fingerprint": sample.encoder_fingerprint,
+        "created_at": now,
+    }
+
+
+def _raw_row(
+    sample_id: str, raw: RawContentData, now: datetime, expires: datetime
+) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id,
+        "prompt": raw.prompt,
+        "response": raw.response,
+        "reference": raw.reference,
+        "image": raw.image,
+        "stored_at": now,
+        "expires_at": expires,
+    }
+
+
+def _late_entry(ref: Row[Any]) -> LateReferenceEntry:
+    return LateReferenceEntry(
+        id=ref.id,
+        record_id=ref.record_id,
+        text=ref.text,
+        reference_sha256=ref.reference_sha256,
+        received_at=as_utc(ref.received_at),
+        resolved_at=as_utc(ref.resolved_at) if ref.resolved_at is not None else None,
+    )

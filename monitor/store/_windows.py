@@ -1,0 +1,296 @@
+"""Window results, risk transitions, and the metadata of reference sets and estimators."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from monitor.records import TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.store._samples import SamplesMixin
+from monitor.store.models import EstimatorArtifact, ReferenceSet, RiskTransition, Stream, Window
+from monitor.store.types import EstimatorInfo, ReferenceSetInfo, RiskTransitionEntry, as_utc
+
+_WINDOW_KEY = ("stream_id", "window_start", "window_end")
+
+
+class WindowsMixin(SamplesMixin):
+    def upsert_window(self, result: WindowResult) -> str:
+        """Store a window result; the same (stream, start, end) updates the same row.
+
+        Returns the window's id (stable across recomputations)."""
+        stream_id = self.ensure_stream(result.key.stream)
+        values = _window_values(result, stream_id)
+        changed = {k: v for k, v in values.items() if k not in _WINDOW_KEY}
+        stmt = (
+            self._insert(Window)
+            .values(**values)
+            .on_conflict_do_update(index_elements=list(_WINDOW_KEY), set_=changed)
+            .returning(Window.id)
+        )
+        with self._write("storing a window") as conn:
+            return str(conn.execute(stmt).scalar_one())
+
+    def get_window(self, window_id: str) -> WindowResult | None:
+        try:
+            key = int(window_id)
+        except ValueError:
+            return None
+        with self._read("reading a window") as conn:
+            row = conn.execute(_window_select().where(Window.id == key)).first()
+            return _window_result(row) if row is not None else None
+
+    def get_windows(
+        self, stream: str, since: datetime | None = None, until: datetime | None = None
+    ) -> list[WindowResult]:
+        """Windows of ``stream`` that overlap [since, until), oldest first."""
+        with self._read("listing windows") as conn:
+            stream_id = self._find_stream(conn, stream)
+            if stream_id is None:
+                return []
+            stmt = _window_select().where(Window.stream_id == stream_id)
+            if since is not None:
+                stmt = stmt.where(Window.window_end > as_utc(since))
+            if until is not None:
+                stmt = stmt.where(Window.window_start < as_utc(until))
+            rows = conn.execute(stmt.order_by(Window.window_start)).all()
+            return [_window_result(row) for row in rows]
+
+    # -- risk state ---------------------------------------------------------------------------
+
+    def record_risk_transition(
+        self,
+        stream: str,
+        at: datetime,
+        from_level: RiskLevel,
+        to_level: RiskLevel,
+        *,
+        window_id: str | None = None,
+        reason: str = "",
+    ) -> int:
+        stream_id = self.ensure_stream(stream)
+        with self._write("recording a risk transition") as conn:
+            return int(
+                conn.execute(
+                    self._insert(RiskTransition)
+                    .values(
+                        stream_id=stream_id,
+                        window_id=int(window_id) if window_id is not None else None,
+                        at=as_utc(at),
+                        from_level=int(from_level),
+                        to_level=int(to_level),
+                        reason=reason,
+                    )
+                    .returning(RiskTransition.id)
+                ).scalar_one()
+            )
+
+    def risk_transitions(
+        self, stream: str, since: datetime | None = None
+    ) -> list[RiskTransitionEntry]:
+        with self._read("listing risk transitions") as conn:
+            stream_id = self._find_stream(conn, stream)
+            if stream_id is None:
+                return []
+            stmt = select(RiskTransition.__table__).where(RiskTransition.stream_id == stream_id)
+            if since is not None:
+                stmt = stmt.where(RiskTransition.at >= as_utc(since))
+            rows = conn.execute(stmt.order_by(RiskTransition.at, RiskTransition.id)).all()
+            return [
+                RiskTransitionEntry(
+                    id=row.id,
+                    stream=stream,
+                    at=as_utc(row.at),
+                    from_level=RiskLevel(row.from_level),
+                    to_level=RiskLevel(row.to_level),
+                    reason=row.reason,
+                    window_id=str(row.window_id) if row.window_id is not None else None,
+                )
+                for row in rows
+            ]
+
+    def current_risk(self, stream: str) -> RiskLevel:
+        """The level of the stream's latest transition; OK when it never had one."""
+        with self._read("reading the risk level") as conn:
+            level = conn.execute(
+                select(RiskTransition.to_level)
+                .join(Stream, Stream.id == RiskTransition.stream_id)
+                .where(Stream.name == stream)
+                .order_by(RiskTransition.at.desc(), RiskTransition.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            return RiskLevel(level) if level is not None else RiskLevel.OK
+
+    # -- reference sets and estimator artifacts -----------------------------------------------
+
+    def register_reference_set(self, info: ReferenceSetInfo) -> int:
+        """Record a built reference store; registering the same (name, checksum) again
+        updates it in place. Returns its id."""
+        values = {
+            "name": info.name,
+            "path": info.path,
+            "encoder_fingerprint": info.encoder_fingerprint,
+            "checksum": info.checksum,
+            "n_samples": info.n_samples,
+            "n_images": info.n_images,
+            "n_references": info.n_references,
+            "built_at": as_utc(info.built_at),
+            "registered_at": self._now(),
+            "details": dict(info.details),
+        }
+        changed = {k: v for k, v in values.items() if k not in ("name", "checksum")}
+        with self._write("registering a reference set") as conn:
+            return int(
+                conn.execute(
+                    self._insert(ReferenceSet)
+                    .values(**values)
+                    .on_conflict_do_update(index_elements=["name", "checksum"], set_=changed)
+                    .returning(ReferenceSet.id)
+                ).scalar_one()
+            )
+
+    def get_reference_set(self, name: str) -> ReferenceSetInfo | None:
+        """The most recently built reference set of that name."""
+        with self._read("reading a reference set") as conn:
+            row = conn.execute(
+                select(ReferenceSet.__table__)
+                .where(ReferenceSet.name == name)
+                .order_by(ReferenceSet.built_at.desc(), ReferenceSet.id.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            return ReferenceSetInfo(
+                name=row.name,
+                path=row.path,
+                encoder_fingerprint=row.encoder_fingerprint,
+                checksum=row.checksum,
+                n_samples=row.n_samples,
+                n_images=row.n_images,
+                n_references=row.n_references,
+                built_at=as_utc(row.built_at),
+                details=dict(row.details),
+                id=row.id,
+                registered_at=as_utc(row.registered_at),
+            )
+
+    def register_estimator(self, info: EstimatorInfo) -> int:
+        """Record an estimator artifact; the same (name, version) updates it. Returns its id."""
+        values = {
+            "name": info.name,
+            "version": info.version,
+            "kind": info.kind,
+            "reference_set_id": info.reference_set_id,
+            "path": info.path,
+            "checksum": info.checksum,
+            "trained_at": as_utc(info.trained_at),
+            "registered_at": self._now(),
+            "details": dict(info.details),
+        }
+        changed = {k: v for k, v in values.items() if k not in ("name", "version")}
+        with self._write("registering an estimator") as conn:
+            return int(
+                conn.execute(
+                    self._insert(EstimatorArtifact)
+                    .values(**values)
+                    .on_conflict_do_update(index_elements=["name", "version"], set_=changed)
+                    .returning(EstimatorArtifact.id)
+                ).scalar_one()
+            )
+
+    def get_estimator(self, name: str, version: str | None = None) -> EstimatorInfo | None:
+        """That version of the estimator, or its most recently trained one."""
+        with self._read("reading an estimator") as conn:
+            stmt = select(EstimatorArtifact.__table__).where(EstimatorArtifact.name == name)
+            if version is not None:
+                stmt = stmt.where(EstimatorArtifact.version == version)
+            row = conn.execute(
+                stmt.order_by(
+                    EstimatorArtifact.trained_at.desc(), EstimatorArtifact.id.desc()
+                ).limit(1)
+            ).first()
+            if row is None:
+                return None
+            return EstimatorInfo(
+                name=row.name,
+                version=row.version,
+                kind=row.kind,
+                path=row.path,
+                checksum=row.checksum,
+                trained_at=as_utc(row.trained_at),
+                reference_set_id=row.reference_set_id,
+                details=dict(row.details),
+                id=row.id,
+                registered_at=as_utc(row.registered_at),
+            )
+
+
+def _window_values(result: WindowResult, stream_id: int) -> dict[str, Any]:
+    interval = result.emid_interval
+    values: dict[str, Any] = {
+        "stream_id": stream_id,
+        "window_start": as_utc(result.key.start),
+        "window_end": as_utc(result.key.end),
+        "estimator_version": result.estimator_version,
+        "status": result.status,
+        "n": result.n,
+        "n_images": result.n_images,
+        "n_references": result.n_references,
+        "risk_level": int(result.risk_level),
+        "bound_scale_adjusted": result.bound_scale_adjusted,
+        "bound_entropy_scaled": result.bound_entropy_scaled,
+        "bound_complete": result.bound_complete,
+        "emi_live": result.emi_live,
+        "emi_id": result.emi_id,
+        "emid": result.emid,
+        "emid_low": interval[0] if interval is not None else None,
+        "emid_high": interval[1] if interval is not None else None,
+        "ood_fraction": result.ood_fraction,
+        "computed_at": as_utc(result.computed_at),
+    }
+    for term in TERMS:
+        values[f"jsd_{term}"] = getattr(result.jsd, term)
+        values[f"p_{term}"] = getattr(result.p_values, term)
+        values[f"threshold_{term}"] = getattr(result.thresholds, term)
+    return values
+
+
+def _window_select() -> Any:
+    return select(Window.__table__, Stream.name.label("stream_name")).join(
+        Stream, Stream.id == Window.stream_id
+    )
+
+
+def _terms(row: Row[Any], prefix: str) -> TermValues:
+    return TermValues(**{term: getattr(row, f"{prefix}_{term}") for term in TERMS})
+
+
+def _window_result(row: Row[Any]) -> WindowResult:
+    interval = (
+        (row.emid_low, row.emid_high)
+        if row.emid_low is not None and row.emid_high is not None
+        else None
+    )
+    return WindowResult(
+        key=WindowKey(row.stream_name, as_utc(row.window_start), as_utc(row.window_end)),
+        n=row.n,
+        n_images=row.n_images,
+        n_references=row.n_references,
+        status=row.status,
+        risk_level=RiskLevel(row.risk_level),
+        estimator_version=row.estimator_version,
+        computed_at=as_utc(row.computed_at),
+        id=str(row.id),
+        jsd=_terms(row, "jsd"),
+        p_values=_terms(row, "p"),
+        thresholds=_terms(row, "threshold"),
+        bound_scale_adjusted=row.bound_scale_adjusted,
+        bound_entropy_scaled=row.bound_entropy_scaled,
+        bound_complete=bool(row.bound_complete),
+        emi_live=row.emi_live,
+        emi_id=row.emi_id,
+        emid=row.emid,
+        emid_interval=interval,
+        ood_fraction=row.ood_fraction,
+    )
