@@ -49,7 +49,7 @@ def xlmr_layer_vs_full(repeats: int, device: torch.device, dtype: torch.dtype) -
         max_position_embeddings=514,
         pad_token_id=1,
     )
-    model = XLMRobertaModel(config).eval().to(device=device, dtype=dtype)
+    model = XLMRobertaModel(config).eval().to(device=device, dtype=dtype)  # type: ignore[no-untyped-call]
     ids = torch.randint(5, 250_000, (32, 128), device=device)
     ids[:, 0], ids[:, -1] = 0, 2
     mask = torch.ones_like(ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from tests.conftest import LLAVA_SHIFT
 transformers = pytest.importorskip("transformers")
 
 
-def _train_tokenizer() -> object:
+def _train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     lines = (LLAVA_SHIFT / "qa90_gpt4_answer.jsonl").read_text().splitlines()
@@ -49,11 +50,11 @@ def _train_tokenizer() -> object:
 
 def make_xlmr(directory: Path, *, seed: int = 0, hidden: int = 32) -> Path:
     tokenizer = _train_tokenizer()
-    tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(directory)
     config = transformers.XLMRobertaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        num_hidden_layers=2,  # type: ignore[arg-type]
+        num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=514,
