@@ -14,6 +14,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from monitor import __version__
 from monitor.config import load_settings
@@ -36,6 +45,14 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+reference_app = typer.Typer(
+    help="Build and inspect reference stores (the in-distribution data).", no_args_is_help=True
+)
+app.add_typer(reference_app, name="reference")
+estimator_app = typer.Typer(
+    help="Train or import the CLUB estimator of a reference store.", no_args_is_help=True
+)
+app.add_typer(estimator_app, name="estimator")
 
 ConfigOption = Annotated[
     Path | None,
@@ -57,10 +74,10 @@ def _exit_codes() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        _err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from exc
     except MonitorError as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        _err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from exc
 
 
@@ -181,6 +198,255 @@ def db_current(config: ConfigOption = None) -> None:
             migrate.require_head(engine)
         finally:
             engine.dispose()
+
+
+StoreOption = Annotated[
+    str,
+    typer.Option("--reference", "-r", help="Name of the reference store (under reference.root)."),
+]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=False,
+    )
+
+
+@reference_app.command("build")
+def reference_build(
+    manifest: Annotated[
+        Path,
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="JSONL manifest of ID records (prompt, response, reference, image, id).",
+            dir_okay=False,
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", help="Store name.")] = "default",
+    config: ConfigOption = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--image-root",
+            help="Directory image paths are relative to (default: the manifest's "
+            "directory); paths may not escape it.",
+            file_okay=False,
+        ),
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Rebuild an existing store.")] = False,
+    ood_k: Annotated[int, typer.Option("--ood-k", min=1, help="k of the kNN OOD score.")] = 1,
+    ood_tpr: Annotated[
+        float,
+        typer.Option(
+            "--ood-tpr", min=0.5, max=0.999, help="Share of ID samples under the OOD threshold."
+        ),
+    ] = 0.95,
+    ivf_min_size: Annotated[
+        int,
+        typer.Option(
+            "--ivf-min-size", min=1, help="Use IVF indexes from this many rows on (exact below)."
+        ),
+    ] = 200_000,
+) -> None:
+    """Embed a manifest with the configured encoders and write a reference store."""
+    from monitor.embedding import ImageLimits, encoders_from_settings
+    from monitor.reference import BuildOptions, build_store, read_manifest
+
+    with _exit_codes():
+        settings = load_settings(config)
+        records = read_manifest(manifest)
+        encoders = encoders_from_settings(settings.encoders)
+        limits = ImageLimits(
+            max_bytes=settings.encoders.image.max_bytes,
+            max_pixels=settings.encoders.image.max_pixels,
+        )
+        options = BuildOptions(ood_k=ood_k, ood_tpr=ood_tpr, ivf_min_size=ivf_min_size)
+        with _progress() as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done)
+
+            store = build_store(
+                records,
+                root=settings.reference.root,
+                name=name,
+                encoders=encoders,
+                image_root=image_root or manifest.parent,
+                image_limits=limits,
+                options=options,
+                replace=replace,
+                progress=report,
+            )
+    typer.echo(
+        f"built reference store {store.name!r} at {store.path}: {len(store.ids)} records, "
+        f"kinds {', '.join(store.kinds)}"
+    )
+
+
+@reference_app.command("show")
+def reference_show(
+    name: Annotated[str, typer.Argument(help="Store name.")] = "default",
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Counts, dims, fingerprints, indexes, OOD threshold, calibration and estimator status."""
+    from monitor.reference import load_store
+
+    with _exit_codes():
+        settings = load_settings(config)
+        store = load_store(settings.reference.root, name)
+    manifest = {k: v for k, v in store.manifest.items() if k != "files"}
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    ood = store.ood
+    calibration = store.calibration
+    typer.echo(f"reference store {store.name!r} at {store.path} (checksums verified)")
+    typer.echo(f"  records:      {manifest['records']} (built {manifest['created_at']})")
+    typer.echo(
+        f"  encoders:     image {manifest['encoders']['image']}, "
+        f"text {manifest['encoders']['text']}, fusion {manifest['fusion']}"
+    )
+    for kind in store.kinds:
+        index = manifest["index"][kind]
+        typer.echo(
+            f"  {kind + ':':<13} {manifest['counts'][kind]} x {manifest['dims'][kind]}, "
+            f"{index['kind']} index"
+            + (
+                f" (nlist {index['nlist']}, nprobe {index['nprobe']})"
+                if index["kind"] == "ivf"
+                else ""
+            )
+        )
+    typer.echo(
+        f"  OOD:          k = {ood['k']}, threshold {ood['threshold']:.4f} at TPR {ood['tpr']}"
+    )
+    typer.echo(
+        "  calibration:  "
+        + (
+            f"window sizes {calibration['window_sizes']}, {calibration['trials']} trials, "
+            f"{calibration['jsd_mode']} JSD"
+            if calibration
+            else "none (run `mllm-monitor calibrate`)"
+        )
+    )
+    estimator = manifest.get("estimator")
+    typer.echo(
+        "  estimator:    "
+        + (
+            f"CLUB {estimator['x_dim']}->{estimator['y_dim']} (hidden {estimator['hidden']}), "
+            f"{estimator['source']}, version {estimator['version']}"
+            if estimator
+            else "none (run `mllm-monitor estimator train` or `estimator import`)"
+        )
+    )
+
+
+@estimator_app.command("train")
+def estimator_train(
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs to train.")] = 200,
+    hidden: Annotated[int, typer.Option(min=2, help="Hidden width (the paper: 500).")] = 500,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Stop after this many epochs without a better held-out likelihood."
+        ),
+    ] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train CLUB on the store's ID pairs (x with reference and with model answers)."""
+    from monitor.reference import load_store, train_store_estimator
+
+    with _exit_codes():
+        settings = load_settings(config)
+        store = load_store(settings.reference.root, reference)
+        with _progress() as progress:
+            task = progress.add_task("training CLUB (epochs)", total=epochs)
+            model = train_store_estimator(
+                store,
+                hidden=hidden,
+                epochs=epochs,
+                patience=patience,
+                seed=seed,
+                on_epoch=lambda report: progress.update(task, completed=report.epoch),
+            )
+    typer.echo(
+        f"trained CLUB for store {store.name!r}: best epoch {model.metadata['best_epoch']}, "
+        f"held-out log-likelihood {model.metadata['holdout_loglik']:.3f}"
+    )
+
+
+@estimator_app.command("import")
+def estimator_import(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CLUB state dict (e.g. the paper authors' CLUB_global.pt).", dir_okay=False
+        ),
+    ],
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Register an external CLUB state dict with a store, checking its dims."""
+    from monitor.reference import import_store_estimator, load_store
+
+    with _exit_codes():
+        settings = load_settings(config)
+        store = load_store(settings.reference.root, reference)
+        model = import_store_estimator(store, path)
+    typer.echo(
+        f"imported CLUB {model.x_dim}->{model.y_dim} (hidden {model.hidden}) into store "
+        f"{store.name!r}"
+    )
+
+
+@app.command("calibrate")
+def calibrate(
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+    window_sizes: Annotated[
+        str,
+        typer.Option("--window-sizes", help="Comma-separated window sizes (records) to calibrate."),
+    ] = "50,100,200,500",
+    trials: Annotated[int, typer.Option(min=20, help="Pseudo-windows per size.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
+    from monitor.reference import calibrate_store, load_store
+
+    try:
+        sizes = [int(part) for part in window_sizes.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
+        ) from exc
+    with _exit_codes():
+        settings = load_settings(config)
+        store = load_store(settings.reference.root, reference)
+        with _progress() as progress:
+            task = progress.add_task("calibrating (window sizes)", total=len(sizes))
+            data = calibrate_store(
+                store,
+                window_sizes=sizes,
+                trials=trials,
+                seed=seed,
+                progress=lambda done, total: progress.update(task, completed=done),
+            )
+    typer.echo(
+        f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
+        f"{trials} trials each, {data['jsd_mode']} JSD"
+    )
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     │   ├── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
     │   └── ImageDecodeError        an image is corrupt, too large, a bomb, or of a refused format
     ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
+    ├── ReferenceStoreError         a reference store is missing, corrupt, or built otherwise
+    │   └── FingerprintMismatchError  the store was built with another encoder
     ├── EstimatorError              an estimator cannot produce a number
     │   ├── CheckpointError         a CLUB weights file cannot be read or does not fit
     │   └── CalibrationError        a null distribution cannot support what was asked of it
@@ -100,3 +102,15 @@ class SchemaMismatchError(StorageError):
         self.current = current
         self.expected = expected
         super().__init__(message)
+
+
+class ReferenceStoreError(MonitorError):
+    """A reference store cannot be built or loaded; ``path`` names the offending file."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class FingerprintMismatchError(ReferenceStoreError):
+    """Embeddings from one encoder were offered to a store built with another."""
