@@ -92,6 +92,22 @@ class EncoderOptions:
             torch.set_num_threads(self.threads)
 
 
+class LoadedEncoder:
+    """What every concrete encoder sets up first: options, threads, device, dtype, hub kwargs."""
+
+    def __init__(self, model: str, options: EncoderOptions) -> None:
+        self.model_name = model
+        self.options = options
+        options.apply_threads()
+        self.device = options.torch_device()
+        self.dtype = options.torch_dtype(self.device)
+        # Keyword arguments of every from_pretrained call (revision is ignored for directories).
+        self.hub_kwargs: dict[str, Any] = {
+            "revision": options.revision or "main",
+            "local_files_only": options.local_files_only,
+        }
+
+
 def fingerprint(
     kind: str,
     *,

@@ -24,6 +24,7 @@ from PIL import Image
 from monitor.embedding.base import (
     Embeddings,
     EncoderOptions,
+    LoadedEncoder,
     Modality,
     fingerprint,
     l2_normalise,
@@ -88,7 +89,7 @@ def _limit_aspect_ratio(image: Image.Image) -> Image.Image:
     return image
 
 
-class ClipVisionEncoder:
+class ClipVisionEncoder(LoadedEncoder):
     kind = "clip_vision"
     modality: Modality = "image"
     pooling = "last_hidden_state_mean_of_patch_tokens"
@@ -96,21 +97,13 @@ class ClipVisionEncoder:
     def __init__(self, model: str, options: EncoderOptions) -> None:
         from transformers import CLIPVisionModel
 
-        self.model_name = model
-        self.options = options
-        options.apply_threads()
-        self.device = options.torch_device()
-        self.dtype = options.torch_dtype(self.device)
-        revision = options.revision or "main"
+        super().__init__(model, options)
         try:
             with quiet_transformers():
                 network = CLIPVisionModel.from_pretrained(
-                    model,
-                    revision=revision,
-                    local_files_only=options.local_files_only,
-                    dtype=torch.float32,
+                    model, dtype=torch.float32, **self.hub_kwargs
                 )
-                self.preprocess = _load_preprocessing(model, revision, options, network.config)
+                self.preprocess = _load_preprocessing(model, self.hub_kwargs, network.config)
         except (OSError, ValueError, KeyError) as exc:
             raise load_error(self.kind, model, exc) from exc
         self.network = network.eval()  # type: ignore[no-untyped-call]
@@ -190,15 +183,11 @@ class ClipVisionEncoder:
             raise ImageDecodeError(f"image {index}: {exc}", field="image") from exc
 
 
-def _load_preprocessing(
-    model: str, revision: str, options: EncoderOptions, config: Any
-) -> ClipPreprocessing:
+def _load_preprocessing(model: str, hub_kwargs: dict[str, Any], config: Any) -> ClipPreprocessing:
     from transformers import ImageProcessingMixin
 
     try:
-        data, _ = ImageProcessingMixin.get_image_processor_dict(
-            model, revision=revision, local_files_only=options.local_files_only
-        )
+        data, _ = ImageProcessingMixin.get_image_processor_dict(model, **hub_kwargs)
     except OSError:
         data = {}  # no preprocessor_config.json: CLIP's defaults at the model's input size
     image_size = int(config.image_size)

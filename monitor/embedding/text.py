@@ -23,6 +23,7 @@ from PIL import Image
 from monitor.embedding.base import (
     Embeddings,
     EncoderOptions,
+    LoadedEncoder,
     Modality,
     fingerprint,
     l2_normalise,
@@ -40,7 +41,7 @@ from monitor.embedding.images import ImageSource
 from monitor.errors import EncoderError, InvalidInputError
 
 
-class HFTextEncoder:
+class HFTextEncoder(LoadedEncoder):
     """Shared loading, tokenising, batching and caching; subclasses choose layer and pooling."""
 
     kind = "hf_mean_pool"
@@ -50,23 +51,12 @@ class HFTextEncoder:
     def __init__(self, model: str, options: EncoderOptions) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        self.model_name = model
-        self.options = options
-        options.apply_threads()
-        self.device = options.torch_device()
-        self.dtype = options.torch_dtype(self.device)
-        revision = options.revision or "main"
+        super().__init__(model, options)
         try:
             with quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(
-                    model, revision=revision, local_files_only=options.local_files_only
-                )
+                self.tokenizer = AutoTokenizer.from_pretrained(model, **self.hub_kwargs)
                 network = AutoModel.from_pretrained(
-                    model,
-                    revision=revision,
-                    local_files_only=options.local_files_only,
-                    dtype=torch.float32,
-                    **self._model_overrides(),
+                    model, dtype=torch.float32, **self.hub_kwargs, **self._model_overrides()
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise load_error(self.kind, model, exc) from exc

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from monitor.estimators._arrays import (
     check_embeddings,
     check_same_rows,
 )
+from monitor.files import atomic_writer
 
 CHECKPOINT_FORMAT = "mllm-monitor/club@1"
 _ESTIMATE_CHUNK_ROWS = 2048
@@ -256,17 +256,8 @@ def save_club(model: CLUB, path: str | os.PathLike[str]) -> None:
         "metadata": dict(model.metadata),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(target) as fh:
+        torch.save(payload, fh)
 
 
 def load_club(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy.typing as npt
 
 from monitor.errors import FingerprintMismatchError, ReferenceStoreError
 from monitor.estimators.knn import kth_neighbour_distance
+from monitor.files import atomic_writer
 from monitor.reference.index import IndexParams, read_index, search
 
 STORE_FORMAT = "mllm-monitor/reference-store@1"
@@ -193,16 +192,8 @@ def _verify_file(path: Path, expected: str | None) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def update_manifest(store: ReferenceStore, **changes: Any) -> None:
