@@ -253,6 +253,15 @@ def reference_build(
             "--ivf-min-size", min=1, help="Use IVF indexes from this many rows on (exact below)."
         ),
     ] = 200_000,
+    ivf_nlist: Annotated[
+        int, typer.Option("--ivf-nlist", min=0, help="IVF cells (0: about 4 sqrt(n)).")
+    ] = 0,
+    ivf_nprobe: Annotated[
+        int,
+        typer.Option(
+            "--ivf-nprobe", min=0, help="IVF cells scanned per query (0: ~1,000 rows' worth)."
+        ),
+    ] = 0,
 ) -> None:
     """Embed a manifest with the configured encoders and write a reference store."""
     from monitor.embedding import ImageLimits, encoders_from_settings
@@ -266,7 +275,13 @@ def reference_build(
             max_bytes=settings.encoders.image.max_bytes,
             max_pixels=settings.encoders.image.max_pixels,
         )
-        options = BuildOptions(ood_k=ood_k, ood_tpr=ood_tpr, ivf_min_size=ivf_min_size)
+        options = BuildOptions(
+            ood_k=ood_k,
+            ood_tpr=ood_tpr,
+            ivf_min_size=ivf_min_size,
+            ivf_nlist=ivf_nlist,
+            ivf_nprobe=ivf_nprobe,
+        )
         with _progress() as progress:
             tasks: dict[str, TaskID] = {}
 
