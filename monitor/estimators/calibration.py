@@ -210,8 +210,7 @@ def emi_bootstrap(
     seed: int = 0,
 ) -> Interval:
     """EMI with a bootstrap interval; the CLUB network runs once, resamples reuse its outputs."""
-    emi_of = _emi_resampler(club, x, y_hat, y)
-    n = check_embeddings(x, "x").shape[0]
+    emi_of, n = _emi_resampler(club, x, y_hat, y)
     return bootstrap_interval(emi_of, n, resamples=resamples, confidence=confidence, seed=seed)
 
 
@@ -229,10 +228,8 @@ def emid_bootstrap(
     seed: int = 0,
 ) -> Interval:
     """EMID = EMI(ID) - EMI(live) with an interval from resampling both windows independently."""
-    id_emi = _emi_resampler(club, id_x, id_y_hat, id_y)
-    live_emi = _emi_resampler(club, live_x, live_y_hat, live_y)
-    n_id = check_embeddings(id_x, "id_x").shape[0]
-    n_live = check_embeddings(live_x, "live_x").shape[0]
+    id_emi, n_id = _emi_resampler(club, id_x, id_y_hat, id_y)
+    live_emi, n_live = _emi_resampler(club, live_x, live_y_hat, live_y)
     _check_bootstrap(min(n_id, n_live), resamples, confidence)
     rng = np.random.default_rng(seed)
     values = np.array(
@@ -244,7 +241,8 @@ def emid_bootstrap(
 
 def _emi_resampler(
     club: CLUB, x: ArrayLike, y_hat: ArrayLike, y: ArrayLike
-) -> Callable[[IndexArray], float]:
+) -> tuple[Callable[[IndexArray], float], int]:
+    """EMI of any resample of the rows, and the row count; the network runs once, here."""
     x_arr = check_embeddings(x, "x", dim=club.x_dim)
     y_hat_arr = check_embeddings(y_hat, "y_hat", dim=club.y_dim)
     y_arr = check_embeddings(y, "y", dim=club.y_dim)
@@ -252,15 +250,16 @@ def _emi_resampler(
     check_same_rows(x_arr, y_arr, "x", "y")
     y_hat_t, y_t = _as_tensor(y_hat_arr, club), _as_tensor(y_arr, club)
     mu, logvar = club.mu_logvar(x_arr)
+    weight = (-logvar).exp()
 
     def emi_of(idx: IndexArray) -> float:
         rows = torch.as_tensor(idx)
-        mu_i, lv_i = mu[rows], logvar[rows]
-        return club_estimate_from_heads(mu_i, lv_i, y_hat_t[rows]) - club_estimate_from_heads(
-            mu_i, lv_i, y_t[rows]
+        mu_i, weight_i = mu[rows], weight[rows]
+        return club_estimate_from_heads(mu_i, weight_i, y_hat_t[rows]) - (
+            club_estimate_from_heads(mu_i, weight_i, y_t[rows])
         )
 
-    return emi_of
+    return emi_of, x_arr.shape[0]
 
 
 def _resample(rng: np.random.Generator, n: int) -> IndexArray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,19 +84,34 @@ class CLUB(nn.Module):
         self, x: ArrayLike, y: ArrayLike, *, chunk_rows: int = _ESTIMATE_CHUNK_ROWS
     ) -> float:
         """CLUB estimate of I(X; Y) from paired rows of ``x`` (n, x_dim) and ``y`` (n, y_dim)."""
+        return self.estimate_many(x, [y], chunk_rows=chunk_rows)[0]
+
+    def estimate_many(
+        self, x: ArrayLike, ys: Sequence[ArrayLike], *, chunk_rows: int = _ESTIMATE_CHUNK_ROWS
+    ) -> list[float]:
+        """I(X; Y) for several Y paired with the same x; the network runs on x only once.
+
+        EMI needs I(x; y_hat) and I(x; y): half the cost of two ``estimate`` calls.
+        """
         x_arr = check_embeddings(x, "x", dim=self.x_dim)
-        y_arr = check_embeddings(y, "y", dim=self.y_dim)
-        check_same_rows(x_arr, y_arr, "x", "y")
-        X, Y = self._to_params(x_arr), self._to_params(y_arr)
+        X = self._to_params(x_arr)
+        targets = []
+        for i, y in enumerate(ys):
+            name = "y" if len(ys) == 1 else f"y[{i}]"
+            y_arr = check_embeddings(y, name, dim=self.y_dim)
+            check_same_rows(x_arr, y_arr, "x", name)
+            targets.append(self._to_params(y_arr))
+        totals = [0.0] * len(targets)
         with torch.inference_mode():
-            y_mean, y_sq_mean = _moments(Y)
-            total = 0.0
+            moments = [_moments(Y) for Y in targets]
             for start in range(0, X.shape[0], chunk_rows):
                 mu, logvar = self._heads(X[start : start + chunk_rows])
-                total += _club_terms_sum(
-                    mu, logvar, Y[start : start + chunk_rows], y_mean, y_sq_mean
-                )
-        return total / X.shape[0]
+                weight = logvar.neg_().exp_()  # exp(-logvar), shared by every y
+                for k, (Y, (y_mean, y_sq_mean)) in enumerate(zip(targets, moments, strict=True)):
+                    totals[k] += _club_terms_sum(
+                        mu, weight, Y[start : start + chunk_rows], y_mean, y_sq_mean
+                    )
+        return [total / X.shape[0] for total in totals]
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Both first layers read the same x: one GEMM for the two of them.
@@ -135,26 +150,25 @@ def _moments(
 
 def _club_terms_sum(
     mu: torch.Tensor,
-    logvar: torch.Tensor,
+    weight: torch.Tensor,
     y: torch.Tensor,
     y_mean: torch.Tensor,
     y_sq_mean: torch.Tensor,
 ) -> float:
-    """sum_ik [mu (y - E y) + (E y^2 - y^2) / 2] * exp(-logvar); overwrites logvar.
+    """sum_ik [mu (y - E y) + (E y^2 - y^2) / 2] * weight, with weight = exp(-logvar).
 
     Fused into three passes over the chunk and one dot product, so no n x d temporaries
     beyond the chunk's own.
     """
     term = torch.addcmul(y_sq_mean * 0.5, y, y, value=-0.5)
     term.addcmul_(mu, y - y_mean)
-    weight = logvar.neg_().exp_()
-    return float(torch.dot(term.view(-1), weight.view(-1)))
+    return float(torch.dot(term.view(-1), weight.reshape(-1)))
 
 
-def club_estimate_from_heads(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> float:
-    """The CLUB estimate from precomputed mu(x), logvar(x) and paired y (all (n, d))."""
+def club_estimate_from_heads(mu: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> float:
+    """The CLUB estimate from precomputed mu(x), weight = exp(-logvar(x)) and paired y."""
     y_mean, y_sq_mean = _moments(y)
-    return _club_terms_sum(mu, logvar.clone(), y, y_mean, y_sq_mean) / y.shape[0]
+    return _club_terms_sum(mu, weight, y, y_mean, y_sq_mean) / y.shape[0]
 
 
 @dataclass(frozen=True)

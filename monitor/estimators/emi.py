@@ -31,7 +31,8 @@ _NEGATIVE_JSD_TOLERANCE = 1e-9
 
 def emi(club: CLUB, x: ArrayLike, y_hat: ArrayLike, y: ArrayLike) -> float:
     """EMI = I(x; y_hat) - I(x; y) on one set of paired rows, both MIs by the same CLUB."""
-    return club.estimate(x, y_hat) - club.estimate(x, y)
+    model_mi, reference_mi = club.estimate_many(x, [y_hat, y])
+    return model_mi - reference_mi
 
 
 def emid(
