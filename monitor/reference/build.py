@@ -137,7 +137,7 @@ def _write_store(
     encoders: EncoderSet,
     options: BuildOptions,
     progress: Progress | None,
-) -> dict[str, Any]:
+) -> None:
     index_params: dict[str, dict[str, Any]] = {}
     for n, (kind, rows) in enumerate(sorted(embeddings.items())):
         np.save(workdir / f"{kind}.npy", rows.astype(np.float16))
@@ -183,7 +183,6 @@ def _write_store(
         "files": files,
     }
     write_json_atomic(workdir / MANIFEST, manifest)
-    return manifest
 
 
 def _calibrate_ood(index: Any, unit_rows: Rows, options: BuildOptions) -> dict[str, Any]:

@@ -64,10 +64,11 @@ def calibrate_store(
         )
     by_record = {kind: _by_record(store, kind) for kind in store.kinds}
     has_image, has_reference = store.has_image, store.has_reference
+    comparison_rows = {"image": comparison[has_image[comparison]], "prompt": comparison}
     refs = {
-        kind: ReferenceJSD(_present(by_record[kind], comparison), mode=mode)
-        for kind in ("image", "prompt")
-        if kind in by_record and _present(by_record[kind], comparison).size
+        kind: ReferenceJSD(by_record[kind][rows], mode=mode)
+        for kind, rows in comparison_rows.items()
+        if kind in by_record and rows.size
     }
     out_id = None
     if "reference" in by_record:
@@ -145,9 +146,3 @@ def _by_record(store: ReferenceStore, kind: str) -> np.ndarray:
     full = np.zeros((len(store.ids), rows.shape[1]), dtype=np.float32)
     full[positions] = rows
     return full
-
-
-def _present(rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    picked: np.ndarray = rows[positions]
-    nonzero: np.ndarray = picked[np.linalg.norm(picked, axis=1) > 0]
-    return nonzero
