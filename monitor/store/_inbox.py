@@ -1,6 +1,6 @@
 """The durable inbox: accepted records wait here, claimed under a lease, until embedded.
 
-A record is durable once :meth:`InboxMixin.enqueue` returns. Workers :meth:`claim` batches
+A record is durable once :meth:`Inbox.enqueue` returns. Workers :meth:`claim` batches
 under a lease; a worker that crashes simply lets its lease run out, and its records become
 claimable again. :meth:`ack` deletes only what the acking worker still holds, so a record whose
 lease passed to another worker is acknowledged once, by that worker.
@@ -18,19 +18,24 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from monitor.records import TrafficRecord
-from monitor.store._base import ID_BATCH, RepositoryBase, batched
+from monitor.store._base import ID_BATCH, Database, batched
 from monitor.store.models import InboxItem
 from monitor.store.types import InboxEntry, as_utc, record_from_json, record_to_json
 
 
-class InboxMixin(RepositoryBase):
+class Inbox:
+    """The inbox part of the repository."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def enqueue(
         self, records: Sequence[TrafficRecord], *, received_at: datetime | None = None
     ) -> list[int]:
         """Store accepted records durably; returns their inbox ids in the records' order."""
         if not records:
             return []
-        now = self._now(received_at)
+        now = self._db.now(received_at)
         rows = [
             {
                 "record_id": record.id,
@@ -43,7 +48,7 @@ class InboxMixin(RepositoryBase):
             }
             for record in records
         ]
-        with self._write("enqueueing records") as conn:
+        with self._db.write("enqueueing records") as conn:
             result = conn.execute(
                 insert(InboxItem).returning(InboxItem.id, sort_by_parameter_order=True), rows
             )
@@ -62,7 +67,7 @@ class InboxMixin(RepositoryBase):
             raise ValueError("limit must be at least 1")
         if lease <= timedelta(0):
             raise ValueError("lease must be positive")
-        moment = self._now(now)
+        moment = self._db.now(now)
         until = moment + lease
         free = (
             select(InboxItem.id)
@@ -77,7 +82,7 @@ class InboxMixin(RepositoryBase):
             .values(claimed_by=worker_id, lease_until=until, attempts=InboxItem.attempts + 1)
             .returning(InboxItem.id, InboxItem.payload, InboxItem.received_at, InboxItem.attempts)
         )
-        with self._write("claiming inbox records") as conn:
+        with self._db.write("claiming inbox records") as conn:
             rows = conn.execute(stmt).all()
         entries = [
             InboxEntry(
@@ -93,10 +98,11 @@ class InboxMixin(RepositoryBase):
 
     def ack(self, item_ids: Sequence[int], worker_id: str) -> int:
         """Delete processed records this worker still holds; returns how many it held."""
-        with self._write("acknowledging inbox records") as conn:
-            return self._ack(conn, item_ids, worker_id)
+        with self._db.write("acknowledging inbox records") as conn:
+            return self.ack_in(conn, item_ids, worker_id)
 
-    def _ack(self, conn: Connection, item_ids: Sequence[int], worker_id: str) -> int:
+    def ack_in(self, conn: Connection, item_ids: Sequence[int], worker_id: str) -> int:
+        """:meth:`ack` inside the caller's transaction (samples stored and acked at once)."""
         done = 0
         for chunk in batched(list(item_ids), ID_BATCH):
             result = conn.execute(
@@ -108,7 +114,7 @@ class InboxMixin(RepositoryBase):
     def release(self, item_ids: Sequence[int], worker_id: str) -> int:
         """Give claimed records back unprocessed (shutdown, or a batch that failed)."""
         released = 0
-        with self._write("releasing inbox records") as conn:
+        with self._db.write("releasing inbox records") as conn:
             for chunk in batched(list(item_ids), ID_BATCH):
                 result = conn.execute(
                     update(InboxItem)
@@ -118,7 +124,7 @@ class InboxMixin(RepositoryBase):
                 released += result.rowcount
         return released
 
-    def inbox_depth(self) -> int:
+    def depth(self) -> int:
         """Records waiting or in progress (the queue-depth gauge)."""
-        with self._read("counting the inbox") as conn:
+        with self._db.read("counting the inbox") as conn:
             return int(conn.execute(select(func.count()).select_from(InboxItem)).scalar_one())

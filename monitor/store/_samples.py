@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Row, and_, delete, func, select, update
 
 from monitor.errors import EmbeddingError, StorageError
-from monitor.store._inbox import InboxMixin
+from monitor.store._base import Database, Streams
+from monitor.store._inbox import Inbox
 from monitor.store.models import (
     EMBEDDING_KINDS,
     Embedding,
@@ -103,7 +104,26 @@ class _ChunkBuilder:
         )
 
 
-class SamplesMixin(InboxMixin):
+class Samples:
+    """The samples part of the repository: embedded records, late references, raw content.
+
+    Raw content is kept only with ``store_raw`` on, for ``raw_ttl``."""
+
+    def __init__(
+        self,
+        db: Database,
+        streams: Streams,
+        inbox: Inbox,
+        *,
+        store_raw: bool = False,
+        raw_ttl: timedelta = timedelta(days=7),
+    ) -> None:
+        self._db = db
+        self._streams = streams
+        self._inbox = inbox
+        self._store_raw = store_raw
+        self._raw_ttl = raw_ttl
+
     def add_samples(
         self,
         samples: Sequence[NewSample],
@@ -119,8 +139,8 @@ class SamplesMixin(InboxMixin):
         """
         if ack and worker_id is None:
             raise ValueError("acknowledging inbox items needs the worker_id that claimed them")
-        streams = {name: self.ensure_stream(name) for name in {s.stream for s in samples}}
-        now = self._now()
+        streams = {name: self._streams.ensure(name) for name in {s.stream for s in samples}}
+        now = self._db.now()
         sample_rows: list[dict[str, Any]] = []
         vector_rows: list[dict[str, Any]] = []
         raw_rows: list[dict[str, Any]] = []
@@ -138,17 +158,17 @@ class SamplesMixin(InboxMixin):
                 )
             if self._store_raw and sample.raw is not None:
                 raw_rows.append(_raw_row(sample.id, sample.raw, now, now + self._raw_ttl))
-        with self._write("storing samples") as conn:
+        with self._db.write("storing samples") as conn:
             if sample_rows:
-                conn.execute(self._insert(Sample).on_conflict_do_nothing(), sample_rows)
+                conn.execute(self._db.insert(Sample).on_conflict_do_nothing(), sample_rows)
             if vector_rows:
-                conn.execute(self._insert(Embedding).on_conflict_do_nothing(), vector_rows)
+                conn.execute(self._db.insert(Embedding).on_conflict_do_nothing(), vector_rows)
             if raw_rows:
-                conn.execute(self._insert(RawContent).on_conflict_do_nothing(), raw_rows)
-            return self._ack(conn, ack, worker_id) if ack and worker_id is not None else 0
+                conn.execute(self._db.insert(RawContent).on_conflict_do_nothing(), raw_rows)
+            return self._inbox.ack_in(conn, ack, worker_id) if ack and worker_id is not None else 0
 
     def get_sample(self, sample_id: str) -> StoredSample | None:
-        with self._read("reading a sample") as conn:
+        with self._db.read("reading a sample") as conn:
             s = conn.execute(
                 select(Sample.__table__, Stream.name.label("stream_name"))
                 .join(Stream, Stream.id == Sample.stream_id)
@@ -179,8 +199,8 @@ class SamplesMixin(InboxMixin):
 
     def count_samples(self, stream: str, start: datetime, end: datetime) -> int:
         """Samples of ``stream`` with start <= event time < end."""
-        with self._read("counting samples") as conn:
-            stream_id = self._find_stream(conn, stream)
+        with self._db.read("counting samples") as conn:
+            stream_id = self._streams.find(conn, stream)
             if stream_id is None:
                 return 0
             return int(
@@ -214,8 +234,8 @@ class SamplesMixin(InboxMixin):
             raise ValueError(f"kinds must be among {EMBEDDING_KINDS}, got {list(kinds)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
-        with self._read("reading embeddings") as conn:
-            stream_id = self._find_stream(conn, stream)
+        with self._db.read("reading embeddings") as conn:
+            stream_id = self._streams.find(conn, stream)
             if stream_id is None:
                 return
             stmt = (
@@ -260,15 +280,15 @@ class SamplesMixin(InboxMixin):
         self, record_id: str, text: str, *, received_at: datetime | None = None
     ) -> int:
         """Keep a reference answer that arrived after its record, until it is embedded."""
-        with self._write("storing a late reference") as conn:
+        with self._db.write("storing a late reference") as conn:
             return int(
                 conn.execute(
-                    self._insert(LateReference)
+                    self._db.insert(LateReference)
                     .values(
                         record_id=record_id,
                         text=text,
                         reference_sha256=content_sha256(text),
-                        received_at=self._now(received_at),
+                        received_at=self._db.now(received_at),
                         resolved_at=None,
                     )
                     .returning(LateReference.id)
@@ -277,7 +297,7 @@ class SamplesMixin(InboxMixin):
 
     def pending_late_references(self, limit: int = 100) -> list[LateReferenceEntry]:
         """Unresolved late references whose sample is stored (ready to embed), oldest first."""
-        with self._read("listing late references") as conn:
+        with self._db.read("listing late references") as conn:
             rows = conn.execute(
                 select(LateReference.__table__)
                 .join(Sample, Sample.id == LateReference.record_id)
@@ -288,7 +308,7 @@ class SamplesMixin(InboxMixin):
             return [_late_entry(ref) for ref in rows]
 
     def get_late_reference(self, ref_id: int) -> LateReferenceEntry | None:
-        with self._read("reading a late reference") as conn:
+        with self._db.read("reading a late reference") as conn:
             found = conn.execute(
                 select(LateReference.__table__).where(LateReference.id == ref_id)
             ).first()
@@ -301,8 +321,8 @@ class SamplesMixin(InboxMixin):
         retention is on). Returns where the sample falls, so its window can be recomputed;
         None when the reference or its sample is unknown."""
         dim, blob = encode_vector(vector, field_name="reference")
-        moment = self._now(now)
-        with self._write("resolving a late reference") as conn:
+        moment = self._db.now(now)
+        with self._db.write("resolving a late reference") as conn:
             ref = conn.execute(
                 select(LateReference.__table__).where(LateReference.id == ref_id)
             ).first()
@@ -316,7 +336,7 @@ class SamplesMixin(InboxMixin):
             if sample is None:
                 return None
             conn.execute(
-                self._insert(Embedding)
+                self._db.insert(Embedding)
                 .values(sample_id=sample.id, kind="reference", dim=dim, vector=blob)
                 .on_conflict_do_update(
                     index_elements=["sample_id", "kind"], set_={"dim": dim, "vector": blob}
@@ -329,7 +349,7 @@ class SamplesMixin(InboxMixin):
             )
             if self._store_raw and ref.text is not None:
                 conn.execute(
-                    self._insert(RawContent)
+                    self._db.insert(RawContent)
                     .values(
                         _raw_row(
                             sample.id,
@@ -352,7 +372,7 @@ class SamplesMixin(InboxMixin):
     # -- raw content and retention ------------------------------------------------------------
 
     def get_raw(self, sample_id: str) -> RawContentData | None:
-        with self._read("reading raw content") as conn:
+        with self._db.read("reading raw content") as conn:
             raw = conn.execute(
                 select(RawContent.__table__).where(RawContent.sample_id == sample_id)
             ).first()
@@ -363,8 +383,8 @@ class SamplesMixin(InboxMixin):
     def purge_raw(self, now: datetime | None = None) -> PurgeCounts:
         """The retention job: delete raw content past its TTL (all of it when raw retention is
         off), and late references that found no sample within the TTL."""
-        moment = self._now(now)
-        with self._write("purging raw content") as conn:
+        moment = self._db.now(now)
+        with self._db.write("purging raw content") as conn:
             raw = delete(RawContent)
             if self._store_raw:
                 raw = raw.where(RawContent.expires_at <= moment)

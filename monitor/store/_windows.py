@@ -8,28 +8,34 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from monitor.records import TERMS, RiskLevel, TermValues, WindowKey, WindowResult
-from monitor.store._samples import SamplesMixin
+from monitor.store._base import Database, Streams
 from monitor.store.models import EstimatorArtifact, ReferenceSet, RiskTransition, Stream, Window
 from monitor.store.types import EstimatorInfo, ReferenceSetInfo, RiskTransitionEntry, as_utc
 
 _WINDOW_KEY = ("stream_id", "window_start", "window_end")
 
 
-class WindowsMixin(SamplesMixin):
+class Windows:
+    """The windows part of the repository: window results and the risk-transition log."""
+
+    def __init__(self, db: Database, streams: Streams) -> None:
+        self._db = db
+        self._streams = streams
+
     def upsert_window(self, result: WindowResult) -> str:
         """Store a window result; the same (stream, start, end) updates the same row.
 
         Returns the window's id (stable across recomputations)."""
-        stream_id = self.ensure_stream(result.key.stream)
+        stream_id = self._streams.ensure(result.key.stream)
         values = _window_values(result, stream_id)
         changed = {k: v for k, v in values.items() if k not in _WINDOW_KEY}
         stmt = (
-            self._insert(Window)
+            self._db.insert(Window)
             .values(**values)
             .on_conflict_do_update(index_elements=list(_WINDOW_KEY), set_=changed)
             .returning(Window.id)
         )
-        with self._write("storing a window") as conn:
+        with self._db.write("storing a window") as conn:
             return str(conn.execute(stmt).scalar_one())
 
     def get_window(self, window_id: str) -> WindowResult | None:
@@ -37,7 +43,7 @@ class WindowsMixin(SamplesMixin):
             key = int(window_id)
         except ValueError:
             return None
-        with self._read("reading a window") as conn:
+        with self._db.read("reading a window") as conn:
             row = conn.execute(_window_select().where(Window.id == key)).first()
             return _window_result(row) if row is not None else None
 
@@ -45,8 +51,8 @@ class WindowsMixin(SamplesMixin):
         self, stream: str, since: datetime | None = None, until: datetime | None = None
     ) -> list[WindowResult]:
         """Windows of ``stream`` that overlap [since, until), oldest first."""
-        with self._read("listing windows") as conn:
-            stream_id = self._find_stream(conn, stream)
+        with self._db.read("listing windows") as conn:
+            stream_id = self._streams.find(conn, stream)
             if stream_id is None:
                 return []
             stmt = _window_select().where(Window.stream_id == stream_id)
@@ -69,11 +75,11 @@ class WindowsMixin(SamplesMixin):
         window_id: str | None = None,
         reason: str = "",
     ) -> int:
-        stream_id = self.ensure_stream(stream)
-        with self._write("recording a risk transition") as conn:
+        stream_id = self._streams.ensure(stream)
+        with self._db.write("recording a risk transition") as conn:
             return int(
                 conn.execute(
-                    self._insert(RiskTransition)
+                    self._db.insert(RiskTransition)
                     .values(
                         stream_id=stream_id,
                         window_id=int(window_id) if window_id is not None else None,
@@ -89,8 +95,8 @@ class WindowsMixin(SamplesMixin):
     def risk_transitions(
         self, stream: str, since: datetime | None = None
     ) -> list[RiskTransitionEntry]:
-        with self._read("listing risk transitions") as conn:
-            stream_id = self._find_stream(conn, stream)
+        with self._db.read("listing risk transitions") as conn:
+            stream_id = self._streams.find(conn, stream)
             if stream_id is None:
                 return []
             stmt = select(RiskTransition.__table__).where(RiskTransition.stream_id == stream_id)
@@ -112,7 +118,7 @@ class WindowsMixin(SamplesMixin):
 
     def current_risk(self, stream: str) -> RiskLevel:
         """The level of the stream's latest transition; OK when it never had one."""
-        with self._read("reading the risk level") as conn:
+        with self._db.read("reading the risk level") as conn:
             level = conn.execute(
                 select(RiskTransition.to_level)
                 .join(Stream, Stream.id == RiskTransition.stream_id)
@@ -122,7 +128,13 @@ class WindowsMixin(SamplesMixin):
             ).scalar_one_or_none()
             return RiskLevel(level) if level is not None else RiskLevel.OK
 
-    # -- reference sets and estimator artifacts -----------------------------------------------
+
+class Artifacts:
+    """The registry of built reference sets and estimator artifacts (metadata; files live on
+    disk)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def register_reference_set(self, info: ReferenceSetInfo) -> int:
         """Record a built reference store; registering the same (name, checksum) again
@@ -136,14 +148,14 @@ class WindowsMixin(SamplesMixin):
             "n_images": info.n_images,
             "n_references": info.n_references,
             "built_at": as_utc(info.built_at),
-            "registered_at": self._now(),
+            "registered_at": self._db.now(),
             "details": dict(info.details),
         }
         changed = {k: v for k, v in values.items() if k not in ("name", "checksum")}
-        with self._write("registering a reference set") as conn:
+        with self._db.write("registering a reference set") as conn:
             return int(
                 conn.execute(
-                    self._insert(ReferenceSet)
+                    self._db.insert(ReferenceSet)
                     .values(**values)
                     .on_conflict_do_update(index_elements=["name", "checksum"], set_=changed)
                     .returning(ReferenceSet.id)
@@ -152,7 +164,7 @@ class WindowsMixin(SamplesMixin):
 
     def get_reference_set(self, name: str) -> ReferenceSetInfo | None:
         """The most recently built reference set of that name."""
-        with self._read("reading a reference set") as conn:
+        with self._db.read("reading a reference set") as conn:
             row = conn.execute(
                 select(ReferenceSet.__table__)
                 .where(ReferenceSet.name == name)
@@ -185,14 +197,14 @@ class WindowsMixin(SamplesMixin):
             "path": info.path,
             "checksum": info.checksum,
             "trained_at": as_utc(info.trained_at),
-            "registered_at": self._now(),
+            "registered_at": self._db.now(),
             "details": dict(info.details),
         }
         changed = {k: v for k, v in values.items() if k not in ("name", "version")}
-        with self._write("registering an estimator") as conn:
+        with self._db.write("registering an estimator") as conn:
             return int(
                 conn.execute(
-                    self._insert(EstimatorArtifact)
+                    self._db.insert(EstimatorArtifact)
                     .values(**values)
                     .on_conflict_do_update(index_elements=["name", "version"], set_=changed)
                     .returning(EstimatorArtifact.id)
@@ -201,7 +213,7 @@ class WindowsMixin(SamplesMixin):
 
     def get_estimator(self, name: str, version: str | None = None) -> EstimatorInfo | None:
         """That version of the estimator, or its most recently trained one."""
-        with self._read("reading an estimator") as conn:
+        with self._db.read("reading an estimator") as conn:
             stmt = select(EstimatorArtifact.__table__).where(EstimatorArtifact.name == name)
             if version is not None:
                 stmt = stmt.where(EstimatorArtifact.version == version)

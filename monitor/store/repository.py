@@ -1,15 +1,21 @@
 """The repository: the only code in mllm-monitor that issues SQL.
 
 Public methods take and return plain data (``monitor.records`` and ``monitor.store.types``),
-each in its own short transaction. Everything lives in one class, built from parts by concern:
+each in its own short transaction. The repository is composed of parts by concern, each a
+small class sharing one :class:`~monitor.store._base.Database` (engine, clock, transactions):
 
-* streams (``ensure_stream``, ``list_streams``) and transactions: ``monitor.store._base``
-* the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``):
+* ``streams`` (``ensure_stream``, ``list_streams``): ``monitor.store._base``
+* ``inbox``, the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``):
   ``monitor.store._inbox``
-* samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
+* ``samples``, samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
   ``iter_embeddings``), late references, raw retention (``purge_raw``): ``monitor.store._samples``
-* windows (``upsert_window``, ``get_windows``), risk transitions, reference sets and estimator
-  artifacts: ``monitor.store._windows``
+* ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
+  ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
+* ``artifacts``, reference sets and estimator artifacts (``register_reference_set``,
+  ``get_estimator``): ``monitor.store._windows``
+
+The repository exposes every part's methods under the flat names above, so callers write
+``repo.claim(...)``; the parts are public too (``repo.inbox.claim``).
 
 :func:`open_repository` is what the daemon and the CLI call: it connects, checks that the
 schema is at the revision this code needs, and raises one clear error otherwise.
@@ -17,14 +23,84 @@ schema is at the revision this code needs, and raises one clear error otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
 from monitor.config import Settings
-from monitor.store._windows import WindowsMixin
+from monitor.store._base import Database, Streams, utcnow
+from monitor.store._inbox import Inbox
+from monitor.store._samples import Samples
+from monitor.store._windows import Artifacts, Windows
 from monitor.store.engine import check_connection, engine_from_settings
 from monitor.store.migrate import require_head
 
 
-class Repository(WindowsMixin):
+class Repository:
     """Everything the monitor keeps, behind one object built from an Engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        store_raw: bool = False,
+        raw_ttl: timedelta = timedelta(days=7),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = Database(engine, clock=clock)
+        self.streams = Streams(self.db)
+        self.inbox = Inbox(self.db)
+        self.samples = Samples(
+            self.db, self.streams, self.inbox, store_raw=store_raw, raw_ttl=raw_ttl
+        )
+        self.windows = Windows(self.db, self.streams)
+        self.artifacts = Artifacts(self.db)
+
+        # The flat API: bound methods of the parts (typed as theirs, no wrappers to keep in step).
+        self.ensure_stream = self.streams.ensure
+        self.list_streams = self.streams.names
+
+        self.enqueue = self.inbox.enqueue
+        self.claim = self.inbox.claim
+        self.ack = self.inbox.ack
+        self.release = self.inbox.release
+        self.inbox_depth = self.inbox.depth
+
+        self.add_samples = self.samples.add_samples
+        self.get_sample = self.samples.get_sample
+        self.count_samples = self.samples.count_samples
+        self.iter_embeddings = self.samples.iter_embeddings
+        self.add_late_reference = self.samples.add_late_reference
+        self.pending_late_references = self.samples.pending_late_references
+        self.get_late_reference = self.samples.get_late_reference
+        self.resolve_late_reference = self.samples.resolve_late_reference
+        self.get_raw = self.samples.get_raw
+        self.purge_raw = self.samples.purge_raw
+
+        self.upsert_window = self.windows.upsert_window
+        self.get_window = self.windows.get_window
+        self.get_windows = self.windows.get_windows
+        self.record_risk_transition = self.windows.record_risk_transition
+        self.risk_transitions = self.windows.risk_transitions
+        self.current_risk = self.windows.current_risk
+
+        self.register_reference_set = self.artifacts.register_reference_set
+        self.get_reference_set = self.artifacts.get_reference_set
+        self.register_estimator = self.artifacts.register_estimator
+        self.get_estimator = self.artifacts.get_estimator
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.db.engine.dispose()
 
 
 def open_repository(settings: Settings, *, check_schema: bool = True) -> Repository:
