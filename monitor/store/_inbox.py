@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Update, delete, func, insert, or_, select, update
 
 from monitor.records import TrafficRecord
 from monitor.store._base import ID_BATCH, Database, batched
@@ -69,19 +69,7 @@ class Inbox:
             raise ValueError("lease must be positive")
         moment = self._db.now(now)
         until = moment + lease
-        free = (
-            select(InboxItem.id)
-            .where(or_(InboxItem.lease_until.is_(None), InboxItem.lease_until <= moment))
-            .order_by(InboxItem.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(InboxItem)
-            .where(InboxItem.id.in_(free))
-            .values(claimed_by=worker_id, lease_until=until, attempts=InboxItem.attempts + 1)
-            .returning(InboxItem.id, InboxItem.payload, InboxItem.received_at, InboxItem.attempts)
-        )
+        stmt = claim_statement(worker_id, limit=limit, now=moment, lease_until=until)
         with self._db.write("claiming inbox records") as conn:
             rows = conn.execute(stmt).all()
         entries = [
@@ -128,3 +116,24 @@ class Inbox:
         """Records waiting or in progress (the queue-depth gauge)."""
         with self._db.read("counting the inbox") as conn:
             return int(conn.execute(select(func.count()).select_from(InboxItem)).scalar_one())
+
+
+def claim_statement(worker_id: str, *, limit: int, now: datetime, lease_until: datetime) -> Update:
+    """The claim as one statement: lease the oldest free rows, returning them.
+
+    ``SKIP LOCKED`` is what lets PostgreSQL workers claim side by side: rows another claim has
+    locked but not yet committed are passed over instead of waited for (SQLite ignores the
+    clause; its ``BEGIN IMMEDIATE`` serialises claims)."""
+    free = (
+        select(InboxItem.id)
+        .where(or_(InboxItem.lease_until.is_(None), InboxItem.lease_until <= now))
+        .order_by(InboxItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(InboxItem)
+        .where(InboxItem.id.in_(free))
+        .values(claimed_by=worker_id, lease_until=lease_until, attempts=InboxItem.attempts + 1)
+        .returning(InboxItem.id, InboxItem.payload, InboxItem.received_at, InboxItem.attempts)
+    )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
+from monitor.store import migrate
+from monitor.store._inbox import claim_statement
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
 from tests.integration.store.conftest import make_record
@@ -93,3 +97,47 @@ def test_acknowledged_records_are_not_lost_or_redelivered(repo: Repository) -> N
         assert reopened.inbox_depth() == 6
     finally:
         reopened.close()
+
+
+def _engine_with_lock_timeout(url: str, timeout: str) -> Engine:
+    """An engine whose sessions give up waiting for a row lock after ``timeout``: a claim
+    that blocks fails fast instead of hanging the suite."""
+    engine = create_db_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _set_timeouts(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = '{timeout}'")
+            cursor.execute("SET statement_timeout = '10s'")
+        dbapi_connection.commit()
+
+    return engine
+
+
+def test_a_claim_skips_rows_another_open_claim_holds(fresh_postgres: str) -> None:
+    """PostgreSQL only: the claim's SELECT must say SKIP LOCKED. Worker A runs the very claim
+    statement in a transaction it keeps open (its rows locked, uncommitted); worker B's claim
+    must return the next rows at once. A blocking FOR UPDATE would make B wait for A (here: a
+    lock timeout after 2 s, a StorageError)."""
+    holder_engine = create_db_engine(fresh_postgres)
+    claimer_engine = _engine_with_lock_timeout(fresh_postgres, "2s")
+    try:
+        migrate.upgrade(holder_engine)
+        repo = Repository(claimer_engine)
+        ids = repo.enqueue([make_record(i) for i in range(6)])
+        now = datetime.now(UTC)
+        with holder_engine.connect() as holder, holder.begin():
+            held = holder.execute(
+                claim_statement("a", limit=2, now=now, lease_until=now + timedelta(minutes=5))
+            ).all()
+            assert sorted(row.id for row in held) == ids[:2]
+            started = time.monotonic()
+            taken = repo.claim("b", limit=3)
+            waited = time.monotonic() - started
+            assert [item.id for item in taken] == ids[2:5]
+            assert waited < 1.0, f"claim waited {waited:.2f} s on another worker's locks"
+        # A committed: its two rows are leased now, so B gets only the last free one.
+        assert [item.id for item in repo.claim("b", limit=10)] == ids[5:]
+    finally:
+        claimer_engine.dispose()
+        holder_engine.dispose()
