@@ -160,7 +160,15 @@ class ReferenceStoreSettings(_Section):
 
 
 class ProxySettings(_Section):
-    upstream: str = ""
+    upstream: str = ""  # inference server root URL (the request path, /v1/..., is appended)
+    stream: str = "default"  # the configured stream that sidecar exchanges are sampled into
+    # Generous by default: a long generation may stream for minutes; the upstream's own limits
+    # should decide, not the sidecar's.
+    timeout: Duration = timedelta(minutes=10)
+    connect_timeout: Duration = timedelta(seconds=10)
+    max_connections: int = Field(default=512, ge=1)  # pooled connections to the upstream
+    sample_queue_size: int = Field(default=1000, ge=1)  # exchanges waiting to be sampled
+    max_sample_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger: passed, unsampled
 
 
 class ReferenceModelSettings(_Section):
@@ -168,6 +176,21 @@ class ReferenceModelSettings(_Section):
     model: str = ""
     fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     max_per_minute: int = Field(default=60, ge=0)
+    api_key: str = ""  # sent as a bearer token to model_url
+    timeout: Duration = timedelta(seconds=60)
+    concurrency: int = Field(default=2, ge=1)  # requests in flight at once
+    max_tokens: int = Field(default=512, ge=1)
+    queue_size: int = Field(default=100, ge=1)  # records waiting for a reference; more: skipped
+
+
+class WorkerSettings(_Section):
+    """In-process embedding workers: claim inbox batches, embed, score, store, acknowledge."""
+
+    count: int = Field(default=1, ge=0)  # 0: this replica ingests but never embeds
+    batch_size: int = Field(default=32, ge=1)  # records claimed and embedded together
+    lease: Duration = timedelta(minutes=5)  # a crashed worker's batch is retried after this
+    max_attempts: int = Field(default=5, ge=1)  # claims of one record before it is moved aside
+    poll_interval: Duration = timedelta(milliseconds=500)  # wait when the inbox is empty
 
 
 class StreamSettings(_Section):
@@ -230,6 +253,7 @@ class Settings(BaseSettings):
     streams: list[StreamSettings] = Field(default_factory=lambda: [StreamSettings()])
     windows: WindowSettings = WindowSettings()
     alerts: AlertSettings = AlertSettings()
+    workers: WorkerSettings = WorkerSettings()
 
     _source: Path | None = PrivateAttr(default=None)
 
