@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,10 @@ estimator_app = typer.Typer(
     help="Train or import the CLUB estimator of a reference store.", no_args_is_help=True
 )
 app.add_typer(estimator_app, name="estimator")
+windows_app = typer.Typer(
+    help="List and show computed windows (the JSON of GET /v1/windows).", no_args_is_help=True
+)
+app.add_typer(windows_app, name="windows")
 
 ConfigOption = Annotated[
     Path | None,
@@ -462,6 +467,110 @@ def calibrate(
         f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
         f"{trials} trials each, {data['jsd_mode']} JSD"
     )
+
+
+@app.command("serve")
+def serve(config: ConfigOption = None) -> None:
+    """Run the monitor: ingest API, sidecar, embedding workers, window scheduler, metrics.
+
+    Refuses to start (exit 1 or 2, one line on stderr) on invalid settings, a database at
+    another schema revision, a missing or altered reference store, or encoders that do not fit.
+    SIGTERM / SIGINT drain in-flight work and release the scheduler lock.
+    """
+    from monitor.daemon import configure_logging
+    from monitor.daemon import serve as serve_daemon
+
+    with _exit_codes():
+        settings = load_settings(config)
+        configure_logging()
+        serve_daemon(settings)
+
+
+def _time_option(value: str | None, name: str) -> datetime | None:
+    from monitor.ingest.windows_api import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{name}") from exc
+
+
+@windows_app.command("list")
+def windows_list(
+    config: ConfigOption = None,
+    stream: Annotated[
+        str | None,
+        typer.Option("--stream", "-s", help="Only this stream (default: every configured one)."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Windows ending after this time (RFC 3339 or epoch s).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Windows starting before this time (RFC 3339 or epoch s).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"windows": [...]} as GET /v1/windows does.')
+    ] = False,
+) -> None:
+    """Computed windows, oldest first: risk level, size, bound and p-values."""
+    from monitor.ingest.windows_api import list_windows
+    from monitor.store.repository import open_repository
+
+    start, end = _time_option(since, "since"), _time_option(until, "until")
+    with _exit_codes():
+        settings = load_settings(config)
+        names = [s.name for s in settings.streams]
+        if stream is not None and stream not in names:
+            raise typer.BadParameter(
+                f"stream {stream!r} is not configured (configured: {', '.join(names)})",
+                param_hint="--stream",
+            )
+        repository = open_repository(settings)
+        try:
+            found = list_windows(repository, [stream] if stream else names, start, end)
+        finally:
+            repository.close()
+    if as_json:
+        typer.echo(json.dumps({"windows": [w.to_dict() for w in found]}, indent=2))
+        return
+    if not found:
+        typer.echo("no windows")
+        return
+    typer.echo(f"{'id':>6}  {'stream':<12} {'start':<20} {'n':>6}  risk  status        bound  p")
+    for window in found:
+        data = window.to_dict()
+        bound = data["upper_bound"]["scale_adjusted"]
+        p_values = {k: v for k, v in data["p_values"].items() if v is not None}
+        smallest = min(p_values.items(), key=lambda kv: kv[1]) if p_values else None
+        typer.echo(
+            f"{data['id']:>6}  {data['stream']:<12} {data['start']:<20} {data['n']:>6}  "
+            f"{data['risk_level']:>4}  {data['status']:<12} "
+            f"{'-' if bound is None else f'{bound:.4f}':>6}  "
+            + (f"{smallest[0]}={smallest[1]:.3g}" if smallest else "-")
+        )
+
+
+@windows_app.command("show")
+def windows_show(
+    window_id: Annotated[str, typer.Argument(help="Window id (from `windows list`).")],
+    config: ConfigOption = None,
+) -> None:
+    """One window as JSON (the shape of GET /v1/windows/ID)."""
+    from monitor.store.repository import open_repository
+
+    with _exit_codes():
+        settings = load_settings(config)
+        repository = open_repository(settings)
+        try:
+            found = repository.get_window(window_id)
+        finally:
+            repository.close()
+    if found is None:
+        _err.print(f"[red]error:[/red] no window with id {escape(window_id)!r}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    typer.echo(json.dumps(found.to_dict(), indent=2))
 
 
 def main() -> None:

@@ -233,6 +233,20 @@ class AlertSettings(_Section):
         return int(k), int(m)
 
 
+class SchedulerSettings(_Section):
+    """Window jobs: which replica runs them (one at a time, by lock) and how often it looks."""
+
+    enabled: bool = True  # false: this replica ingests and embeds, never computes windows
+    # File lock used with SQLite; default: beside the database file (<db>.scheduler.lock).
+    lock_path: Path | None = None
+    # A replica that is not the leader retries the lock this often; a dead leader is replaced
+    # within about this long (PostgreSQL frees a dead session's advisory lock).
+    lock_timeout: Duration = timedelta(seconds=15)
+    check_interval: Duration = timedelta(seconds=10)  # how often due windows are looked for
+    catch_up: bool = True  # on start, compute windows missed while no leader ran
+    max_catch_up: int = Field(default=10_000, ge=1)  # most windows one pass computes per stream
+
+
 class Settings(BaseSettings):
     """Every setting of the monitor; see DESIGN section 3 for the meaning of each key."""
 
@@ -254,6 +268,7 @@ class Settings(BaseSettings):
     windows: WindowSettings = WindowSettings()
     alerts: AlertSettings = AlertSettings()
     workers: WorkerSettings = WorkerSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     _source: Path | None = PrivateAttr(default=None)
 

@@ -1,0 +1,390 @@
+"""The daemon: wiring and lifecycle of ``mllm-monitor serve``.
+
+:class:`Daemon` loads everything first and refuses to start with one clear
+:class:`~monitor.errors.MonitorError` on any problem: invalid settings, a database at another
+schema revision (the message names ``mllm-monitor db upgrade``), a missing or altered
+reference store, a store built with other encoders, encoder dims that cannot fuse. Then it
+runs, in one process:
+
+* the ASGI app (``monitor.ingest.app.create_app``: records, references, health, readiness,
+  metrics, the sidecar router when ``[proxy] upstream`` is set, and ``GET /v1/windows``),
+  served by uvicorn on ``[server] host:port``;
+* the embedding workers (``monitor.ingest.worker.EmbeddingWorkers``);
+* the window scheduler (``monitor.scheduler.WindowScheduler``), which computes windows only
+  while this process holds the leader lock.
+
+SIGTERM or SIGINT: uvicorn stops accepting connections and finishes in-flight requests, then
+the workers drain their batch, the scheduler finishes its window and releases the lock, and the
+database connections close. Readiness checks set here: ``database``, ``encoders``,
+``reference_store:<name>``, ``calibration:<stream>``, ``scheduler``, ``workers``.
+
+Logs are one JSON object a line (``ts``, ``level``, ``logger``, ``msg`` and any extra fields)
+when stderr is not a terminal, and plain text when it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from monitor.config import Settings
+from monitor.errors import MonitorError
+from monitor.metrics import MonitorMetrics
+
+log = logging.getLogger("monitor.daemon")
+
+# LogRecord attributes that are not "extra" fields.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, msg, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    """Plain text for a terminal, with the extra fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = {
+            k: v
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
+        }
+        if extra:
+            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return line
+
+
+def configure_logging(level: int = logging.INFO, *, json_logs: bool | None = None) -> None:
+    """Send every log to stderr: JSON lines unless stderr is a terminal."""
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if json_logs
+        else _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin set-up chatter
+    # uvicorn's own loggers go through the root handler (uvicorn is given log_config=None).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+class Daemon:
+    """API, embedding workers and window scheduler in one process, built from ``settings``.
+
+    ``load()`` builds everything and raises a MonitorError on any problem; ``run()`` serves
+    until SIGTERM / SIGINT (or :meth:`request_stop`) and then shuts down in order.
+    """
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = MonitorMetrics(self.registry, [s.name for s in settings.streams])
+        self.repository: Any = None
+        self.encoders: Any = None
+        self.stores: dict[str, Any] = {}  # by stream name
+        self.readiness: Any = None
+        self.ingest: Any = None
+        self.workers: Any = None
+        self.scheduler: Any = None
+        self.app: Any = None
+        self._server: Any = None
+        self._stop = threading.Event()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Open the database, load encoders and reference stores, build the app; raise on any
+        problem (nothing is left running)."""
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        from monitor.embedding import encoders_from_settings
+        from monitor.store.repository import open_repository
+
+        settings = self.settings
+        self.repository = open_repository(settings)
+        ingest_app, ingest_service, readiness_mod = _import_ingest()
+        self.readiness = readiness_mod.Readiness()
+        self.readiness.set("database", True, "schema at head")
+
+        self.encoders = encoders_from_settings(settings.encoders)
+        self.readiness.set(
+            "encoders",
+            True,
+            f"text {settings.encoders.text.kind}, image {settings.encoders.image.kind}",
+        )
+        self.stores = self._load_stores()
+
+        self.ingest = ingest_service.IngestService(settings, self.repository, self.metrics)
+        self.workers = self._build_workers()
+        self.scheduler = self._build_scheduler()
+        routers = self._routers()
+        self.app = ingest_app.create_app(
+            settings,
+            self.repository,
+            self.metrics,
+            readiness=self.readiness,
+            ingest=self.ingest,
+            routers=routers,
+        )
+
+    def _load_stores(self) -> dict[str, Any]:
+        from monitor.reference import load_store
+
+        expected = {
+            "image": self.encoders.image.fingerprint if self.encoders.image else None,
+            "text": self.encoders.text.fingerprint,
+        }
+        by_name: dict[str, Any] = {}
+        by_stream: dict[str, Any] = {}
+        for stream in self.settings.streams:
+            name = stream.reference
+            if name not in by_name:
+                by_name[name] = load_store(
+                    self.settings.reference.root, name, expect_fingerprints=expected
+                )
+                self.readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
+            store = by_name[name]
+            by_stream[stream.name] = store
+            calibrated = store.calibration is not None
+            self.metrics.calibrated.labels(stream=stream.name).set(1 if calibrated else 0)
+            if calibrated:
+                self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
+            else:
+                detail = (
+                    f"reference store {name!r} has no calibration: windows get values but no "
+                    f"p-values or alerts; run `mllm-monitor calibrate --reference {name}`"
+                )
+                self.readiness.set(f"calibration:{stream.name}", False, detail)
+                log.warning("calibration missing", extra={"stream": stream.name, "store": name})
+        return by_stream
+
+    def _build_workers(self) -> Any:
+        try:
+            EmbeddingWorkers = _module("monitor.ingest.worker").EmbeddingWorkers
+        except ImportError as exc:
+            detail = f"embedding workers unavailable ({exc}); records stay in the inbox"
+            self.readiness.set("workers", False, detail)
+            log.error("embedding workers unavailable", extra={"error": str(exc)})
+            return None
+        reference_model = _reference_model(self.settings, self.repository, self.metrics)
+        workers = EmbeddingWorkers(
+            self.settings,
+            self.repository,
+            self.encoders,
+            self.stores,
+            self.metrics,
+            reference_model=reference_model,
+        )
+        self.readiness.set("workers", True, "")
+        return workers
+
+    def _build_scheduler(self) -> Any:
+        if not self.settings.scheduler.enabled:
+            self.readiness.set("scheduler", True, "disabled on this replica")
+            return None
+        try:
+            WindowScheduler = _module("monitor.scheduler").WindowScheduler
+        except ImportError as exc:
+            detail = f"window scheduler unavailable ({exc}); no windows are computed"
+            self.readiness.set("scheduler", False, detail)
+            log.error("window scheduler unavailable", extra={"error": str(exc)})
+            return None
+
+        return WindowScheduler(
+            self.settings,
+            self.repository,
+            self.stores,
+            self.metrics,
+            readiness=self.readiness,
+        )
+
+    def _routers(self) -> list[Any]:
+        routers: list[Any] = []
+        if self.settings.proxy.upstream:
+            try:
+                build_proxy_router = _module("monitor.ingest.proxy").build_proxy_router
+            except ImportError as exc:
+                raise MonitorError(
+                    f"[proxy] upstream is set but the sidecar is unavailable: {exc}"
+                ) from exc
+            routers.append(build_proxy_router(self.settings, self.ingest, self.metrics))
+        from monitor.ingest.windows_api import build_windows_router
+
+        routers.append(
+            build_windows_router(self.repository, [s.name for s in self.settings.streams])
+        )
+        return routers
+
+    # -- running ---------------------------------------------------------------------------
+
+    def bind(self) -> socket.socket:
+        """Bind the listening socket (port 0 picks a free port); logs where it listens."""
+        host, port = self.settings.server.host, self.settings.server.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            sock.close()
+            raise MonitorError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        sock.set_inheritable(True)
+        return sock
+
+    def run(self) -> None:
+        """Serve until SIGTERM / SIGINT, then shut down in order. Call :meth:`load` first."""
+        import uvicorn
+
+        if self.app is None:
+            raise MonitorError("Daemon.run() before Daemon.load()")
+        sock = self.bind()
+        host, port = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        self._server = uvicorn.Server(config)
+        previous = _install_stop_handlers(self.request_stop)
+        try:
+            if self.workers is not None:
+                self.workers.start()
+            if self.scheduler is not None:
+                self.scheduler.start()
+            log.info("listening", extra={"host": host, "port": port, "url": _url(host, port)})
+            if not self._stop.is_set():
+                self._server.run(sockets=[sock])
+        finally:
+            sock.close()
+            self.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def request_stop(self) -> None:
+        """Ask the server to stop (what SIGTERM does)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Drain the workers, stop the scheduler (releasing the lock), close the database."""
+        log.info("shutting down")
+        if self.workers is not None:
+            try:
+                self.workers.stop(timeout)
+            except Exception:
+                log.exception("stopping the embedding workers failed")
+        if self.scheduler is not None:
+            try:
+                self.scheduler.stop(timeout)
+            except Exception:
+                log.exception("stopping the scheduler failed")
+        self.close()
+        log.info("stopped")
+
+    def close(self) -> None:
+        if self.repository is not None:
+            self.repository.close()
+            self.repository = None
+
+
+def _import_ingest() -> tuple[Any, Any, Any]:
+    """The ingest app's modules, or one clear error when they are not there."""
+    try:
+        return (
+            _module("monitor.ingest.app"),
+            _module("monitor.ingest.service"),
+            _module("monitor.ingest.readiness"),
+        )
+    except ImportError as exc:
+        raise MonitorError(f"the ingest app is unavailable in this install: {exc}") from exc
+
+
+def _module(name: str) -> Any:
+    """Import a part that a deployment may lack; an ImportError names it."""
+    return importlib.import_module(name)
+
+
+def _reference_model(settings: Settings, repository: Any, metrics: MonitorMetrics) -> Any:
+    """The reference-model sampler when ``[references] model_url`` and ``model`` are set."""
+    if not (settings.references.model_url and settings.references.model):
+        return None
+    try:
+        ReferenceModel = _module("monitor.ingest.reference_model").ReferenceModel
+    except ImportError as exc:
+        raise MonitorError(
+            f"[references] model_url is set but the reference-model sampler is unavailable: {exc}"
+        ) from exc
+    return ReferenceModel(settings, repository, metrics)
+
+
+def _install_stop_handlers(stop: Any) -> Mapping[int, Any]:
+    """SIGTERM / SIGINT ask for a graceful stop. uvicorn installs its own handlers while it
+    serves and re-raises the signal once it has stopped; it then lands here, harmlessly."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(settings: Settings) -> None:
+    """What ``mllm-monitor serve`` runs: load (raising MonitorError on any problem), serve,
+    shut down."""
+    daemon = Daemon(settings)
+    daemon.load()
+    daemon.run()
