@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from monitor import __version__
 from monitor.embedding import EncoderSet, ImageLimits, decode_image, fuse
 from monitor.errors import ImageDecodeError, ReferenceStoreError
+from monitor.estimators._arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance, ood_threshold
 from monitor.reference.index import IndexParams, build_index, choose_params, search, write_index
 from monitor.reference.manifest import ManifestRecord
@@ -94,37 +96,64 @@ def _embed_all(
     options: BuildOptions,
     progress: Progress | None,
 ) -> dict[str, Rows]:
-    parts: dict[str, list[Rows]] = {k: [] for k in ("image", "prompt", "response", "reference")}
+    parts: dict[str, list[Rows]] = {}
     total = len(records)
     for start in range(0, total, options.batch_records):
         batch = records[start : start + options.batch_records]
-        parts["prompt"].append(encoders.text.encode_texts([r.prompt for r in batch]))
-        parts["response"].append(encoders.text.encode_texts([r.response for r in batch]))
-        refs = [r.reference for r in batch if r.reference is not None]
-        if refs:
-            parts["reference"].append(encoders.text.encode_texts(refs))
-        with_image = [r for r in batch if r.image]
-        if with_image and encoders.image is not None:
-            decoded = []
-            for r in with_image:
-                try:
-                    decoded.append(
-                        decode_image(
-                            r.image or "", limits=limits, allow_paths=True, root=image_root
-                        )
-                    )
-                except ImageDecodeError as exc:
-                    raise ReferenceStoreError(f"record {r.id!r}: {exc}") from exc
-            parts["image"].append(encoders.image.encode_images(decoded))
+        decoded: list[Image.Image | None] = []
+        for r in batch:
+            try:
+                decoded.append(
+                    decode_image(r.image, limits=limits, allow_paths=True, root=image_root)
+                    if r.image
+                    else None
+                )
+            except ImageDecodeError as exc:
+                raise ReferenceStoreError(f"record {r.id!r}: {exc}") from exc
+        rows = embed_batch(
+            encoders,
+            prompts=[r.prompt for r in batch],
+            responses=[r.response for r in batch],
+            references=[r.reference for r in batch],
+            images=decoded,
+        )
+        for kind, kind_rows in rows.items():
+            parts.setdefault(kind, []).append(kind_rows)
         if progress:
             progress("embedding", min(start + len(batch), total), total)
-    out = {kind: np.concatenate(rows) for kind, rows in parts.items() if rows}
-    has_image = np.array([bool(r.image) for r in records])
-    image = out.get("image")
+    return {kind: np.concatenate(rows) for kind, rows in parts.items() if rows}
+
+
+def embed_batch(
+    encoders: EncoderSet,
+    *,
+    prompts: Sequence[str],
+    responses: Sequence[str | None],
+    references: Sequence[str | None],
+    images: Sequence[Image.Image | None],
+) -> dict[str, Rows]:
+    """One batch of records embedded as a reference store holds them.
+
+    The reference build and the live embedding workers both call this, so a live sample and an
+    ID record are embedded exactly alike. ``prompt`` and ``query`` (x, the fusion of image and
+    prompt) have one row per record; ``response``, ``reference`` and ``image`` one row per record
+    that has one, in record order (a kind no record has is absent). Images come decoded.
+    """
+    out: dict[str, Rows] = {"prompt": encoders.text.encode_texts(list(prompts))}
+    for kind, texts in (("response", responses), ("reference", references)):
+        present = [t for t in texts if t is not None]
+        if present:
+            out[kind] = encoders.text.encode_texts(present)
+    has_image = np.array([image is not None for image in images], dtype=bool)
+    if has_image.any() and encoders.image is None:
+        raise ReferenceStoreError("records have images but encoders.image.kind is 'none'")
     full_image = None
-    if image is not None:
-        full_image = np.zeros((total, image.shape[1]), dtype=np.float32)
-        full_image[has_image] = image
+    if encoders.image is not None:
+        # Zero rows where a record has no image: fuse ignores them (concat keeps the width).
+        full_image = np.zeros((len(images), encoders.image.dim), dtype=np.float32)
+        if has_image.any():
+            out["image"] = encoders.image.encode_images([i for i in images if i is not None])
+            full_image[has_image] = out["image"]
     out["query"] = fuse(out["prompt"], full_image, has_image, encoders.fusion)
     return out
 
@@ -147,11 +176,11 @@ def _write_store(
             nlist=options.ivf_nlist,
             nprobe=options.ivf_nprobe,
         )
-        index = build_index(_unit(rows), params, seed=options.seed)
+        index = build_index(l2_normalise(rows), params, seed=options.seed)
         write_index(index, workdir / f"{kind}.faiss")
         index_params[kind] = params.to_dict()
         if kind == "query":
-            ood = _calibrate_ood(index, _unit(rows), options)
+            ood = _calibrate_ood(index, l2_normalise(rows), options)
         if progress:
             progress("indexing", n + 1, len(embeddings))
     write_json_atomic(
@@ -206,12 +235,6 @@ def _calibrate_ood(index: Any, unit_rows: Rows, options: BuildOptions) -> dict[s
     }
 
 
-def _unit(rows: Rows) -> Rows:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    unit: Rows = (rows / np.maximum(norms, 1e-12)).astype(np.float32)
-    return unit
-
-
 def _swap_into_place(workdir: Path, target: Path) -> None:
     for path in workdir.iterdir():
         with path.open("rb") as fh:
@@ -230,4 +253,4 @@ def _remove_stale_builds(root: Path, name: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-__all__ = ["BuildOptions", "IndexParams", "build_store"]
+__all__ = ["BuildOptions", "IndexParams", "build_store", "embed_batch"]
