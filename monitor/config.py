@@ -197,6 +197,25 @@ class StreamSettings(_Section):
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     reference: str = "default"
     sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Rate cap on sampled records (token bucket, burst of one second); 0 = no cap.
+    max_records_per_second: float = Field(default=0.0, ge=0.0)
+
+
+class IngestSettings(_Section):
+    """Limits of the records API, the inbox, and image URL fetching (monitor.ingest)."""
+
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # one max-size image in base64
+    max_batch_records: int = Field(default=1000, ge=1)
+    max_text_chars: int = Field(default=200_000, ge=1)  # prompt, response, reference, message
+    max_messages: int = Field(default=256, ge=1)  # OpenAI messages (and parts of one message)
+    max_future: Duration = timedelta(hours=1)  # timestamps later than now + this are refused
+    max_inbox_depth: int = Field(default=100_000, ge=1)  # 429 once the inbox holds this many
+    retry_after: Duration = timedelta(seconds=5)  # the Retry-After of a 429
+    # http(s) image URLs are fetched only from these hosts ("cdn.example.com", "*.example.com");
+    # empty = never. Private, loopback, link-local and metadata addresses are refused anyway.
+    image_url_hosts: list[str] = Field(default_factory=list)
+    image_url_timeout: Duration = timedelta(seconds=10)  # whole fetch, redirects included
+    image_url_max_redirects: int = Field(default=3, ge=0)
 
 
 class WindowSettings(_Section):
@@ -267,6 +286,7 @@ class Settings(BaseSettings):
     streams: list[StreamSettings] = Field(default_factory=lambda: [StreamSettings()])
     windows: WindowSettings = WindowSettings()
     alerts: AlertSettings = AlertSettings()
+    ingest: IngestSettings = IngestSettings()
     workers: WorkerSettings = WorkerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
 

@@ -7,7 +7,10 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     ├── ConfigError                 settings file or environment is invalid
     ├── InvalidInputError           data handed to the monitor is unusable (also a ValueError)
     │   ├── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
-    │   └── ImageDecodeError        an image is corrupt, too large, a bomb, or of a refused format
+    │   ├── ImageDecodeError        an image is corrupt, too large, a bomb, or of a refused format
+    │   ├── ImageFetchError         an image URL is refused (host, address) or cannot be fetched
+    │   └── UnknownRecordError      a late reference names a record the monitor never kept
+    ├── InboxFullError              the durable inbox is at its configured depth (retry later)
     ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
     ├── ReferenceStoreError         a reference store is missing, corrupt, or built otherwise
     │   └── FingerprintMismatchError  the store was built with another encoder
@@ -114,3 +117,21 @@ class ReferenceStoreError(MonitorError):
 
 class FingerprintMismatchError(ReferenceStoreError):
     """Embeddings from one encoder were offered to a store built with another."""
+
+
+class ImageFetchError(InvalidInputError):
+    """An image URL is refused (scheme, host not allowed, private address) or its fetch failed."""
+
+
+class UnknownRecordError(InvalidInputError):
+    """A late reference names a record that is neither waiting in the inbox nor embedded."""
+
+
+class InboxFullError(MonitorError):
+    """The durable inbox holds its configured maximum; nothing was written.
+
+    ``retry_after`` is the number of seconds the client should wait before retrying."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)

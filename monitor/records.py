@@ -36,6 +36,10 @@ class TrafficRecord:
     image: bytes | None = None
     response: str | None = None
     reference: str | None = None
+    # 1 / the stream's sample_rate when sampled: each kept record stands for this many.
+    sampling_weight: float = 1.0
+    # An http(s) image URL not fetched yet (the ingest API fetches it before enqueueing).
+    image_url: str | None = None
 
     @property
     def has_image(self) -> bool:

@@ -11,11 +11,12 @@ import numpy as np
 from sqlalchemy import Row, and_, delete, func, select, update
 
 from monitor.errors import EmbeddingError, StorageError
-from monitor.store._base import Database, Streams
+from monitor.store._base import ID_BATCH, Database, Streams, batched
 from monitor.store._inbox import Inbox
 from monitor.store.models import (
     EMBEDDING_KINDS,
     Embedding,
+    InboxItem,
     LateReference,
     RawContent,
     Sample,
@@ -275,6 +276,23 @@ class Samples:
                 yield builder.build()
 
     # -- late references --------------------------------------------------------------------
+
+    def locate_records(self, record_ids: Sequence[str]) -> dict[str, str]:
+        """Where each known record is: "sample" (embedded) or "inbox" (waiting to be).
+        Unknown ids are left out. Used to accept late references for known records only."""
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(record_ids))
+        with self._db.read("locating records") as conn:
+            for chunk in batched(wanted, ID_BATCH):
+                for record_id in conn.execute(
+                    select(InboxItem.record_id).where(InboxItem.record_id.in_(chunk))
+                ).scalars():
+                    found[record_id] = "inbox"
+                for record_id in conn.execute(
+                    select(Sample.id).where(Sample.id.in_(chunk))
+                ).scalars():
+                    found[record_id] = "sample"
+        return found
 
     def add_late_reference(
         self, record_id: str, text: str, *, received_at: datetime | None = None

@@ -8,7 +8,8 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
 * ``inbox``, the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``):
   ``monitor.store._inbox``
 * ``samples``, samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
-  ``iter_embeddings``), late references, raw retention (``purge_raw``): ``monitor.store._samples``
+  ``iter_embeddings``), late references (``locate_records``, ``add_late_reference``), raw
+  retention (``purge_raw``): ``monitor.store._samples``
 * ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
   ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
 * ``artifacts``, reference sets and estimator artifacts (``register_reference_set``,
@@ -71,6 +72,7 @@ class Repository:
         self.get_sample = self.samples.get_sample
         self.count_samples = self.samples.count_samples
         self.iter_embeddings = self.samples.iter_embeddings
+        self.locate_records = self.samples.locate_records
         self.add_late_reference = self.samples.add_late_reference
         self.pending_late_references = self.samples.pending_late_references
         self.get_late_reference = self.samples.get_late_reference

@@ -41,6 +41,8 @@ def record_to_json(record: TrafficRecord) -> str:
         "image": base64.b64encode(record.image).decode("ascii") if record.image else None,
         "response": record.response,
         "reference": record.reference,
+        "sampling_weight": record.sampling_weight,
+        "image_url": record.image_url,
     }
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
@@ -57,6 +59,8 @@ def record_from_json(text: str) -> TrafficRecord:
         image=base64.b64decode(image) if image is not None else None,
         response=data.get("response"),
         reference=data.get("reference"),
+        sampling_weight=float(data.get("sampling_weight", 1.0)),
+        image_url=data.get("image_url"),
     )
 
 
@@ -98,9 +102,10 @@ class NewSample:
         *,
         encoder_fingerprint: str,
         ood_score: float | None = None,
-        sampling_weight: float = 1.0,
+        sampling_weight: float | None = None,
     ) -> NewSample:
-        """Hashes and flags from the record; its raw content rides along for opt-in retention."""
+        """Hashes and flags from the record; its raw content rides along for opt-in retention.
+        The sampling weight is the record's own unless given."""
         return cls(
             id=record.id,
             stream=record.stream,
@@ -115,7 +120,7 @@ class NewSample:
             has_image=record.image is not None,
             has_reference=record.reference is not None,
             ood_score=ood_score,
-            sampling_weight=sampling_weight,
+            sampling_weight=record.sampling_weight if sampling_weight is None else sampling_weight,
             raw=RawContent(record.prompt, record.response, record.reference, record.image),
         )
 
