@@ -1,0 +1,84 @@
+"""The risk rule of DESIGN section 4: warnings, k-of-m hysteresis, budgets, insufficient
+windows."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.records import RiskLevel
+from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
+
+QUIET = WindowSignals(sufficient=True, bound_significant=False, bound=0.5)
+HIT = WindowSignals(sufficient=True, warning=True, bound_significant=True, bound=0.9)
+THIN = WindowSignals(sufficient=False)
+POLICY = RiskPolicy(k=2, m=3)
+
+
+def levels(windows: list[WindowSignals], policy: RiskPolicy = POLICY) -> list[int]:
+    return [int(assess_risk(w, windows[:i], policy).level) for i, w in enumerate(windows)]
+
+
+def test_quiet_windows_are_ok() -> None:
+    assert levels([QUIET] * 5) == [0] * 5
+
+
+def test_first_shifted_window_warns_and_the_kth_is_critical() -> None:
+    assert levels([QUIET, QUIET, HIT, HIT, HIT]) == [0, 0, 1, 2, 2]
+    decision = assess_risk(HIT, [QUIET, HIT], POLICY)
+    assert decision.level is RiskLevel.CRITICAL and "2 of the last 3" in decision.reason
+
+
+def test_one_noisy_window_is_at_most_a_warning() -> None:
+    assert levels([QUIET, HIT, QUIET, QUIET, HIT, QUIET]) == [0, 1, 0, 0, 1, 0]
+
+
+def test_k_of_m_counts_only_the_last_m_windows() -> None:
+    # hits two windows apart with a quiet one between: 2 of the last 3 -> critical
+    assert levels([HIT, QUIET, HIT]) == [1, 0, 2]
+    # two quiet windows between: never 2 in 3
+    assert levels([HIT, QUIET, QUIET, HIT]) == [1, 0, 0, 1]
+    # the critical holds while k of the last m still hit, then clears
+    assert levels([HIT, HIT, QUIET, QUIET]) == [1, 2, 2, 0]
+
+
+def test_insufficient_windows_are_neither_significant_nor_quiet() -> None:
+    # they never alert ...
+    assert assess_risk(THIN, [HIT, HIT], POLICY).level is RiskLevel.OK
+    # ... and are skipped in the count: HIT, THIN, THIN, HIT is two hits in a row
+    assert levels([HIT, THIN, THIN, HIT]) == [1, 0, 0, 2]
+
+
+def test_a_warning_term_alone_is_a_warning_not_a_critical() -> None:
+    response_only = WindowSignals(
+        sufficient=True, warning=True, bound_significant=False, reasons=("response p=0.001",)
+    )
+    assert levels([response_only] * 4) == [1, 1, 1, 1]
+    assert "response" in assess_risk(response_only, [], POLICY).reason
+
+
+def test_uncalibrated_windows_never_count() -> None:
+    raw = WindowSignals(sufficient=True, bound_significant=None, bound=5.0)
+    assert levels([raw] * 4) == [0] * 4
+
+
+def test_bound_budget_must_also_be_exceeded_when_a_number() -> None:
+    policy = RiskPolicy(k=2, m=3, bound_budget=1.0)
+    assert levels([HIT, HIT, HIT], policy) == [1, 1, 1]  # warnings from the term, no critical
+    over = WindowSignals(sufficient=True, bound_significant=True, bound=1.2)
+    assert levels([over, over], policy) == [1, 2]
+
+
+def test_emid_interval_above_budget_is_critical_at_once() -> None:
+    policy = RiskPolicy(k=2, m=3, emid_budget=0.05)
+    above = WindowSignals(sufficient=True, bound_significant=False, emid_interval=(0.06, 0.2))
+    straddling = WindowSignals(sufficient=True, bound_significant=False, emid_interval=(-0.01, 0.2))
+    assert assess_risk(above, [], policy).level is RiskLevel.CRITICAL
+    assert assess_risk(straddling, [], policy).level is RiskLevel.OK
+
+
+def test_policy_from_settings_and_validation() -> None:
+    assert policy_from_settings((2, 3), "auto", 0.0) == RiskPolicy(2, 3, None, 0.0)
+    assert policy_from_settings((1, 1), 0.8, 0.1).bound_budget == 0.8
+    assert levels([HIT], RiskPolicy(k=1, m=1)) == [2]
+    with pytest.raises(ValueError, match="k <= m"):
+        RiskPolicy(k=3, m=2)
