@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -71,7 +72,7 @@ def test_catch_up_from_the_earliest_sample_and_its_limit() -> None:
     earliest = T0 + timedelta(minutes=3)
     due = due_windows("s", now=now, size=FIVE, lateness=timedelta(0), earliest=earliest)
     assert len(due) == 10 and due[0].start == T0 and due[-1].end == now
-    assert all(a.end == b.start for a, b in zip(due, due[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(due))
     newest = due_windows("s", now=now, size=FIVE, lateness=timedelta(0), earliest=earliest, limit=3)
     assert [w.start for w in newest] == [T0 + 7 * FIVE, T0 + 8 * FIVE, T0 + 9 * FIVE]
     assert due_windows("s", now=now, size=FIVE, lateness=timedelta(0)) == []  # no data
