@@ -42,7 +42,13 @@ OTHER_STREAM = "_other"
 #: Sidecar routes, by what happens to them.
 PROXY_ROUTES: tuple[str, ...] = ("chat_completions", "completions", "models", "other")
 #: Why the sidecar gave up sampling an exchange (the client never notices: it fails open).
-FAIL_OPEN_REASONS: tuple[str, ...] = ("inbox_full", "storage_error", "invalid", "internal_error")
+FAIL_OPEN_REASONS: tuple[str, ...] = (
+    "queue_full",  # the sidecar's in-memory sampling queue (the database is slower than traffic)
+    "inbox_full",
+    "storage_error",
+    "invalid",
+    "internal_error",
+)
 #: Outcomes of asking the reference model for a reference answer.
 REFERENCE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "timeout", "budget_skipped")
 #: Window statuses.
