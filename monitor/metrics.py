@@ -223,6 +223,19 @@ class MonitorMetrics:
             sw,
             registry=r,
         )
+        self.window_size_seconds = Gauge(
+            _name("window_size_seconds"),
+            "Configured window length ([windows] size); the stale-monitor alert compares the age "
+            "of the last window with it.",
+            sw,
+            registry=r,
+        )
+        self.window_lateness_seconds = Gauge(
+            _name("window_lateness_seconds"),
+            "Configured wait after a window's end before it is computed ([windows] lateness).",
+            sw,
+            registry=r,
+        )
         self.windows = Counter(
             _name("windows"), "Windows computed, by status.", ["stream", "status"], registry=r
         )
@@ -284,6 +297,8 @@ class MonitorMetrics:
                 self.ood_ratio,
                 self.ood_ratio_threshold,
                 self.last_window_end_timestamp_seconds,
+                self.window_size_seconds,
+                self.window_lateness_seconds,
             ):
                 gauge.labels(stream=stream).set(math.nan)
             self.risk_level.labels(stream=stream).set(0)
@@ -292,6 +307,12 @@ class MonitorMetrics:
     def stream_label(self, stream: str | None) -> str:
         """The ``stream`` label for a record: its stream if configured, else ``_other``."""
         return stream if stream in self.streams else OTHER_STREAM
+
+    def set_window_settings(self, size_seconds: float, lateness_seconds: float) -> None:
+        """Publish the window length and lateness of every stream (the daemon calls this once)."""
+        for stream in self.streams:
+            self.window_size_seconds.labels(stream=stream).set(size_seconds)
+            self.window_lateness_seconds.labels(stream=stream).set(lateness_seconds)
 
     def count_records(self, stream: str | None, outcome: str, amount: int = 1) -> None:
         if amount:

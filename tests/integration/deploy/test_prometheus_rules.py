@@ -1,0 +1,94 @@
+"""The shipped Prometheus rules and config pass promtool, and every alert is unit-tested."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY, shortened_rules, tool_path
+
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+RULE_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
+CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool_path("promtool"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", ALERTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+def test_promtool_test_rules() -> None:
+    result = promtool("test", "rules", RULE_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_check_config_loads_the_rules() -> None:
+    result = promtool("check", "config", CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names, "no alert rules found"
+    assert names - firing == set(), "alerts without a firing case"
+    assert names - quiet == set(), "alerts without a not-firing case"
+    assert (firing | quiet) - names == set(), "tests of alerts that do not exist"
+
+
+def test_every_alert_is_labelled_and_documented() -> None:
+    anchors = []
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], rule["alert"]
+        anchors.append(annotations["runbook_url"])
+        assert annotations["runbook_url"] == f"deploy/README.md#{rule['alert'].lower()}"
+    assert len(set(anchors)) == len(anchors)
+    by_name = {rule["alert"]: rule for rule in alert_rules()}
+    assert "for" in by_name["MllmMonitorCriticalDrift"]
+    assert by_name["MllmMonitorCriticalDrift"]["labels"]["severity"] == "critical"
+
+
+def test_shortened_rules_keep_the_expressions(tmp_path: Path) -> None:
+    fast = shortened_rules(tmp_path / "alerts.fast.yml", for_="1s")
+    result = promtool("check", "rules", fast)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shipped = {rule["alert"]: rule for rule in alert_rules()}
+    doc = yaml.safe_load(fast.read_text())
+    shortened = {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    assert shortened.keys() == shipped.keys()
+    for name, rule in shortened.items():
+        assert rule["expr"] == shipped[name]["expr"]
+        assert rule.get("for", "1s") == "1s"
+
+
+@pytest.mark.parametrize("path", sorted(PROMETHEUS_DIR.glob("*.yml")), ids=lambda p: p.name)
+def test_prometheus_files_are_yaml_mappings(path: Path) -> None:
+    assert isinstance(yaml.safe_load(path.read_text()), dict)

@@ -1,0 +1,64 @@
+"""A real Prometheus server scrapes MonitorMetrics with the shipped rules: the critical-drift
+alert fires for the critical stream only.
+
+The exporter is static (prometheus_client's HTTP server on loopback, gauges set by the test);
+the same fixture scrapes ``mllm-monitor serve`` in the daemon's end-to-end test. ``for:`` is
+shortened to 1 s (see prometheus_server.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+
+from monitor.metrics import MonitorMetrics
+from tests.integration.deploy.prometheus_server import PrometheusServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def exporter() -> Iterator[tuple[str, MonitorMetrics]]:
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, ["shifted", "id"])
+    metrics.set_window_settings(size_seconds=60, lateness_seconds=5)
+    now = time.time()
+    for stream, level in (("shifted", 2), ("id", 0)):
+        metrics.risk_level.labels(stream=stream).set(level)
+        metrics.last_window_end_timestamp_seconds.labels(stream=stream).set(now)
+        metrics.calibrated.labels(stream=stream).set(1)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{server.server_port}", metrics
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_critical_alert_fires_for_the_critical_stream_only(
+    tmp_path: Path, exporter: tuple[str, MonitorMetrics]
+) -> None:
+    target, metrics = exporter
+    with PrometheusServer(tmp_path / "prometheus", [target]) as prometheus:
+        alert = prometheus.wait_for_alert("MllmMonitorCriticalDrift", {"stream": "shifted"})
+        assert alert["labels"]["severity"] == "critical"
+        assert prometheus.targets_up()
+        # The ID stream was scraped (risk 0) and its alert is neither pending nor firing.
+        level = prometheus.query('mllm_monitor_risk_level{stream="id"}')
+        assert [sample["value"][1] for sample in level] == ["0"]
+        assert prometheus.alerts_named("MllmMonitorCriticalDrift", {"stream": "id"}) == []
+        # Nothing else fires on a healthy, calibrated, fresh exporter.
+        names = {a["labels"]["alertname"] for a in prometheus.alerts()}
+        assert names == {"MllmMonitorCriticalDrift"}
+
+        # The level drops to warning: the alert resolves (leaves the active list).
+        metrics.risk_level.labels(stream="shifted").set(1)
+        deadline = time.monotonic() + 20
+        while prometheus.alerts_named("MllmMonitorCriticalDrift") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert prometheus.alerts_named("MllmMonitorCriticalDrift") == []
