@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monitor.estimators.club import CLUB, load_club
+from monitor.estimators.club import CLUB
 from monitor.estimators.rjsd import representation_jsd
+from monitor.reference.checkpoint import load_club
 
 PAPER_CLUB = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "club_paper_global.pt"
 D = 768

@@ -1,13 +1,59 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""File helpers shared by the whole package: atomic writes, the content hash, locks, names.
+
+* :func:`atomic_writer` / :func:`write_bytes_atomic` / :func:`write_json_atomic`: a reader sees
+  the old file or the new one, never half of either.
+* :func:`sha256_hex` / :func:`file_sha256`: the one content hash (sha256, hex) of the project.
+* :func:`exclusive_lock`: an advisory ``flock`` on a lock file, refused at once when held.
+* :func:`check_name`: names that become a directory (reference stores), validated in one place.
+
+Standard library only, so any layer (settings included) can import it.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from monitor.errors import InvalidInputError
+
+# A name that is one safe path component on every filesystem: no separators, no control or
+# shell-special characters, no leading dot (hidden files are the store's temporary ones).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(name: object, *, what: str = "reference store name", field: str = "name") -> str:
+    """``name`` if it matches :data:`NAME_PATTERN`, else InvalidInputError saying why."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidInputError(
+            f"invalid {what} {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting "
+            "with a letter or digit",
+            field=field,
+        )
+    return name
+
+
+def sha256_hex(data: bytes | bytearray | memoryview | str) -> str:
+    """The content hash: sha256 of the bytes (text as UTF-8), hex."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """:func:`sha256_hex` of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -24,3 +70,44 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON (sorted keys, finite numbers only) written atomically."""
+    write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode())
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Refused at once when someone else holds it, rather than waiting behind a build that may
+    take hours: :class:`BlockingIOError` whose message names the holder (callers turn it into
+    their own error). The lock file stays: removing it would let a third process lock a fresh
+    inode while the second still holds the old one. The holder's pid is written into it for
+    the error message. The kernel drops the lock when the holder dies.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            message = f"{path} is locked by another process ({holder})"
+            raise BlockingIOError(exc.errno, message) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

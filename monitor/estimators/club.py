@@ -13,32 +13,43 @@ mean_j (y_jk - mu_ik)^2 = E[y_k^2] - 2 mu_ik E[y_k] + mu_ik^2 makes mu^2 cancel 
     [ 2 mu_ik (y_ik - E[y_k]) + E[y_k^2] - y_ik^2 ] / 2s_ik,
 
 O(n d) in time and O(chunk d) in memory, computed in row chunks with the two first layers fused.
+
+Where training here departs from the paper (whose CLUB is fit once, on (x, y) pairs of a
+separate training set):
+
+* :func:`train_club` fits one network on whatever pairs it is given; the reference store
+  (:mod:`monitor.reference.estimator`) gives it both (x, y) and (x, y_hat) pairs of the ID
+  records, so one q(y|x) serves I(x; y) and I(x; y_hat) alike.
+* Early stopping holds out a random fraction of the *pairs*; without ``groups`` the (x, y) and
+  (x, y_hat) pairs of one record can fall on both sides, so the held-out likelihood is
+  optimistic. Pass ``groups`` (one id per record) to hold out whole records.
+* EMI(ID) evaluated on records the network was trained on is in-sample (biased towards the
+  training fit); the store therefore keeps a held-out ID split the network never sees.
+
+This module does no file IO: weights files are read and written by
+:mod:`monitor.reference.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from monitor.errors import CheckpointError, InvalidInputError
+from monitor.errors import InvalidInputError
 from monitor.estimators._arrays import (
     ArrayLike,
     FloatArray,
     check_embeddings,
     check_same_rows,
 )
-from monitor.files import atomic_writer
 
-CHECKPOINT_FORMAT = "mllm-monitor/club@1"
 _ESTIMATE_CHUNK_ROWS = 2048
 
 
@@ -198,10 +209,12 @@ def train_club(
     patience: int = 10,
     seed: int = 0,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    groups: ArrayLike | None = None,
 ) -> CLUB:
     """Fit a CLUB network on paired rows by maximising the Gaussian log-likelihood.
 
-    A seeded random ``holdout_fraction`` of the pairs is held out; training stops after
+    A seeded random ``holdout_fraction`` of the pairs (of the groups, when ``groups`` gives
+    one id per pair: all pairs of a group on the same side) is held out; training stops after
     ``patience`` epochs without a better held-out log-likelihood, and the best model is returned.
     The same inputs and seed give the same weights; the global torch RNG is left untouched.
     """
@@ -210,19 +223,21 @@ def train_club(
     check_same_rows(X, Y, "x", "y")
     if not 0.0 < holdout_fraction < 1.0:
         raise InvalidInputError("holdout_fraction must lie in (0, 1)", field="holdout_fraction")
-    n = X.shape[0]
-    n_holdout = max(1, round(n * holdout_fraction))
-    if n - n_holdout < 2:
-        raise InvalidInputError(f"need at least 3 pairs to train CLUB, got {n}", field="x")
     if epochs < 1 or batch_size < 1 or patience < 1 or not lr > 0:
         raise InvalidInputError(
             "epochs, batch_size, patience and lr must be positive", field="epochs"
         )
+    n = X.shape[0]
+    held = _holdout_mask(n, holdout_fraction, seed, groups)
+    n_holdout = int(held.sum())
+    if n - n_holdout < 2 or n_holdout < 1:
+        raise InvalidInputError(
+            f"need at least 3 pairs (and 2 groups) to train CLUB, got {n}", field="x"
+        )
 
-    order = np.random.default_rng(seed).permutation(n)
     xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(Y, dtype=torch.float32)
-    hold = torch.as_tensor(order[:n_holdout])
-    train = torch.as_tensor(order[n_holdout:])
+    hold = torch.as_tensor(np.flatnonzero(held))
+    train = torch.as_tensor(np.flatnonzero(~held))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLUB(X.shape[1], Y.shape[1], hidden)
@@ -264,82 +279,21 @@ def train_club(
     return model
 
 
-def save_club(model: CLUB, path: str | os.PathLike[str]) -> None:
-    """Write the weights, dims and metadata atomically (a crash never leaves half a file)."""
-    target = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "x_dim": model.x_dim,
-        "y_dim": model.y_dim,
-        "hidden": model.hidden,
-        "metadata": dict(model.metadata),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic_writer(target) as fh:
-        torch.save(payload, fh)
-
-
-def load_club(
-    path: str | os.PathLike[str], *, x_dim: int | None = None, y_dim: int | None = None
-) -> CLUB:
-    """Load a CLUB saved by :func:`save_club` or a plain state dict as the authors publish it.
-
-    Always maps to CPU and never unpickles code (``weights_only``). ``x_dim`` / ``y_dim``, when
-    given, must match the weights.
-    """
-    source = Path(path)
-    try:
-        raw = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"CLUB weights file not found: {source}", path=source) from exc
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(
-            f"cannot read CLUB weights from {source}: {exc}", path=source
-        ) from exc
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{source} does not hold a state dict", path=source)
-    metadata: dict[str, Any] = {}
-    if raw.get("format") == CHECKPOINT_FORMAT:
-        state, metadata = raw["state_dict"], dict(raw.get("metadata") or {})
-    else:
-        state = raw
-    model = _model_for_state(state, source)
-    for name, expected in (("x_dim", x_dim), ("y_dim", y_dim)):
-        if expected is not None and getattr(model, name) != expected:
-            raise CheckpointError(
-                f"{source} holds a CLUB with {name}={getattr(model, name)}, expected {expected}",
-                path=source,
-            )
-    model.metadata = metadata
-    model.eval()
-    return model
-
-
-_EXPECTED_KEYS = {
-    f"{head}.{layer}.{kind}"
-    for head in ("p_mu", "p_logvar")
-    for layer in (0, 2)
-    for kind in ("weight", "bias")
-}
-
-
-def _model_for_state(state: Mapping[str, Any], source: Path) -> CLUB:
-    keys = set(state)
-    if keys != _EXPECTED_KEYS:
-        missing, extra = sorted(_EXPECTED_KEYS - keys), sorted(keys - _EXPECTED_KEYS)
-        raise CheckpointError(
-            f"{source} is not a CLUB state dict (missing {missing or 'nothing'}, "
-            f"unexpected {extra or 'nothing'})",
-            path=source,
+def _holdout_mask(n: int, fraction: float, seed: int, groups: ArrayLike | None) -> np.ndarray:
+    """Which pairs early stopping holds out: a seeded fraction of pairs, or of groups."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        by_pair = np.zeros(n, dtype=bool)
+        by_pair[rng.permutation(n)[: max(1, round(n * fraction))]] = True
+        return by_pair
+    labels = np.asarray(groups)
+    if labels.shape != (n,):
+        raise InvalidInputError(
+            f"groups must give one id per pair ({n}), got shape {labels.shape}", field="groups"
         )
-    first = state["p_mu.0.weight"]
-    half, x_dim = first.shape
-    y_dim = state["p_mu.2.weight"].shape[0]
-    model = CLUB(int(x_dim), int(y_dim), 2 * int(half))
-    try:
-        model.load_state_dict(dict(state))
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{source}: inconsistent CLUB tensor shapes: {exc}", path=source
-        ) from exc
-    return model
+    unique, inverse = np.unique(labels, return_inverse=True)
+    chosen = rng.permutation(len(unique))[: max(1, round(len(unique) * fraction))]
+    held_groups = np.zeros(len(unique), dtype=bool)
+    held_groups[chosen] = True
+    mask: np.ndarray = held_groups[inverse]
+    return mask

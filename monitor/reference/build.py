@@ -2,19 +2,29 @@
 
 Everything is written into a hidden temporary directory next to the target and renamed into
 place only when complete, so an interrupted build leaves no half store that loads (and its
-leftovers are removed by the next build).
+leftovers are removed by the next build). Builds of one store name exclude each other through
+the store's lock (the second is refused at once, instead of deleting the first's work).
+
+Images: paths are resolved (symlinks included) under the image root and must stay inside
+it; only regular files are read (a FIFO or device would block or never end), at most
+``max_bytes`` of them. Decoding is bounded by bytes in flight, not by record count: a batch
+holds at most ``BuildOptions.batch_image_bytes`` of decoded RGB pixels (width x height x 3,
+read from the header before decoding), or a single image when one alone is larger.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +35,7 @@ from monitor.embedding import EncoderSet, ImageLimits, decode_image, fuse
 from monitor.errors import ImageDecodeError, ReferenceStoreError
 from monitor.estimators._arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance, ood_threshold
+from monitor.files import file_sha256, write_json_atomic
 from monitor.reference.index import IndexParams, build_index, choose_params, search, write_index
 from monitor.reference.manifest import ManifestRecord
 from monitor.reference.store import (
@@ -32,14 +43,15 @@ from monitor.reference.store import (
     RECORDS,
     STORE_FORMAT,
     ReferenceStore,
-    file_sha256,
+    encoder_fingerprints,
     load_store,
+    store_lock,
     store_path,
-    write_json_atomic,
 )
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Rows = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,8 @@ class BuildOptions:
     ivf_nlist: int = 0
     ivf_nprobe: int = 0
     batch_records: int = 256
+    # Decoded RGB bytes per image batch: 256 MiB is ~280 photos of 640x480, or one 36 MP image.
+    batch_image_bytes: int = 256 * 1024 * 1024
     seed: int = 0
 
 
@@ -67,25 +81,34 @@ def build_store(
     progress: Progress | None = None,
 ) -> ReferenceStore:
     target = store_path(root, name)
-    if target.exists() and not replace:
-        raise ReferenceStoreError(
-            f"reference store {name!r} already exists at {target}; pass --replace to rebuild it",
-            path=target,
-        )
-    if any(r.image for r in records) and encoders.image is None:
+    if any(r.has_image for r in records) and encoders.image is None:
         raise ReferenceStoreError("the manifest has images but encoders.image.kind is 'none'")
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(root, name)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))
     try:
-        limits = image_limits or ImageLimits()
-        embeddings = _embed_all(records, encoders, image_root, limits, options, progress)
-        _write_store(workdir, name, records, embeddings, encoders, options, progress)
-        _swap_into_place(workdir, target)
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return load_store(root, name)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReferenceStoreError(
+            f"cannot create reference.root {root}: {exc.strerror or exc}", path=root
+        ) from exc
+    with store_lock(root, name):
+        if target.exists() and not replace:
+            raise ReferenceStoreError(
+                f"reference store {name!r} already exists at {target}; pass --replace to "
+                "rebuild it",
+                path=target,
+            )
+        _remove_stale_builds(root, name)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))
+        try:
+            limits = image_limits or ImageLimits()
+            embeddings = _embed_all(records, encoders, image_root, limits, options, progress)
+            _write_store(workdir, name, records, embeddings, encoders, options, progress)
+            _swap_into_place(workdir, target)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+    return load_store(
+        root, name, expect_fingerprints=encoder_fingerprints(encoders), fusion=encoders.fusion
+    )
 
 
 def _embed_all(
@@ -96,66 +119,132 @@ def _embed_all(
     options: BuildOptions,
     progress: Progress | None,
 ) -> dict[str, Rows]:
-    parts: dict[str, list[Rows]] = {}
+    parts: dict[str, list[Rows]] = {k: [] for k in ("image", "prompt", "response", "reference")}
     total = len(records)
     for start in range(0, total, options.batch_records):
         batch = records[start : start + options.batch_records]
-        decoded: list[Image.Image | None] = []
-        for r in batch:
-            try:
-                decoded.append(
-                    decode_image(r.image, limits=limits, allow_paths=True, root=image_root)
-                    if r.image
-                    else None
-                )
-            except ImageDecodeError as exc:
-                raise ReferenceStoreError(f"record {r.id!r}: {exc}") from exc
-        rows = embed_batch(
-            encoders,
-            prompts=[r.prompt for r in batch],
-            responses=[r.response for r in batch],
-            references=[r.reference for r in batch],
-            images=decoded,
-        )
-        for kind, kind_rows in rows.items():
-            parts.setdefault(kind, []).append(kind_rows)
+        parts["prompt"].append(encoders.text.encode_texts([r.prompt or "" for r in batch]))
+        parts["response"].append(encoders.text.encode_texts([r.response or "" for r in batch]))
+        refs = [r.reference for r in batch if r.reference is not None]
+        if refs:
+            parts["reference"].append(encoders.text.encode_texts(refs))
         if progress:
             progress("embedding", min(start + len(batch), total), total)
-    return {kind: np.concatenate(rows) for kind, rows in parts.items() if rows}
-
-
-def embed_batch(
-    encoders: EncoderSet,
-    *,
-    prompts: Sequence[str],
-    responses: Sequence[str | None],
-    references: Sequence[str | None],
-    images: Sequence[Image.Image | None],
-) -> dict[str, Rows]:
-    """One batch of records embedded as a reference store holds them.
-
-    The reference build and the live embedding workers both call this, so a live sample and an
-    ID record are embedded exactly alike. ``prompt`` and ``query`` (x, the fusion of image and
-    prompt) have one row per record; ``response``, ``reference`` and ``image`` one row per record
-    that has one, in record order (a kind no record has is absent). Images come decoded.
-    """
-    out: dict[str, Rows] = {"prompt": encoders.text.encode_texts(list(prompts))}
-    for kind, texts in (("response", responses), ("reference", references)):
-        present = [t for t in texts if t is not None]
-        if present:
-            out[kind] = encoders.text.encode_texts(present)
-    has_image = np.array([image is not None for image in images], dtype=bool)
-    if has_image.any() and encoders.image is None:
-        raise ReferenceStoreError("records have images but encoders.image.kind is 'none'")
+    with_image = [r for r in records if r.has_image]
+    if with_image and encoders.image is not None:
+        read = ((r, _image_data(r, image_root, limits)) for r in with_image)
+        done = 0
+        for group in batches_by_bytes(
+            ((item, decoded_size(item[1])) for item in read),
+            max_bytes=options.batch_image_bytes,
+            max_items=options.batch_records,
+        ):
+            decoded = [_decode(r, data, limits) for r, data in group]
+            parts["image"].append(encoders.image.encode_images(decoded))
+            del decoded  # the next batch's pixels replace these, not add to them
+            done += len(group)
+            if progress:
+                progress("embedding images", done, len(with_image))
+    out = {kind: np.concatenate(rows) for kind, rows in parts.items() if rows}
+    has_image = np.array([r.has_image for r in records])
+    image = out.get("image")
     full_image = None
-    if encoders.image is not None:
-        # Zero rows where a record has no image: fuse ignores them (concat keeps the width).
-        full_image = np.zeros((len(images), encoders.image.dim), dtype=np.float32)
-        if has_image.any():
-            out["image"] = encoders.image.encode_images([i for i in images if i is not None])
-            full_image[has_image] = out["image"]
+    if image is not None:
+        full_image = np.zeros((total, image.shape[1]), dtype=np.float32)
+        full_image[has_image] = image
     out["query"] = fuse(out["prompt"], full_image, has_image, encoders.fusion)
     return out
+
+
+def batches_by_bytes(
+    items: Iterable[tuple[T, int]], *, max_bytes: int, max_items: int
+) -> Iterator[list[T]]:
+    """Group ``(item, size)`` pairs, in order, into lists of at most ``max_items`` items whose
+    sizes sum to at most ``max_bytes``; an item larger than ``max_bytes`` goes alone.
+
+    Streaming: items are consumed as the groups are, so at most one group is held.
+    """
+    group: list[T] = []
+    held = 0
+    for item, size in items:
+        if group and (held + size > max_bytes or len(group) >= max_items):
+            yield group
+            group, held = [], 0
+        group.append(item)
+        held += size
+    if group:
+        yield group
+
+
+def decoded_size(data: bytes) -> int:
+    """Bytes of the RGB pixels ``data`` decodes to, from its header (nothing is decoded).
+
+    0 when the header cannot be read: decoding the image then fails with the real reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # any unreadable header is reported by the decode itself
+        return 0
+    return int(width) * int(height) * 3
+
+
+def read_image_file(root: Path | None, relative: str, max_bytes: int) -> bytes:
+    """The bytes of an image file named in a manifest, read safely.
+
+    The path is resolved with symlinks under ``root`` and refused if it lands outside; only a
+    regular file is read (opened non-blocking, so a FIFO cannot hang the build), and no more
+    than ``max_bytes`` of it.
+    """
+    if root is None:
+        raise ImageDecodeError(
+            f"image path {relative!r} needs an image root (--image-root)", field="image"
+        )
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise ImageDecodeError(
+            f"image path {relative!r} escapes the image root {root}", field="image"
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"image file not found: {path}", field="image") from exc
+    except OSError as exc:
+        raise ImageDecodeError(
+            f"cannot read image file {path}: {exc.strerror or exc}", field="image"
+        ) from exc
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(
+                f"image path {path} is not a regular file (a directory, FIFO or device)",
+                field="image",
+            )
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageDecodeError(
+            f"image file {path} is over the limit of {max_bytes:,} bytes", field="image"
+        )
+    return data
+
+
+def _image_data(record: ManifestRecord, root: Path | None, limits: ImageLimits) -> bytes:
+    if record.image is not None:
+        return record.image
+    try:
+        return read_image_file(root, record.image_path or "", limits.max_bytes)
+    except ImageDecodeError as exc:
+        raise ReferenceStoreError(f"record {record.id!r}: {exc}") from exc
+
+
+def _decode(record: ManifestRecord, data: bytes, limits: ImageLimits) -> Image.Image:
+    try:
+        return decode_image(data, limits=limits)
+    except ImageDecodeError as exc:
+        raise ReferenceStoreError(f"record {record.id!r}: {exc}") from exc
 
 
 def _write_store(
@@ -187,7 +276,7 @@ def _write_store(
         workdir / RECORDS,
         {
             "ids": [r.id for r in records],
-            "has_image": [bool(r.image) for r in records],
+            "has_image": [r.has_image for r in records],
             "has_reference": [r.reference is not None for r in records],
         },
     )
@@ -253,4 +342,11 @@ def _remove_stale_builds(root: Path, name: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-__all__ = ["BuildOptions", "IndexParams", "build_store", "embed_batch"]
+__all__ = [
+    "BuildOptions",
+    "IndexParams",
+    "batches_by_bytes",
+    "build_store",
+    "decoded_size",
+    "read_image_file",
+]

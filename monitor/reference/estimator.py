@@ -1,8 +1,19 @@
 """The CLUB estimator that belongs to a reference store: trained on its pairs, or imported.
 
-Training uses the store's ID pairs (x, reference answer) and (x, model answer) together, so
-one network estimates both I(x; y) and I(x; y_hat), as EMI needs. The file is written into
-the store (``estimator.pt``) with the encoder fingerprints, and recorded in its manifest.
+Where this departs from the paper (which fits CLUB once on (x, y) pairs of its own data):
+
+* One network is trained on the store's (x, reference answer) and (x, model answer) pairs
+  together, so it estimates both I(x; y) and I(x; y_hat), as EMI needs.
+* Early stopping holds out whole records (both pairs of a record on the same side; the bare
+  :func:`~monitor.estimators.club.train_club` would split per pair).
+* A seeded ``id_holdout_fraction`` of the records with a reference is never trained on (nor
+  early-stopped on): EMI(ID) computed on those positions (``store.estimator_holdout``) is
+  out of sample. Without it EMI(ID) would be evaluated on the training data, including the
+  calibration comparison set, and be biased towards the fit. An imported estimator was
+  trained elsewhere: every record with a reference counts as held out (we cannot know more).
+
+The weights file is written into the store (``estimator.pt``) with the encoder fingerprints,
+and recorded in its manifest with its sha256; it is verified again each time it is loaded.
 """
 
 from __future__ import annotations
@@ -11,12 +22,17 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from monitor.errors import CheckpointError, ReferenceStoreError
-from monitor.estimators.club import CLUB, EpochReport, load_club, save_club, train_club
-from monitor.reference.store import ESTIMATOR, ReferenceStore, file_sha256, update_manifest
+from monitor.estimators.club import CLUB, EpochReport, train_club
+from monitor.files import file_sha256
+from monitor.reference.checkpoint import load_club, load_club_bytes, save_club
+from monitor.reference.store import ESTIMATOR, ReferenceStore, read_verified, update_manifest
+
+DEFAULT_ID_HOLDOUT = 0.2
 
 
 def train_store_estimator(
@@ -28,17 +44,30 @@ def train_store_estimator(
     lr: float = 1e-3,
     patience: int = 10,
     seed: int = 0,
+    id_holdout_fraction: float = DEFAULT_ID_HOLDOUT,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> CLUB:
+    """Train CLUB on the store's ID pairs, except a held-out fraction of records (EMI(ID))."""
     if "reference" not in store.kinds:
         raise ReferenceStoreError(
             f"reference store {store.name!r} has no reference answers: CLUB trains on "
             "(x, reference) pairs; add `reference` to the manifest lines"
         )
-    x = store.embeddings("query")
+    if not 0.0 <= id_holdout_fraction < 1.0:
+        raise ReferenceStoreError(
+            f"id_holdout_fraction must lie in [0, 1), got {id_holdout_fraction}"
+        )
     with_reference = store.rows_of("reference")
-    pairs_x = np.concatenate([x[with_reference], x])
-    pairs_y = np.concatenate([store.embeddings("reference"), store.embeddings("response")])
+    held = held_out_records(with_reference, id_holdout_fraction, seed)
+    train = np.ones(len(store.ids), dtype=bool)
+    train[held] = False
+    x = store.embeddings("query")
+    reference_rows = train[with_reference]
+    pairs_x = np.concatenate([x[with_reference][reference_rows], x[train]])
+    pairs_y = np.concatenate(
+        [store.embeddings("reference")[reference_rows], store.embeddings("response")[train]]
+    )
+    groups = np.concatenate([with_reference[reference_rows], np.flatnonzero(train)])
     model = train_club(
         pairs_x,
         pairs_y,
@@ -49,13 +78,28 @@ def train_store_estimator(
         patience=patience,
         seed=seed,
         on_epoch=on_epoch,
+        groups=groups,
     )
-    _attach(store, model, source="trained")
+    _attach(
+        store,
+        model,
+        source="trained",
+        id_holdout=held,
+        notes={"id_holdout_fraction": id_holdout_fraction},
+    )
     return model
 
 
+def held_out_records(candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of the ``candidates`` record positions, sorted."""
+    count = round(len(candidates) * fraction)
+    chosen = np.random.default_rng(seed).permutation(np.asarray(candidates))[:count]
+    held: np.ndarray = np.sort(chosen).astype(np.intp)
+    return held
+
+
 def import_store_estimator(store: ReferenceStore, path: Path) -> CLUB:
-    """Register an external CLUB state dict, checking its dims against the store's."""
+    """Register an external CLUB weights file, checking its dims and recorded encoders."""
     x_dim, y_dim = store.manifest["dims"]["query"], store.manifest["dims"]["response"]
     model = load_club(path)
     if (model.x_dim, model.y_dim) != (x_dim, y_dim):
@@ -64,41 +108,66 @@ def import_store_estimator(store: ReferenceStore, path: Path) -> CLUB:
             f"{store.name!r} has query dim {x_dim} and answer dim {y_dim}",
             path=path,
         )
-    _attach(store, model, source=f"imported from {path}")
+    recorded = model.metadata.get("encoders")
+    built = store.manifest["encoders"]
+    if recorded is not None and recorded != built:
+        raise CheckpointError(
+            f"{path} was trained on embeddings of encoders {recorded!r}, but store "
+            f"{store.name!r} was built with {built!r}; train an estimator for this store "
+            "with `mllm-monitor estimator train`",
+            path=path,
+        )
+    with_reference: np.ndarray = (
+        store.rows_of("reference") if "reference" in store.kinds else np.empty(0, np.intp)
+    )
+    source = f"imported from {path}" + ("" if recorded else " (encoders not recorded)")
+    _attach(store, model, source=source, id_holdout=with_reference)
     return model
 
 
 def load_store_estimator(store: ReferenceStore) -> CLUB:
+    """The store's CLUB, its file verified against the manifest's sha256 as it is read."""
     if not store.manifest.get("estimator"):
         raise ReferenceStoreError(
             f"reference store {store.name!r} has no estimator: run `mllm-monitor estimator "
             "train` or `mllm-monitor estimator import`"
         )
-    return load_club(
-        store.path / ESTIMATOR,
+    path = store.path / ESTIMATOR
+    data = read_verified(path, store.manifest["files"].get(ESTIMATOR))
+    return load_club_bytes(
+        data,
+        source=path,
         x_dim=store.manifest["dims"]["query"],
         y_dim=store.manifest["dims"]["response"],
     )
 
 
-def _attach(store: ReferenceStore, model: CLUB, *, source: str) -> None:
+def _attach(
+    store: ReferenceStore,
+    model: CLUB,
+    *,
+    source: str,
+    id_holdout: np.ndarray,
+    notes: dict[str, Any] | None = None,
+) -> None:
     model.metadata.update(
         {"encoders": store.manifest["encoders"], "store": store.name, "source": source}
     )
-    with tempfile.TemporaryDirectory(dir=store.path) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".estimator-", dir=store.path) as tmp:
         staged = Path(tmp) / ESTIMATOR
         save_club(model, staged)
         digest = file_sha256(staged)
-        staged.replace(store.path / ESTIMATOR)
-    update_manifest(
-        store,
-        files={ESTIMATOR: digest},
-        estimator={
-            "source": source,
-            "x_dim": model.x_dim,
-            "y_dim": model.y_dim,
-            "hidden": model.hidden,
-            "version": digest[:12],
-            "attached_at": datetime.now(UTC).isoformat(),
-        },
-    )
+        update_manifest(
+            store,
+            staged={ESTIMATOR: staged},
+            estimator={
+                "source": source,
+                "x_dim": model.x_dim,
+                "y_dim": model.y_dim,
+                "hidden": model.hidden,
+                "version": digest[:12],
+                "attached_at": datetime.now(UTC).isoformat(),
+                "id_holdout": [int(p) for p in id_holdout],
+                **(notes or {}),
+            },
+        )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from monitor.errors import CheckpointError, EmbeddingError, InvalidInputError
-from monitor.estimators.club import CLUB, EpochReport, load_club, save_club, train_club
+from monitor.errors import EmbeddingError, InvalidInputError
+from monitor.estimators.club import CLUB, EpochReport, _holdout_mask, train_club
+from monitor.reference.checkpoint import load_club
 from tests.conftest import PAPER_CLUB
 
 
@@ -49,14 +48,6 @@ def test_linear_estimate_equals_naive_on_paper_weights() -> None:
     assert model.estimate(x, y) == pytest.approx(naive_club_estimate(model, x, y), abs=1e-6)
 
 
-def test_paper_checkpoint_loads_on_cpu_with_its_dims() -> None:
-    model = load_club(PAPER_CLUB, x_dim=768, y_dim=768)
-    assert (model.x_dim, model.y_dim, model.hidden) == (768, 768, 500)
-    assert next(model.parameters()).device.type == "cpu"
-    with pytest.raises(CheckpointError, match="y_dim=768, expected 512"):
-        load_club(PAPER_CLUB, y_dim=512)
-
-
 def test_training_finds_dependence_and_is_seeded() -> None:
     x, y = correlated_pairs(600, 8, noise=0.1)
     reports: list[EpochReport] = []
@@ -94,45 +85,6 @@ def test_training_leaves_global_rng_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    x, y = correlated_pairs(100, 6, noise=0.2)
-    model = train_club(x, y, hidden=16, epochs=3, seed=0)
-    model.metadata["encoder_fingerprint"] = "abc123"
-    path = tmp_path / "nested" / "club.pt"
-    save_club(model, path)
-    loaded = load_club(path)
-    assert loaded.metadata["encoder_fingerprint"] == "abc123"
-    assert loaded.estimate(x, y) == pytest.approx(model.estimate(x, y), abs=1e-12)
-    assert [p.name for p in path.parent.iterdir()] == ["club.pt"]  # no temp file left
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"", "cannot read"),
-        (b"not a torch file at all", "cannot read"),
-    ],
-)
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
-    path = tmp_path / "bad.pt"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=message) as info:
-        load_club(path)
-    assert info.value.path == path
-
-
-def test_foreign_state_dict_and_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "other.pt"
-    torch.save({"encoder.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(CheckpointError, match="not a CLUB state dict"):
-        load_club(path)
-    with pytest.raises(CheckpointError, match="not found"):
-        load_club(tmp_path / "missing.pt")
-    torch.save([1, 2, 3], path)
-    with pytest.raises(CheckpointError, match="does not hold a state dict"):
-        load_club(path)
-
-
 def test_estimate_rejects_bad_input() -> None:
     model = CLUB(4, 3, hidden=8)
     with pytest.raises(EmbeddingError, match="x has dimension 5, expected 4"):
@@ -147,3 +99,19 @@ def test_estimate_rejects_bad_input() -> None:
         train_club(np.ones((2, 4)), np.ones((2, 3)))
     with pytest.raises(InvalidInputError, match="hidden"):
         CLUB(4, 3, hidden=1)
+
+
+def test_groups_keep_a_record_s_pairs_on_one_side_of_the_holdout() -> None:
+    # Two pairs per record, (x, y) and (x, y_hat): with groups, early stopping holds out whole
+    # records; without, the two pairs of a record fall on both sides.
+    groups = np.concatenate([np.arange(60), np.arange(60)])
+    by_record = _holdout_mask(120, 0.2, 3, groups)
+    assert by_record.sum() == 24 and np.array_equal(by_record[:60], by_record[60:])
+    by_pair = _holdout_mask(120, 0.2, 3, None)
+    assert by_pair.sum() == 24 and not np.array_equal(by_pair[:60], by_pair[60:])
+    x, y = correlated_pairs(60, 4, noise=0.3)
+    pairs_x, pairs_y = np.concatenate([x, x]), np.concatenate([y, y + 0.01])
+    model = train_club(pairs_x, pairs_y, hidden=8, epochs=2, seed=3, groups=groups)
+    assert model.metadata["holdout_pairs"] == 24
+    with pytest.raises(InvalidInputError, match="one id per pair"):
+        train_club(pairs_x, pairs_y, hidden=8, epochs=1, groups=np.arange(5))

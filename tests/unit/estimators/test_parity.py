@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.estimators.club import CLUB, load_club
+from monitor.estimators.club import CLUB
 from monitor.estimators.emi import emi, emid, emid_upper_bound
 from monitor.estimators.rjsd import representation_jsd, von_neumann_entropy
+from monitor.reference.checkpoint import load_club
 from tests.conftest import PAPER_CLUB
 
 ATOL = 1e-5

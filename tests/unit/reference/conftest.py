@@ -13,13 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from monitor.embedding.base import Modality
 from monitor.embedding.images import ImageSource
 
 
 class TableEncoder:
     kind = "table"
-    modality: Modality = "text"
 
     def __init__(self, table: np.ndarray, fingerprint: str = "table-v1") -> None:
         self.table = table.astype(np.float32)

@@ -18,7 +18,7 @@ from monitor.errors import (
     FingerprintMismatchError,
     ReferenceStoreError,
 )
-from monitor.estimators.club import CLUB, save_club
+from monitor.estimators.club import CLUB
 from monitor.estimators.rjsd import ReferenceJSD
 from monitor.reference import (
     BuildOptions,
@@ -34,6 +34,7 @@ from monitor.reference import (
     train_store_estimator,
 )
 from monitor.reference.calibrate import bound_key as _bound_key
+from monitor.reference.checkpoint import save_club
 from tests.unit.reference.conftest import TableEncoder, unit
 
 D = 16
@@ -82,7 +83,8 @@ def test_build_then_load_round_trip(tmp_path: Path) -> None:
     assert store.manifest["counts"]["prompt"] == 600
     assert store.manifest["index"]["query"]["kind"] == "flat"
     np.testing.assert_allclose(store.embeddings("prompt"), encoder.table[:600], atol=2e-3)
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # Nothing hidden left behind but the store's lock file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ref.lock", "ref"]
 
 
 def test_knn_score_and_ood_threshold(tmp_path: Path) -> None:
@@ -123,12 +125,12 @@ def test_existing_store_needs_replace(tmp_path: Path) -> None:
     after = load_store(tmp_path, "ref")
     assert after.ids[0] == "n0"
     assert after.manifest["files"] != before
-    assert [p.name for p in tmp_path.iterdir()] == ["ref"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ref.lock", "ref"]
 
 
 def test_mismatched_fingerprint_is_refused(tmp_path: Path) -> None:
     table_store(tmp_path)
-    with pytest.raises(FingerprintMismatchError, match="built with text encoder 'table-v1'"):
+    with pytest.raises(FingerprintMismatchError, match="text encoder: built with 'table-v1'"):
         load_store(tmp_path, "ref", expect_fingerprints={"text": "xlmr_embedding_layer-abc"})
 
 
@@ -185,7 +187,7 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path: Path) -> None:
     with pytest.raises(ReferenceStoreError, match="no reference store"):
         load_store(tmp_path, "ref")
     table_store(tmp_path)  # the next build cleans the leftovers up
-    assert [p.name for p in tmp_path.iterdir()] == ["ref"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ref.lock", "ref"]
 
 
 def test_estimator_train_import_and_load(tmp_path: Path) -> None:
