@@ -12,8 +12,11 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, Literal
 
-# The four JSD terms of the EMID bound, also the `term` label of the metrics.
+# The four JSD terms of the EMID bound.
 TERMS: tuple[str, ...] = ("visual", "text", "output_id", "output_live")
+# Every term of a window, also the `term` label of the metrics: the bound's four, and answer
+# drift (`response`: the window's model answers vs the ID ones; not part of the bound).
+WINDOW_TERMS: tuple[str, ...] = (*TERMS, "response")
 
 WindowStatus = Literal["ok", "insufficient"]
 
@@ -65,15 +68,16 @@ class WindowKey:
 
 @dataclass(frozen=True, slots=True)
 class TermValues:
-    """One number (or None where not computable) per JSD term."""
+    """One number (or None where not computable) per window term."""
 
     visual: float | None = None
     text: float | None = None
     output_id: float | None = None
     output_live: float | None = None
+    response: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in TERMS}
+        return {name: getattr(self, name) for name in WINDOW_TERMS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,12 @@ class WindowResult:
     emid: float | None = None
     emid_interval: tuple[float, float] | None = None
     ood_fraction: float | None = None
+    # Added to the DESIGN shape: how the terms were computed and judged.
+    jsd_mode: str | None = None  # "balanced" | "paper": the calibration's mode
+    bound_p_value: float | None = None  # of the scale-adjusted bound, under its null
+    bound_threshold: float | None = None
+    bound_significant: bool | None = None  # None: no calibration
+    ood_threshold: float | None = None  # calibrated threshold on ood_fraction
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,11 +129,16 @@ class WindowResult:
                 "scale_adjusted": self.bound_scale_adjusted,
                 "entropy_scaled": self.bound_entropy_scaled,
                 "complete": self.bound_complete,
+                "p_value": self.bound_p_value,
+                "threshold": self.bound_threshold,
+                "significant": self.bound_significant,
             },
             "emi": {"live": self.emi_live, "id": self.emi_id},
             "emid": self.emid,
             "emid_interval": list(self.emid_interval) if self.emid_interval else None,
             "ood_fraction": self.ood_fraction,
+            "ood_threshold": self.ood_threshold,
+            "jsd_mode": self.jsd_mode,
             "estimator_version": self.estimator_version,
             "computed_at": _rfc3339(self.computed_at),
         }

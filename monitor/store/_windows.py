@@ -5,12 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, func, or_, select
 
-from monitor.records import TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store._base import Database, Streams
-from monitor.store.models import EstimatorArtifact, ReferenceSet, RiskTransition, Stream, Window
-from monitor.store.types import EstimatorInfo, ReferenceSetInfo, RiskTransitionEntry, as_utc
+from monitor.store.models import (
+    EstimatorArtifact,
+    LateReference,
+    ReferenceSet,
+    RiskTransition,
+    Sample,
+    Stream,
+    Window,
+)
+from monitor.store.types import (
+    EstimatorInfo,
+    ReferenceSetInfo,
+    RiskTransitionEntry,
+    WindowLocation,
+    as_utc,
+)
 
 _WINDOW_KEY = ("stream_id", "window_start", "window_end")
 
@@ -62,6 +76,93 @@ class Windows:
                 stmt = stmt.where(Window.window_start < as_utc(until))
             rows = conn.execute(stmt.order_by(Window.window_start)).all()
             return [_window_result(row) for row in rows]
+
+    def recent_windows(
+        self, stream: str, before: datetime, limit: int, *, status: str | None = "ok"
+    ) -> list[WindowResult]:
+        """The last ``limit`` windows of ``stream`` starting before ``before`` (of ``status``;
+        None: any), oldest first. What the risk rule's k-of-m count reads."""
+        if limit < 1:
+            return []
+        with self._db.read("listing recent windows") as conn:
+            stream_id = self._streams.find(conn, stream)
+            if stream_id is None:
+                return []
+            stmt = _window_select().where(
+                Window.stream_id == stream_id, Window.window_start < as_utc(before)
+            )
+            if status is not None:
+                stmt = stmt.where(Window.status == status)
+            rows = conn.execute(stmt.order_by(Window.window_start.desc()).limit(limit)).all()
+            return [_window_result(row) for row in reversed(rows)]
+
+    def last_window_end(self, stream: str) -> datetime | None:
+        """End of the stream's newest computed window; None before the first."""
+        with self._db.read("reading the last window") as conn:
+            stream_id = self._streams.find(conn, stream)
+            if stream_id is None:
+                return None
+            end = conn.execute(
+                select(func.max(Window.window_end)).where(Window.stream_id == stream_id)
+            ).scalar_one_or_none()
+            return as_utc(end) if end is not None else None
+
+    def earliest_sample_time(self, stream: str) -> datetime | None:
+        """Event time of the stream's oldest stored sample; None without samples."""
+        with self._db.read("reading the earliest sample") as conn:
+            stream_id = self._streams.find(conn, stream)
+            if stream_id is None:
+                return None
+            first = conn.execute(
+                select(func.min(Sample.event_time)).where(Sample.stream_id == stream_id)
+            ).scalar_one_or_none()
+            return as_utc(first) if first is not None else None
+
+    def last_computed_at(self) -> datetime | None:
+        """When the newest window computation (any stream) started; None before the first."""
+        with self._db.read("reading the last computation") as conn:
+            moment = conn.execute(select(func.max(Window.computed_at))).scalar_one_or_none()
+            return as_utc(moment) if moment is not None else None
+
+    def stale_locations(self, since: datetime) -> list[WindowLocation]:
+        """Where data changed after its window was computed, for changes at or after ``since``:
+        samples stored, or late references resolved, after the computation of the window that
+        holds them (or with no window holding them yet). The scheduler maps these to windows and
+        recomputes the due ones. One location per (stream, event time)."""
+        moment = as_utc(since)
+        covering = and_(
+            Window.stream_id == Sample.stream_id,
+            Window.window_start <= Sample.event_time,
+            Window.window_end > Sample.event_time,
+        )
+        late_samples = (
+            select(Stream.name, Sample.event_time)
+            .select_from(Sample)
+            .join(Stream, Stream.id == Sample.stream_id)
+            .outerjoin(Window, covering)
+            .where(
+                Sample.created_at >= moment,
+                or_(Window.id.is_(None), Window.computed_at < Sample.created_at),
+            )
+        )
+        late_references = (
+            select(Stream.name, Sample.event_time)
+            .select_from(LateReference)
+            .join(Sample, Sample.id == LateReference.record_id)
+            .join(Stream, Stream.id == Sample.stream_id)
+            .outerjoin(Window, covering)
+            .where(
+                LateReference.resolved_at >= moment,
+                or_(Window.id.is_(None), Window.computed_at < LateReference.resolved_at),
+            )
+        )
+        with self._db.read("finding stale windows") as conn:
+            found = {
+                (row[0], as_utc(row[1]))
+                for stmt in (late_samples, late_references)
+                for row in conn.execute(stmt.distinct())
+            }
+        return [WindowLocation(stream=name, event_time=at) for name, at in sorted(found)]
 
     # -- risk state ---------------------------------------------------------------------------
 
@@ -259,9 +360,14 @@ def _window_values(result: WindowResult, stream_id: int) -> dict[str, Any]:
         "emid_low": interval[0] if interval is not None else None,
         "emid_high": interval[1] if interval is not None else None,
         "ood_fraction": result.ood_fraction,
+        "ood_threshold": result.ood_threshold,
+        "jsd_mode": result.jsd_mode,
+        "bound_p_value": result.bound_p_value,
+        "bound_threshold": result.bound_threshold,
+        "bound_significant": result.bound_significant,
         "computed_at": as_utc(result.computed_at),
     }
-    for term in TERMS:
+    for term in WINDOW_TERMS:
         values[f"jsd_{term}"] = getattr(result.jsd, term)
         values[f"p_{term}"] = getattr(result.p_values, term)
         values[f"threshold_{term}"] = getattr(result.thresholds, term)
@@ -275,7 +381,7 @@ def _window_select() -> Any:
 
 
 def _terms(row: Row[Any], prefix: str) -> TermValues:
-    return TermValues(**{term: getattr(row, f"{prefix}_{term}") for term in TERMS})
+    return TermValues(**{term: getattr(row, f"{prefix}_{term}") for term in WINDOW_TERMS})
 
 
 def _window_result(row: Row[Any]) -> WindowResult:
@@ -305,4 +411,9 @@ def _window_result(row: Row[Any]) -> WindowResult:
         emid=row.emid,
         emid_interval=interval,
         ood_fraction=row.ood_fraction,
+        jsd_mode=row.jsd_mode,
+        bound_p_value=row.bound_p_value,
+        bound_threshold=row.bound_threshold,
+        bound_significant=row.bound_significant,
+        ood_threshold=row.ood_threshold,
     )

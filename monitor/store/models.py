@@ -90,7 +90,8 @@ class Sample(Base):
     """One sampled, embedded record: metadata and content hashes, never raw content."""
 
     __tablename__ = "samples"
-    __table_args__ = (Index(None, "stream_id", "event_time"),)
+    # created_at: the scheduler finds samples stored after their window was computed (0002).
+    __table_args__ = (Index(None, "stream_id", "event_time"), Index(None, "created_at"))
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the record id
     stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
@@ -202,15 +203,25 @@ class Window(Base):
     threshold_text: Mapped[float | None] = mapped_column(Double)
     threshold_output_id: Mapped[float | None] = mapped_column(Double)
     threshold_output_live: Mapped[float | None] = mapped_column(Double)
+    jsd_response: Mapped[float | None] = mapped_column(Double)  # answer drift (0002)
+    p_response: Mapped[float | None] = mapped_column(Double)
+    threshold_response: Mapped[float | None] = mapped_column(Double)
+    jsd_mode: Mapped[str | None] = mapped_column(String(16))
     bound_scale_adjusted: Mapped[float | None] = mapped_column(Double)
     bound_entropy_scaled: Mapped[float | None] = mapped_column(Double)
     bound_complete: Mapped[bool] = mapped_column(Boolean)
+    bound_p_value: Mapped[float | None] = mapped_column(Double)
+    bound_threshold: Mapped[float | None] = mapped_column(Double)
+    bound_significant: Mapped[bool | None] = mapped_column(Boolean)
     emi_live: Mapped[float | None] = mapped_column(Double)
     emi_id: Mapped[float | None] = mapped_column(Double)
     emid: Mapped[float | None] = mapped_column(Double)
     emid_low: Mapped[float | None] = mapped_column(Double)
     emid_high: Mapped[float | None] = mapped_column(Double)
     ood_fraction: Mapped[float | None] = mapped_column(Double)
+    ood_threshold: Mapped[float | None] = mapped_column(Double)
+    # When the computation started: a sample stored or a reference resolved later makes the
+    # window stale, and the scheduler recomputes it.
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

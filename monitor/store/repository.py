@@ -11,7 +11,9 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
   ``iter_embeddings``), late references (``locate_records``, ``add_late_reference``), raw
   retention (``purge_raw``): ``monitor.store._samples``
 * ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
+  ``recent_windows``, ``last_window_end``, ``earliest_sample_time``, ``stale_locations``,
   ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
+* ``leader``, the lock that lets one process compute windows: ``monitor.store._leader``
 * ``artifacts``, reference sets and estimator artifacts (``register_reference_set``,
   ``get_estimator``): ``monitor.store._windows``
 
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from monitor.config import Settings
 from monitor.store._base import Database, Streams, utcnow
 from monitor.store._inbox import Inbox
+from monitor.store._leader import DEFAULT_LOCK_NAME, LeaderLock, leader_lock
 from monitor.store._samples import Samples
 from monitor.store._windows import Artifacts, Windows
 from monitor.store.engine import check_connection, engine_from_settings
@@ -86,6 +90,11 @@ class Repository:
         self.record_risk_transition = self.windows.record_risk_transition
         self.risk_transitions = self.windows.risk_transitions
         self.current_risk = self.windows.current_risk
+        self.recent_windows = self.windows.recent_windows
+        self.last_window_end = self.windows.last_window_end
+        self.earliest_sample_time = self.windows.earliest_sample_time
+        self.last_computed_at = self.windows.last_computed_at
+        self.stale_locations = self.windows.stale_locations
 
         self.register_reference_set = self.artifacts.register_reference_set
         self.get_reference_set = self.artifacts.get_reference_set
@@ -99,6 +108,11 @@ class Repository:
     @property
     def dialect(self) -> str:
         return self.db.dialect
+
+    def leader_lock(self, *, path: Path | None = None, name: str = DEFAULT_LOCK_NAME) -> LeaderLock:
+        """The lock that lets one process compute windows (advisory on PostgreSQL, a file
+        lock beside the SQLite database or at ``path``); see :mod:`monitor.store._leader`."""
+        return leader_lock(self.db.engine, path=path, name=name)
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.records import TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -52,12 +52,26 @@ def test_window_result_json_shape_has_the_contract_names() -> None:
         "computed_at",
     }
     assert data["start"] == "2026-11-27T12:00:00Z" and data["end"] == "2026-11-27T12:05:00Z"
-    assert tuple(data["jsd"]) == TERMS
+    assert (
+        tuple(data["jsd"])
+        == WINDOW_TERMS
+        == (
+            "visual",
+            "text",
+            "output_id",
+            "output_live",
+            "response",
+        )
+    )
+    assert tuple(data["p_values"]) == tuple(data["thresholds"]) == WINDOW_TERMS
     assert data["jsd"]["visual"] is None and data["jsd"]["text"] == 0.2
     assert data["upper_bound"] == {
         "scale_adjusted": 1.29,
         "entropy_scaled": None,
         "complete": False,
+        "p_value": None,
+        "threshold": None,
+        "significant": None,
     }
     assert data["emi"] == {"live": None, "id": None} and data["emid"] is None
     assert data["risk_level"] == 1

@@ -73,11 +73,13 @@ def test_older_revision_is_refused_with_the_fixing_command(engine: Engine, tmp_p
         newer,
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    (newer / "versions" / "0002_add_note.py").write_text(
+    today = migrate.head_revision()
+    (newer / "versions" / "9999_add_note.py").write_text(
         '"""Add a note column."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{today}"\nbranch_labels = None\n'
+        "depends_on = None\n\n\n"
         "def upgrade() -> None:\n"
         '    with op.batch_alter_table("streams") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.Text(), nullable=True))\n\n\n'
@@ -85,18 +87,20 @@ def test_older_revision_is_refused_with_the_fixing_command(engine: Engine, tmp_p
         '    with op.batch_alter_table("streams") as batch:\n'
         '        batch.drop_column("note")\n'
     )
-    migrate.upgrade(engine)  # today's head, 0001
-    with pytest.raises(SchemaMismatchError, match=r"revision 0001.*needs 0002.*db upgrade") as info:
+    migrate.upgrade(engine)  # today's head
+    with pytest.raises(
+        SchemaMismatchError, match=rf"revision {today}.*needs 9999.*db upgrade"
+    ) as info:
         migrate.require_head(engine, newer)
-    assert (info.value.current, info.value.expected) == ("0001", "0002")
+    assert (info.value.current, info.value.expected) == (today, "9999")
     migrate.upgrade(engine, script_location=newer)
-    assert migrate.require_head(engine, newer) == "0002"
+    assert migrate.require_head(engine, newer) == "9999"
     # Today's code meets the database of tomorrow: refused, and not told to "upgrade".
     with pytest.raises(SchemaMismatchError, match="unknown to this version") as info:
         migrate.require_head(engine)
-    assert info.value.current == "0002"
-    migrate.downgrade(engine, "0001", newer)  # batch mode on SQLite keeps the data
-    assert migrate.require_head(engine) == "0001"
+    assert info.value.current == "9999"
+    migrate.downgrade(engine, today, newer)  # batch mode on SQLite keeps the data
+    assert migrate.require_head(engine) == today
 
 
 def test_downgrading_an_empty_database_is_an_error(engine: Engine) -> None:
