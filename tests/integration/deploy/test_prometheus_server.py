@@ -8,6 +8,7 @@ shortened to 1 s (see prometheus_server.py).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,15 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from monitor.metrics import MonitorMetrics
-from tests.integration.deploy.prometheus_server import PrometheusServer
+from tests.integration.deploy.prometheus_server import DEPLOY, PrometheusServer
 
 pytestmark = pytest.mark.slow
+
+
+def dashboard_exprs() -> list[str]:
+    doc = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
+    panels = [p for row in doc["panels"] for p in (row, *row.get("panels", []))]
+    return [t["expr"] for p in panels for t in p.get("targets", [])]
 
 
 @pytest.fixture
@@ -55,6 +62,10 @@ def test_critical_alert_fires_for_the_critical_stream_only(
         # Nothing else fires on a healthy, calibrated, fresh exporter.
         names = {a["labels"]["alertname"] for a in prometheus.alerts()}
         assert names == {"MllmMonitorCriticalDrift"}
+
+        # Every dashboard query is valid PromQL that Prometheus evaluates ($stream: all).
+        for expr in dashboard_exprs():
+            prometheus.query(expr.replace("$stream", ".+"))
 
         # The level drops to warning: the alert resolves (leaves the active list).
         metrics.risk_level.labels(stream="shifted").set(1)

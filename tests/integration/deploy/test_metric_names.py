@@ -1,0 +1,85 @@
+"""Every metric named by the shipped alert rules and dashboard is one the app exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.metrics import MonitorMetrics
+from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY
+
+DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
+METRIC_NAME = re.compile(r"\bmllm_monitor_[a-z0-9_]*[a-z0-9]\b")
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
+    """Names in a scrape of MonitorMetrics: families and samples (_total, _bucket, ...)."""
+    registry = CollectorRegistry()
+    MonitorMetrics(registry, ["default", "chat"])
+    names: set[str] = set()
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def rule_expressions() -> list[str]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule["expr"] for group in doc["groups"] for rule in group["rules"]]
+
+
+def dashboard_queries(node: Any) -> list[str]:
+    """Every PromQL string of the dashboard: panel targets and template variable queries."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"expr", "query", "definition"} and isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, dict) and key == "query" and "query" in value:
+                found.append(str(value["query"]))
+            else:
+                found.extend(dashboard_queries(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(dashboard_queries(item))
+    return found
+
+
+def test_scrape_has_the_suffixed_names(exported: set[str]) -> None:
+    # Sanity of the comparison itself: counters and histograms appear with their suffixes.
+    assert {"mllm_monitor_records_total", "mllm_monitor_window_compute_seconds_bucket"} <= exported
+    assert "mllm_monitor_records" in exported
+
+
+def test_alert_rules_use_exported_metrics(exported: set[str]) -> None:
+    used = {name for expr in rule_expressions() for name in METRIC_NAME.findall(expr)}
+    assert len(used) >= 10
+    assert used - exported == set()
+
+
+def test_dashboard_uses_exported_metrics(exported: set[str]) -> None:
+    text = DASHBOARD.read_text()
+    queries = dashboard_queries(json.loads(text))
+    used_in_queries = {name for query in queries for name in METRIC_NAME.findall(query)}
+    assert len(used_in_queries) >= 15
+    # Every name anywhere in the file (titles and descriptions too) must exist.
+    assert set(METRIC_NAME.findall(text)) - exported == set()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml", ".json"}),
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_deploy_files_parse(path: Path) -> None:
+    text = path.read_text()
+    doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    assert isinstance(doc, dict)
