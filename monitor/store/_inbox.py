@@ -12,15 +12,21 @@ Claims are atomic on both backends: PostgreSQL takes rows with ``FOR UPDATE SKIP
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Update, delete, func, insert, or_, select, update
 
 from monitor.records import TrafficRecord
 from monitor.store._base import ID_BATCH, Database, batched
-from monitor.store.models import InboxItem
-from monitor.store.types import InboxEntry, as_utc, record_from_json, record_to_json
+from monitor.store.models import InboxFailure, InboxItem
+from monitor.store.types import (
+    InboxEntry,
+    InboxFailureEntry,
+    as_utc,
+    record_from_json,
+    record_to_json,
+)
 
 
 class Inbox:
@@ -111,6 +117,60 @@ class Inbox:
                 )
                 released += result.rowcount
         return released
+
+    def move_aside(self, reasons: Mapping[int, str], worker_id: str) -> int:
+        """Take records this worker holds out of the inbox for good (they cannot be embedded),
+        keeping their ids, streams and reasons in ``inbox_failures``; returns how many it held."""
+        moved = 0
+        now = self._db.now()
+        with self._db.write("moving failed records aside") as conn:
+            for chunk in batched(list(reasons), ID_BATCH):
+                held = conn.execute(
+                    select(
+                        InboxItem.id,
+                        InboxItem.record_id,
+                        InboxItem.stream,
+                        InboxItem.attempts,
+                        InboxItem.received_at,
+                    ).where(InboxItem.id.in_(chunk), InboxItem.claimed_by == worker_id)
+                ).all()
+                if not held:
+                    continue
+                conn.execute(
+                    insert(InboxFailure),
+                    [
+                        {
+                            "record_id": row.record_id,
+                            "stream": row.stream,
+                            "reason": reasons[row.id],
+                            "attempts": row.attempts,
+                            "received_at": row.received_at,
+                            "failed_at": now,
+                        }
+                        for row in held
+                    ],
+                )
+                conn.execute(delete(InboxItem).where(InboxItem.id.in_([r.id for r in held])))
+                moved += len(held)
+        return moved
+
+    def failures(self, limit: int = 100) -> list[InboxFailureEntry]:
+        """Records moved aside, newest first."""
+        with self._db.read("listing failed records") as conn:
+            rows = conn.execute(
+                select(InboxFailure.__table__).order_by(InboxFailure.id.desc()).limit(limit)
+            ).all()
+        return [
+            InboxFailureEntry(
+                record_id=row.record_id,
+                stream=row.stream,
+                reason=row.reason,
+                attempts=row.attempts,
+                received_at=as_utc(row.received_at),
+                failed_at=as_utc(row.failed_at),
+            )
+            for row in rows
+        ]
 
     def depth(self) -> int:
         """Records waiting or in progress (the queue-depth gauge)."""

@@ -158,6 +158,21 @@ class InboxItem(Base):
     attempts: Mapped[int] = mapped_column(Integer)
 
 
+class InboxFailure(Base):
+    """A record a worker moved out of the inbox because it cannot be embedded (an undecodable
+    image, too many attempts), with the reason; kept for the operator, raw content not kept."""
+
+    __tablename__ = "inbox_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(128), index=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class LateReference(Base):
     """A reference answer that arrived after its record (``POST /v1/references``)."""
 

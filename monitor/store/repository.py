@@ -5,7 +5,8 @@ each in its own short transaction. The repository is composed of parts by concer
 small class sharing one :class:`~monitor.store._base.Database` (engine, clock, transactions):
 
 * ``streams`` (``ensure_stream``, ``list_streams``): ``monitor.store._base``
-* ``inbox``, the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``):
+* ``inbox``, the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``,
+  ``move_aside`` and ``inbox_failures`` for records that cannot be embedded):
   ``monitor.store._inbox``
 * ``samples``, samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
   ``iter_embeddings``), late references (``locate_records``, ``add_late_reference``), raw
@@ -71,6 +72,8 @@ class Repository:
         self.ack = self.inbox.ack
         self.release = self.inbox.release
         self.inbox_depth = self.inbox.depth
+        self.move_aside = self.inbox.move_aside
+        self.inbox_failures = self.inbox.failures
 
         self.add_samples = self.samples.add_samples
         self.get_sample = self.samples.get_sample

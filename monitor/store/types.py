@@ -158,6 +158,18 @@ class InboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxFailureEntry:
+    """A record moved out of the inbox because it could not be embedded, and why."""
+
+    record_id: str
+    stream: str
+    reason: str
+    attempts: int
+    received_at: datetime
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class EmbeddingChunk:
     """Embeddings of up to ``chunk_size`` samples, in event-time order.
 

@@ -24,6 +24,7 @@ TABLES = {
     "embeddings",
     "raw_content",
     "inbox",
+    "inbox_failures",
     "late_references",
     "windows",
     "risk_transitions",
