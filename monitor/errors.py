@@ -9,6 +9,7 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     │   ├── EmbeddingError          embedding arrays: empty, NaN/inf, wrong shape, not normalised
     │   ├── ImageDecodeError        an image is corrupt, too large, a bomb, or of a refused format
     │   ├── ImageFetchError         an image URL is refused (host, address) or cannot be fetched
+    │   ├── PayloadTooLargeError    a request body or batch over its configured limit
     │   └── UnknownRecordError      a late reference names a record the monitor never kept
     ├── InboxFullError              the durable inbox is at its configured depth (retry later)
     ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
@@ -121,6 +122,10 @@ class FingerprintMismatchError(ReferenceStoreError):
 
 class ImageFetchError(InvalidInputError):
     """An image URL is refused (scheme, host not allowed, private address) or its fetch failed."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request body, or a batch in it, is over its configured limit."""
 
 
 class UnknownRecordError(InvalidInputError):

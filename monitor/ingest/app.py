@@ -1,0 +1,361 @@
+"""The monitor's one ASGI app: records and references in, health, readiness and metrics out.
+
+``create_app(settings, repository, metrics, *, readiness=None, ingest=None, routers=())``
+builds a FastAPI app from what it is given (nothing global; several apps can live in one
+process). The daemon passes its :class:`Readiness` and :class:`IngestService` and extra
+routers (the sidecar, the windows API); they are included as they are. ``require_token``
+(:mod:`monitor.ingest.auth`) guards the monitor's own routes.
+
+Routes:
+
+* ``POST /v1/records`` (token): one record or ``{"records": [...]}`` (see
+  :mod:`monitor.ingest.parsing`), answered ``202 {"accepted", "sampled", "skipped", "ids"}``
+  once the sampled records are durable in the inbox. ``ids`` are the ids of all accepted
+  records in order (generated ones included). **A batch is all or nothing**: one invalid record
+  rejects the whole batch with the record's place in ``field`` (``records[3].timestamp``) and
+  nothing is written; so does a full inbox (``429`` with ``Retry-After``).
+* ``POST /v1/references`` (token): ``{"id", "reference"}`` or ``{"references": [...]}``,
+  answered ``202 {"joined", "pending", "skipped"}``; an unknown id is ``404`` (all or nothing,
+  see :class:`~monitor.ingest.service.IngestService.add_references`).
+* ``GET /healthz``: the process answers. ``GET /readyz``: 200 when every readiness check is
+  ok, else 503, each check named in the body. ``GET /metrics``: Prometheus exposition of the
+  given registry (the inbox depth gauge is recounted at each scrape).
+
+Limits (``[ingest]``): the body must be ``application/json`` in UTF-8 and at most
+``max_body_bytes`` (refused on its Content-Length before reading, and counted while streaming);
+JSON constants NaN/Infinity are refused, as is nesting too deep for the parser.
+
+Every error is ``{"error": {"code", "message", "field"}}`` (``field`` null when no single
+input is at fault) with a 4xx or 5xx: invalid_json 400, unauthorized 401, not_found /
+unknown_record 404, method_not_allowed 405, payload_too_large 413, unsupported_media_type 415,
+invalid_field / invalid_image / image_url_refused 422, inbox_full 429, internal_error 500,
+storage_unavailable 503. FastAPI's own validation errors and 404/405 use the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from monitor.config import Settings
+from monitor.errors import (
+    ImageDecodeError,
+    ImageFetchError,
+    InboxFullError,
+    InvalidInputError,
+    MonitorError,
+    PayloadTooLargeError,
+    StorageError,
+    UnknownRecordError,
+)
+from monitor.ingest.auth import UnauthorizedError, require_token
+from monitor.ingest.parsing import parse_records_body, parse_references_body
+from monitor.ingest.readiness import Readiness
+from monitor.ingest.service import IngestService
+from monitor.metrics import MonitorMetrics
+from monitor.store.repository import Repository
+
+__all__ = ["RequestRejectedError", "create_app", "error_body", "require_token"]
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+class RequestRejectedError(InvalidInputError):
+    """A request refused before its content is looked at (encoding, media type, size)."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message, field=field)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def create_app(
+    settings: Settings,
+    repository: Repository,
+    metrics: MonitorMetrics,
+    *,
+    readiness: Readiness | None = None,
+    ingest: IngestService | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The monitor's ASGI app, built from what it is given."""
+    ingest = ingest or IngestService(settings, repository, metrics)
+    readiness = readiness or Readiness()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await ingest.fetcher.aclose()
+
+    app = FastAPI(
+        title="mllm-monitor",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.repository = repository
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+    app.state.ingest = ingest
+    _install_error_handlers(app)
+    app.include_router(_records_router(settings, metrics, ingest))
+    app.include_router(_health_router(metrics, readiness, ingest))
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _records_router(
+    settings: Settings, metrics: MonitorMetrics, ingest: IngestService
+) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(require_token)])
+    limit = settings.ingest.max_body_bytes
+
+    @router.post("/v1/records", status_code=202)
+    async def post_records(request: Request) -> JSONResponse:
+        raw = await read_body(request, limit)
+        body: Any = None
+        try:
+            body = await run_in_threadpool(parse_json, raw)
+            now = datetime.now(UTC)
+            records = await run_in_threadpool(parse_records_body, body, settings=settings, now=now)
+            batch = isinstance(body, dict) and "records" in body
+            fields = [f"records[{i}].image" if batch else "image" for i in range(len(records))]
+            records = await ingest.resolve_images(records, fields=fields)
+            result = await run_in_threadpool(ingest.submit, records)
+        except (InvalidInputError, InboxFullError):
+            _count_rejected(metrics, body)
+            raise
+        return JSONResponse(
+            {
+                "accepted": result.accepted,
+                "sampled": result.sampled,
+                "skipped": result.skipped,
+                "ids": result.ids,
+            },
+            status_code=202,
+        )
+
+    @router.post("/v1/references", status_code=202)
+    async def post_references(request: Request) -> JSONResponse:
+        raw = await read_body(request, limit)
+        body = await run_in_threadpool(parse_json, raw)
+        items = parse_references_body(body, settings=settings)
+        batch = isinstance(body, dict) and "references" in body
+        result = await run_in_threadpool(ingest.add_references, items, batch=batch)
+        return JSONResponse(
+            {"joined": result.joined, "pending": result.pending, "skipped": result.skipped},
+            status_code=202,
+        )
+
+    return router
+
+
+def _health_router(
+    metrics: MonitorMetrics, readiness: Readiness, ingest: IngestService
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready, checks = await run_in_threadpool(readiness.snapshot)
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        try:
+            await run_in_threadpool(ingest.refresh_inbox_depth)
+        except MonitorError as exc:  # a scrape still answers while the database is away
+            log.warning("inbox depth not counted for /metrics: %s", exc)
+        data = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused early: wrong media type, declared or actual size over ``limit``."""
+    media, _, params = request.headers.get("content-type", "").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise RequestRejectedError(
+            415,
+            "unsupported_media_type",
+            f"the body must be application/json, not {media or 'unspecified'}",
+            field="content-type",
+        )
+    charset = next(
+        (
+            p.split("=", 1)[1].strip().strip('"').lower()
+            for p in params.split(";")
+            if "=" in p and p.split("=", 1)[0].strip().lower() == "charset"
+        ),
+        "utf-8",
+    )
+    if charset not in ("utf-8", "utf8"):
+        raise RequestRejectedError(
+            415,
+            "unsupported_media_type",
+            f"the body must be UTF-8, not {charset}",
+            field="content-type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise RequestRejectedError(
+                400, "bad_request", "Content-Length is not a number", field="content-length"
+            )
+        if int(declared) > limit:
+            raise _too_large(int(declared), limit)
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > limit:
+            raise _too_large(None, limit)
+    if not received.strip():
+        raise RequestRejectedError(400, "invalid_json", "the body is empty", field="body")
+    return bytes(received)
+
+
+def _too_large(size: int | None, limit: int) -> PayloadTooLargeError:
+    shown = f"{size:,} bytes" if size is not None else "over the limit"
+    return PayloadTooLargeError(
+        f"the body is {shown}; the limit is {limit:,} bytes ([ingest] max_body_bytes)",
+        field="body",
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes (no NaN/Infinity), or RequestRejectedError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestRejectedError(
+            400,
+            "invalid_encoding",
+            f"the body is not UTF-8: {exc.reason} at byte {exc.start}",
+            field="body",
+        ) from exc
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise RequestRejectedError(
+            400, "invalid_json", "the JSON is nested too deeply", field="body"
+        ) from exc
+    except ValueError as exc:
+        raise RequestRejectedError(
+            400, "invalid_json", f"the body is not valid JSON: {exc}", field="body"
+        ) from exc
+
+
+def _count_rejected(metrics: MonitorMetrics, body: Any) -> None:
+    """Count the records of a refused request as rejected, under their stream if configured."""
+    items = body.get("records") if isinstance(body, dict) and "records" in body else [body]
+    if not isinstance(items, list):
+        items = [items]
+    for item in items:
+        stream = item.get("stream", "default") if isinstance(item, dict) else None
+        metrics.count_records(stream if isinstance(stream, str) else None, "rejected")
+
+
+def _status_and_code(exc: MonitorError) -> tuple[int, str]:
+    if isinstance(exc, RequestRejectedError):
+        return exc.status, exc.code
+    table: tuple[tuple[type[MonitorError], int, str], ...] = (
+        (UnauthorizedError, 401, "unauthorized"),
+        (PayloadTooLargeError, 413, "payload_too_large"),
+        (UnknownRecordError, 404, "unknown_record"),
+        (ImageFetchError, 422, "image_url_refused"),
+        (ImageDecodeError, 422, "invalid_image"),
+        (InvalidInputError, 422, "invalid_field"),
+        (InboxFullError, 429, "inbox_full"),
+        (StorageError, 503, "storage_unavailable"),
+    )
+    for cls, status, code in table:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal_error"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def monitor_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MonitorError)
+        status, code = _status_and_code(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, InboxFullError):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, UnauthorizedError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if status >= 500:
+            log.error("request failed: %s", exc)
+        field = getattr(exc, "field", None)
+        return JSONResponse(error_body(code, str(exc), field), status_code=status, headers=headers)
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        return JSONResponse(
+            error_body("invalid_request", str(first.get("msg", "invalid request")), field),
+            status_code=422,
+        )
+
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "the monitor failed on this request; see its log"),
+            status_code=500,
+        )
+
+    app.add_exception_handler(MonitorError, monitor_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)

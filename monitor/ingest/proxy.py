@@ -1,0 +1,458 @@
+"""The sidecar: an OpenAI-compatible pass-through in front of the inference server.
+
+    build_proxy_router(settings, ingest, metrics, *, client=None) -> APIRouter
+
+Routes (none of them needs the monitor's token: the client's own ``Authorization`` header goes
+to the upstream, which decides):
+
+* ``POST /v1/chat/completions``: forwarded to ``[proxy] upstream``, streamed (SSE) or not, and
+  the exchange sampled once it is complete;
+* ``POST /v1/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``: forwarded, not sampled.
+
+What the client gets is what the upstream sent: status, headers (less the hop-by-hop ones,
+which belong to each connection) and body bytes, relayed chunk by chunk as they arrive (an SSE
+stream is never buffered), upstream errors included. The sidecar answers by itself only when
+it cannot reach the upstream at all: 502 (or 504 on a timeout) with an OpenAI-style error.
+
+Sampling is off the request path and fails open. The complete exchange (request body, answer
+bytes) goes on a bounded in-memory queue that a background task drains into
+``IngestService.submit`` (in a thread, batched); the response has been relayed already. A full
+queue, a full inbox, a database outage or a monitor bug never changes, fails or delays what the
+client receives: the loss is counted in ``proxy_fail_open{reason}`` and as a ``dropped`` record
+(``invalid`` exchanges, which cannot become a record, count as ``rejected``).
+
+``[proxy] upstream`` is the inference server's root URL (``http://127.0.0.1:8000``); the request
+path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accepted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from monitor.config import Settings
+from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
+from monitor.ingest.parsing import parse_record
+from monitor.ingest.service import IngestService
+from monitor.metrics import MonitorMetrics
+from monitor.records import TrafficRecord
+
+log = logging.getLogger("monitor.ingest.proxy")
+
+# RFC 9110 section 7.6.1: these describe one connection, never forwarded by a proxy. ``host``
+# and ``content-length`` are recomputed for the upstream request.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
+
+# Most exchanges submitted to the inbox in one transaction.
+_SUBMIT_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A completed chat completion as it passed through: what sampling starts from."""
+
+    request_body: bytes
+    response_body: bytes
+    content_type: str
+    content_encoding: str
+    received_at: datetime
+
+
+class SidecarProxy:
+    """State of the sidecar: the upstream client, the sampling queue and its consumer task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: IngestService,
+        metrics: MonitorMetrics,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        proxy = settings.proxy
+        if not proxy.upstream:
+            raise ConfigError("[proxy] upstream is empty: there is nothing to forward to")
+        upstream = httpx.URL(proxy.upstream)
+        if upstream.scheme not in ("http", "https") or not upstream.host:
+            raise ConfigError(f"[proxy] upstream must be an http(s) URL, got {proxy.upstream!r}")
+        streams = [s.name for s in settings.streams]
+        if proxy.stream not in streams:
+            raise ConfigError(
+                f"[proxy] stream {proxy.stream!r} is not a configured stream ({', '.join(streams)})"
+            )
+        self.settings = settings
+        self.ingest = ingest
+        self.metrics = metrics
+        self.stream = proxy.stream
+        self._base = _upstream_base(proxy.upstream)
+        self._max_sample_bytes = proxy.max_sample_bytes
+        self._queue_size = proxy.sample_queue_size
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                proxy.timeout.total_seconds(), connect=proxy.connect_timeout.total_seconds()
+            ),
+            limits=httpx.Limits(
+                max_connections=proxy.max_connections,
+                max_keepalive_connections=proxy.max_connections,
+            ),
+            follow_redirects=False,  # a redirect is the upstream's answer: the client gets it
+            trust_env=False,  # never route loopback inference traffic through an env proxy
+        )
+        self._queue: asyncio.Queue[Exchange] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.router = self._build_router()
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _build_router(self) -> APIRouter:
+        router = APIRouter(lifespan=self._lifespan)
+
+        async def chat_completions(request: Request) -> Response:
+            return await self.forward(request, route="chat_completions", sample=True)
+
+        async def completions(request: Request) -> Response:
+            return await self.forward(request, route="completions", sample=False)
+
+        async def models(request: Request) -> Response:
+            return await self.forward(request, route="models", sample=False)
+
+        router.add_api_route(
+            "/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False
+        )
+        router.add_api_route(
+            "/v1/completions", completions, methods=["POST"], include_in_schema=False
+        )
+        router.add_api_route("/v1/models", models, methods=["GET"], include_in_schema=False)
+        router.add_api_route(
+            "/v1/models/{model_id:path}", models, methods=["GET"], include_in_schema=False
+        )
+        return router
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def forward(self, request: Request, *, route: str, sample: bool) -> Response:
+        """Relay one request to the upstream and its response back, unchanged."""
+        started = time.perf_counter()
+        self.metrics.proxy_requests.labels(route=route).inc()
+        body = await request.body()
+        upstream_request = self.client.build_request(
+            request.method,
+            self._url(request.url.path, request.url.query),
+            headers=_forwardable(request.headers.raw, _NOT_FORWARDED_UPSTREAM),
+            content=body,
+        )
+        sent = time.perf_counter()
+        try:
+            upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.TimeoutException as exc:
+            return _upstream_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
+        except httpx.HTTPError as exc:
+            return _upstream_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
+        answered = time.perf_counter()
+        received_at = datetime.now(UTC)
+        sampled = sample and upstream.status_code == 200
+        response = StreamingResponse(
+            self._relay(upstream, body if sampled else None, received_at),
+            status_code=upstream.status_code,
+        )
+        response.raw_headers = _forwardable(upstream.headers.raw, HOP_BY_HOP)
+        self.metrics.proxy_added_latency_seconds.observe(
+            (sent - started) + (time.perf_counter() - answered)
+        )
+        return response
+
+    async def _relay(
+        self, upstream: httpx.Response, request_body: bytes | None, received_at: datetime
+    ) -> AsyncIterator[bytes]:
+        """The upstream's body bytes as they arrive; the exchange is offered for sampling once
+        the answer is complete (a client that hangs up mid-answer leaves nothing to sample)."""
+        collected: bytearray | None = bytearray() if request_body is not None else None
+        complete = False
+        try:
+            async for chunk in upstream.aiter_raw():
+                if collected is not None:
+                    if len(collected) + len(chunk) > self._max_sample_bytes:
+                        collected = None
+                        self._lose("invalid", "answer larger than [proxy] max_sample_bytes")
+                    else:
+                        collected += chunk
+                yield chunk
+            complete = True
+        finally:
+            await upstream.aclose()
+        if complete and collected is not None and request_body is not None:
+            self._offer(
+                Exchange(
+                    request_body=request_body,
+                    response_body=bytes(collected),
+                    content_type=upstream.headers.get("content-type", ""),
+                    content_encoding=upstream.headers.get("content-encoding", "identity"),
+                    received_at=received_at,
+                )
+            )
+
+    def _url(self, path: str, query: str) -> str:
+        return f"{self._base}{path}?{query}" if query else f"{self._base}{path}"
+
+    # -- sampling, off the request path ------------------------------------------------------
+
+    def _offer(self, exchange: Exchange) -> None:
+        """Queue a complete exchange for sampling; never raises, never waits."""
+        try:
+            queue = self._ensure_consumer()
+            queue.put_nowait(exchange)
+        except asyncio.QueueFull:
+            self._lose("queue_full", "the sampling queue is full")
+        except Exception:  # a monitor bug must not reach the client
+            log.exception("sidecar: offering an exchange for sampling failed")
+            self._lose("internal_error", "offering failed")
+
+    def _ensure_consumer(self) -> asyncio.Queue[Exchange]:
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:
+            self._queue = asyncio.Queue(maxsize=self._queue_size)
+            self._loop = loop
+            self._consumer = None
+        if self._consumer is None or self._consumer.done():
+            self._consumer = loop.create_task(self._consume(self._queue))
+        return self._queue
+
+    async def _consume(self, queue: asyncio.Queue[Exchange]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _SUBMIT_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await asyncio.to_thread(self._sample, batch)
+            except Exception:  # _sample counts its own losses; this is a last resort
+                log.exception("sidecar: sampling a batch failed")
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    def _sample(self, exchanges: Sequence[Exchange]) -> None:
+        """Turn exchanges into records and submit them (in a worker thread)."""
+        records: list[TrafficRecord] = []
+        for exchange in exchanges:
+            try:
+                records.append(self.exchange_to_record(exchange))
+            except InvalidInputError as exc:
+                self._lose("invalid", str(exc))
+            except Exception:
+                log.exception("sidecar: reading an exchange failed")
+                self._lose("internal_error", "reading the exchange failed")
+        if not records:
+            return
+        try:
+            self.ingest.submit(records)
+        except InboxFullError:
+            self._lose("inbox_full", "the inbox is full", len(records))
+        except StorageError as exc:
+            log.warning("sidecar: sampling lost to a storage error: %s", exc)
+            self._lose("storage_error", str(exc), len(records))
+        except InvalidInputError as exc:
+            self._lose("invalid", str(exc), len(records))
+        except Exception:
+            log.exception("sidecar: submitting sampled exchanges failed")
+            self._lose("internal_error", "submit failed", len(records))
+
+    def exchange_to_record(self, exchange: Exchange) -> TrafficRecord:
+        """The record of an exchange: the request's messages, the assembled answer."""
+        request = _json_object(exchange.request_body, "request")
+        body = _decoded(exchange.response_body, exchange.content_encoding)
+        if exchange.content_type.startswith("text/event-stream"):
+            answer, meta = assemble_sse(body)
+        else:
+            answer, meta = assemble_json(body)
+        record: dict[str, Any] = {
+            "stream": self.stream,
+            "model": meta.get("model") or request.get("model"),
+            "messages": request.get("messages"),
+            "response": answer,
+        }
+        if isinstance(meta.get("id"), str) and meta["id"]:
+            # The completion id the client saw: a late reference can be posted under it.
+            record["id"] = meta["id"]
+        return parse_record(record, settings=self.settings, now=exchange.received_at)
+
+    def _lose(self, reason: str, detail: str, count: int = 1) -> None:
+        self.metrics.proxy_fail_open.labels(reason=reason).inc(count)
+        outcome = "rejected" if reason == "invalid" else "dropped"
+        self.metrics.count_records(self.stream, outcome, count)
+        log.debug("sidecar: exchange not sampled (%s): %s", reason, detail)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every queued exchange has been submitted (tests, shutdown)."""
+        if self._queue is not None and self._loop is asyncio.get_running_loop():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def aclose(self) -> None:
+        """Submit what is queued (a few seconds at most), stop the consumer, close the client."""
+        await self.drain(5.0)
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._consumer
+            self._consumer = None
+        if self._own_client:
+            await self.client.aclose()
+
+
+def build_proxy_router(
+    settings: Settings,
+    ingest: IngestService,
+    metrics: MonitorMetrics,
+    *,
+    client: httpx.AsyncClient | None = None,
+) -> APIRouter:
+    """The sidecar's routes; the router's lifespan drains sampling and closes the client.
+
+    ``router.proxy`` is the :class:`SidecarProxy` behind them (tests drain it)."""
+    proxy = SidecarProxy(settings, ingest, metrics, client=client)
+    router = proxy.router
+    router.proxy = proxy  # type: ignore[attr-defined]
+    return router
+
+
+# -- answers ------------------------------------------------------------------------------
+
+
+def assemble_json(body: bytes) -> tuple[str, dict[str, Any]]:
+    """The first choice's message content of a non-streamed chat completion."""
+    data = _json_object(body, "response")
+    content = _first_choice(data).get("message", {}).get("content")
+    return _text(content), data
+
+
+def assemble_sse(body: bytes) -> tuple[str, dict[str, Any]]:
+    """The first choice's concatenated ``delta.content`` of a streamed chat completion."""
+    parts: list[str] = []
+    meta: dict[str, Any] = {}
+    for raw_line in body.decode("utf-8", errors="replace").splitlines():
+        line = raw_line.strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]" or not payload:
+            continue
+        chunk = _json_object(payload.encode(), "response")
+        for key in ("id", "model"):
+            if key not in meta and isinstance(chunk.get(key), str):
+                meta[key] = chunk[key]
+        for choice in chunk.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                delta = choice.get("delta") or {}
+                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                    parts.append(delta["content"])
+    return "".join(parts), meta
+
+
+def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise InvalidInputError("the answer has no choices", field="choices")
+    first: dict[str, Any] = choices[0]
+    return first
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    raise InvalidInputError("the answer has no text content", field="choices.0.message.content")
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"the {what} is not JSON: {exc}", field=what) from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"the {what} is not a JSON object", field=what)
+    return data
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    try:
+        if encoding in ("", "identity"):
+            return body
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error as exc:
+        raise InvalidInputError(f"the answer's {encoding} body is corrupt: {exc}") from exc
+    raise InvalidInputError(f"cannot read an answer with content-encoding {encoding!r}")
+
+
+# -- headers and URLs ---------------------------------------------------------------------
+
+
+def _forwardable(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[str]
+) -> list[tuple[bytes, bytes]]:
+    """Headers less ``drop`` and less any header the Connection header names."""
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+    }
+    return [
+        (key, value)
+        for key, value in headers
+        if (lowered := key.decode("latin-1").lower()) not in drop and lowered not in named
+    ]
+
+
+def _upstream_base(upstream: str) -> str:
+    base = upstream.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _upstream_error(status: int, code: str, message: str) -> JSONResponse:
+    """The sidecar's own answer when the upstream cannot be reached (OpenAI error shape, plus
+    the monitor's ``field``)."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "field": None, "type": "upstream_error"}},
+        status_code=status,
+    )
+
+
+__all__ = ["HOP_BY_HOP", "Exchange", "SidecarProxy", "assemble_sse", "build_proxy_router"]
