@@ -256,15 +256,34 @@ class SidecarProxy:
             while len(batch) < _SUBMIT_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                await asyncio.to_thread(self._sample, batch)
+                await self._sample(batch)
             except Exception:  # _sample counts its own losses; this is a last resort
                 log.exception("sidecar: sampling a batch failed")
             finally:
                 for _ in batch:
                     queue.task_done()
 
-    def _sample(self, exchanges: Sequence[Exchange]) -> None:
-        """Turn exchanges into records and submit them (in a worker thread)."""
+    async def _sample(self, exchanges: Sequence[Exchange]) -> None:
+        """Turn exchanges into records (in a thread), fetch allowed image URLs, and submit the
+        records (in a thread); every loss is counted, nothing is raised."""
+        parsed = await asyncio.to_thread(self._parse_all, exchanges)
+        records: list[TrafficRecord] = []
+        for record in parsed:
+            if record.image_url is not None:
+                try:
+                    record = (await self.ingest.resolve_images([record]))[0]
+                except InvalidInputError as exc:  # refused or failed fetch
+                    self._lose("invalid", str(exc))
+                    continue
+                except Exception:
+                    log.exception("sidecar: fetching an image URL failed")
+                    self._lose("internal_error", "image fetch failed")
+                    continue
+            records.append(record)
+        if records:
+            await asyncio.to_thread(self._submit, records)
+
+    def _parse_all(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
         records: list[TrafficRecord] = []
         for exchange in exchanges:
             try:
@@ -274,8 +293,9 @@ class SidecarProxy:
             except Exception:
                 log.exception("sidecar: reading an exchange failed")
                 self._lose("internal_error", "reading the exchange failed")
-        if not records:
-            return
+        return records
+
+    def _submit(self, records: list[TrafficRecord]) -> None:
         try:
             self.ingest.submit(records)
         except InboxFullError:
