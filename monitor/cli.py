@@ -1,17 +1,22 @@
 """The ``mllm-monitor`` command line: thin commands over the same services as the daemon.
 
-Exit codes: 0 success, 1 a runtime error of the monitor, 2 bad usage or invalid settings.
-Errors print one line (or one short list) on stderr, never a traceback.
+Every command ends with one of the exit codes of :data:`EXIT_CODES_HELP` (also in ``--help``).
+Any error, expected or not, prints one line on stderr (a list only for several invalid
+settings), never a traceback; ``--debug`` adds the traceback. The root group's ``invoke`` does
+this for every command, so commands added later are covered without doing anything.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,18 +31,98 @@ from rich.progress import (
 )
 
 from monitor import __version__
-from monitor.config import load_settings
+from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import ConfigError, MonitorError
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_OK = 0
+EXIT_ERROR = 1  # the monitor could not do what was asked, or a check failed
+EXIT_USAGE = 2  # bad command line or invalid settings
+EXIT_INTERNAL = 3  # an error the monitor did not anticipate: a bug, please report it
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the monitor could not do what was asked (bad data, reference "
+    "store, estimator, database, file system) or a check failed; 2 bad usage or invalid "
+    "settings; 3 unexpected internal error (a bug: rerun with --debug and report the "
+    "traceback); 130 interrupted."
+)
+# The most characters of an error message shown: a hostile input echoed in a message must not
+# flood the terminal.
+_MAX_MESSAGE = 2000
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The documented exit code of an exception, by class."""
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, MonitorError | OSError):
+        return EXIT_ERROR
+    return EXIT_INTERNAL
+
+
+def _one_line(text: str) -> str:
+    """Whitespace collapsed, control characters escaped, URL credentials masked, length cut."""
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    text = _URL.sub(lambda m: mask_url(m[0]), text)
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " [...]"
+
+
+def error_message(exc: BaseException) -> str:
+    """What the CLI prints after 'error: ' for an exception (one line but for a list of
+    several invalid settings)."""
+    if isinstance(exc, ConfigError) and exc.problems:
+        head = _one_line(str(exc).split("\n", 1)[0])
+        if len(exc.problems) == 1:
+            return f"{head} {_one_line(exc.problems[0])}"
+        return head + "".join(f"\n  - {_one_line(p)}" for p in exc.problems)
+    if isinstance(exc, MonitorError):
+        return _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return _one_line(": ".join([exc.strerror, *names]))
+    detail = _one_line(str(exc))
+    return (
+        f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} "
+        "(rerun with --debug for the traceback, and please report it)"
+    )
+
+
+# Set by the root callback from --debug before any command runs.
+_debug = {"traceback": False}
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    """Print the error line (after the traceback with --debug); the Exit to raise."""
+    if _debug["traceback"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    _err.print(f"[red]error:[/red] {escape(error_message(exc))}", highlight=False)
+    return typer.Exit(_exit_code(exc))
+
+
+class _Group(typer.core.TyperGroup):
+    """The root group: any exception of any command becomes one line and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context (a private module)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # the CLI's own: --help, usage errors (exit 2), typer.Exit, declined prompts
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            raise _fail(exc) from exc
+
 
 app = typer.Typer(
     name="mllm-monitor",
     help="Production drift monitor for multimodal LLMs (EMI / EMID, arXiv 2502.00577).",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 config_app = typer.Typer(help="Inspect and validate the settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -70,20 +155,38 @@ ConfigOption = Annotated[
     ),
 ]
 
-_err = Console(stderr=True, soft_wrap=True)
+# emoji=False: a message quoting ':name:' from user input stays as typed.
+_err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 @contextmanager
 def _exit_codes() -> Iterator[None]:
-    """Map the project's exceptions to one message on stderr and an exit code."""
+    """Map the project's exceptions to one message on stderr and an exit code (the root group
+    does the same for anything raised outside this block)."""
     try:
         yield
-    except ConfigError as exc:
-        _err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_USAGE) from exc
     except MonitorError as exc:
-        _err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_ERROR) from exc
+        raise _fail(exc) from exc
+
+
+def _load_for_compute(config: Path | None) -> Settings:
+    """The settings, with [compute] applied once: for commands that run encoders, estimators
+    or FAISS (before any of them runs)."""
+    from monitor.compute import apply_compute_settings
+
+    settings = load_settings(config)
+    apply_compute_settings(settings.compute)
+    return settings
+
+
+def _store_name(value: str) -> str:
+    """Refuse a store name that could not be a directory name (control characters, '/')."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise typer.BadParameter(
+            f"invalid store name {_one_line(repr(value))}: 1 to 64 letters, digits, '_', '.', "
+            "':' or '-', starting with a letter, digit or '_'"
+        )
+    return value
 
 
 def _version(value: bool) -> None:
@@ -100,8 +203,12 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print the traceback too.")
+    ] = False,
 ) -> None:
     """Production drift monitor for multimodal LLMs (EMI / EMID, arXiv 2502.00577)."""
+    _debug["traceback"] = debug
 
 
 @config_app.command("check")
@@ -207,7 +314,12 @@ def db_current(config: ConfigOption = None) -> None:
 
 StoreOption = Annotated[
     str,
-    typer.Option("--reference", "-r", help="Name of the reference store (under reference.root)."),
+    typer.Option(
+        "--reference",
+        "-r",
+        help="Name of the reference store (under reference.root).",
+        callback=_store_name,
+    ),
 ]
 
 
@@ -233,7 +345,9 @@ def reference_build(
             dir_okay=False,
         ),
     ],
-    name: Annotated[str, typer.Option("--name", "-n", help="Store name.")] = "default",
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="Store name.", callback=_store_name)
+    ] = "default",
     config: ConfigOption = None,
     image_root: Annotated[
         Path | None,
@@ -273,7 +387,7 @@ def reference_build(
     from monitor.reference import BuildOptions, build_store, read_manifest
 
     with _exit_codes():
-        settings = load_settings(config)
+        settings = _load_for_compute(config)
         records = read_manifest(manifest)
         encoders = encoders_from_settings(settings.encoders)
         limits = ImageLimits(

@@ -7,15 +7,24 @@ Where the file comes from, first match wins: the path given by the caller (``--c
 ``MLLM_MONITOR_CONFIG`` variable, ``./mllm-monitor.toml`` if it exists, else embedded defaults.
 Environment overrides beat the file: nested keys are joined by ``__``, so
 ``MLLM_MONITOR_DATABASE__URL`` sets ``[database] url``. Unknown keys are errors, so a typo is
-reported instead of silently ignored.
+reported instead of silently ignored; that includes environment variables: any
+``MLLM_MONITOR_*`` variable that names no setting is an error, except the few that are not
+settings (:data:`NON_SETTING_VARIABLES`).
+
+Numbers must be finite (``inf`` and ``nan`` are refused everywhere) and durations at most
+:data:`MAX_DURATION`, so later arithmetic on them cannot overflow.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import itertools
+import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,13 +40,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from monitor.errors import ConfigError
 
 ENV_PREFIX = "MLLM_MONITOR_"
 CONFIG_PATH_ENV = "MLLM_MONITOR_CONFIG"
 DEFAULT_CONFIG_FILE = Path("mllm-monitor.toml")
+# MLLM_MONITOR_* variables that are not settings, so the unknown-variable check lets them be:
+# the config file's path, and the PostgreSQL URL the test suite uses.
+NON_SETTING_VARIABLES = frozenset({CONFIG_PATH_ENV, "MLLM_MONITOR_TEST_POSTGRES_URL"})
+# Names of reference stores and streams: they become directory names, metric labels and log
+# fields, so no separators, no control characters, no leading dot.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
+# Longest duration accepted anywhere: far beyond any sensible window or TTL, and small enough
+# that adding it to any timestamp of this century cannot overflow.
+MAX_DURATION = timedelta(days=3650)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -46,13 +69,25 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_duration(value: object) -> object:
     """'90s', '5m', '1h', '1d' (or seconds as a number) to a timedelta; others pass through."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond float range
+            seconds = math.inf
+    elif isinstance(value, str):
         match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
-        raise ValueError(f"invalid duration {value!r}: use a number and a unit, like '5m' or '30s'")
-    return value
+        if not match:
+            raise ValueError(
+                f"invalid duration {value[:40]!r}: use a number and a unit, like '5m' or '30s'"
+            )
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    else:
+        return value
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"duration out of range: at most {format_duration(MAX_DURATION)} "
+            f"({MAX_DURATION.days} days)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -82,7 +117,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatabaseSettings(_Section):
@@ -194,8 +229,8 @@ class WorkerSettings(_Section):
 
 
 class StreamSettings(_Section):
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    reference: str = "default"
+    name: str = Field(default="default", pattern=NAME_PATTERN)
+    reference: str = Field(default="default", pattern=NAME_PATTERN)  # a store's name
     sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
     # Rate cap on sampled records (token bucket, burst of one second); 0 = no cap.
     max_records_per_second: float = Field(default=0.0, ge=0.0)
@@ -232,18 +267,41 @@ class WindowSettings(_Section):
         return self
 
 
+def _auto_or_positive(value: object) -> object:
+    """'auto', or a finite positive number: one clear message instead of one per union arm."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be 'auto' or a positive number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError("must be 'auto' or a positive number") from None
+    if not math.isfinite(number) or number <= 0.0:
+        raise ValueError("must be 'auto' or a finite positive number")
+    return number
+
+
+class ComputeSettings(_Section):
+    """CPU threads of torch, FAISS and BLAS; applied once at start-up (monitor.compute)."""
+
+    # 0 = automatic: min(4, max(1, usable cores // 2)), so that a monitor next to an inference
+    # server never spins a thread on every core (see monitor/compute.py for the measurements).
+    threads: int = Field(default=0, ge=0, le=1024)
+
+
 class AlertSettings(_Section):
     false_alarm_rate: float = Field(default=0.01, gt=0.0, lt=0.5)
-    bound_budget: Literal["auto"] | Annotated[float, Field(gt=0.0)] = "auto"
-    emid_budget: float = 0.0
+    bound_budget: Annotated[Literal["auto"] | float, BeforeValidator(_auto_or_positive)] = "auto"
+    emid_budget: float = Field(default=0.0, ge=0.0)  # nats; finite (no inf/nan anywhere)
     hysteresis: str = "2/3"
 
     @field_validator("hysteresis")
     @classmethod
     def _k_of_m(cls, value: str) -> str:
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
-        if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise ValueError("must be 'k/m' with 1 <= k <= m, like '2/3'")
+        match = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", value)
+        if not match or not 1 <= int(match[1]) <= int(match[2]) <= 100:
+            raise ValueError("must be 'k/m' with 1 <= k <= m <= 100, like '2/3'")
         return f"{int(match[1])}/{int(match[2])}"
 
     @property
@@ -274,12 +332,14 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     database: DatabaseSettings = DatabaseSettings()
     retention: RetentionSettings = RetentionSettings()
     server: ServerSettings = ServerSettings()
     encoders: EncoderSettings = EncoderSettings()
+    compute: ComputeSettings = ComputeSettings()
     reference: ReferenceStoreSettings = ReferenceStoreSettings()
     proxy: ProxySettings = ProxySettings()
     references: ReferenceModelSettings = ReferenceModelSettings()
@@ -321,11 +381,63 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data with secrets masked, for display."""
-        data = self.model_dump(mode="json")
-        if data["server"]["token"]:
-            data["server"]["token"] = "***"
-        return data
+        """The settings as plain data with every secret masked, for display (see redact)."""
+        redacted: dict[str, Any] = redact(self.model_dump(mode="json"))
+        return redacted
+
+
+# A key whose value is a secret: any part of its snake_case name is one of these words.
+_SECRET_WORDS = frozenset(
+    {"token", "password", "passwd", "passphrase", "secret", "apikey", "privatekey", "credential"}
+    | {"passwords", "secrets", "apikeys", "credentials"}
+)
+SECRET_MASK = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """True for names like token, api_key, openai_api_key, db_password, client_secret."""
+    parts = re.split(r"[^a-z0-9]+", key.lower())
+    joined = {a + b for a, b in itertools.pairwise(parts)}  # api_key -> apikey
+    return bool(_SECRET_WORDS & (set(parts) | joined))
+
+
+def mask_url(value: str) -> str:
+    """A URL with its userinfo password (or a bare userinfo, often a token) and any secret
+    query parameter masked; other strings unchanged."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return value
+    # The authority ends at the first '/', '?' or '#'; userinfo is what precedes its last '@'.
+    authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:{SECRET_MASK}@{host}" if colon else f"{SECRET_MASK}@{host}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            pairs.append(f"{name}={SECRET_MASK}" if eq and is_secret_key(name) else pair)
+        tail = f"{path}?{'&'.join(pairs)}{hash_}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact(data: Any, key: str = "") -> Any:
+    """Plain data (dicts, lists, scalars) with every secret masked: the values of secret-named
+    keys (:func:`is_secret_key`) and credentials inside any URL (:func:`mask_url`). Generic by
+    name so that settings added later are covered without a list to maintain."""
+    if isinstance(data, Mapping):
+        return {k: redact(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact(v, key) for v in data]
+    if isinstance(data, str):
+        if data and is_secret_key(key):
+            return SECRET_MASK
+        return mask_url(data)
+    return data
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path | None:
@@ -350,17 +462,63 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(f"config file not found: {source}", path=source) from exc
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {source}: {exc}", path=source) from exc
+    where = f"config file {source}" if source else "settings"
+    unknown = unknown_environment_variables(os.environ)
+    if unknown:
+        raise ConfigError(f"invalid environment for {where}:", problems=unknown, path=source)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        where = f"config file {source}" if source else "settings"
         raise ConfigError(
             f"invalid {where} (environment overrides included):",
             problems=[_describe(err) for err in exc.errors()],
             path=source,
         ) from exc
+    except SettingsError as exc:  # a complex value (a list, a section) that is not JSON
+        variable = _variable_of(str(exc))
+        raise ConfigError(
+            f"invalid environment for {where}:",
+            problems=[f"{variable}: not valid JSON (lists and sections are given as JSON)"],
+            path=source,
+        ) from exc
     settings._source = source
     return settings
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
+    """One problem line per ``MLLM_MONITOR_*`` variable that names no setting.
+
+    Names are matched as pydantic-settings matches them (case-insensitive, sections joined by
+    ``__``); :data:`NON_SETTING_VARIABLES` are allowed.
+    """
+    allowed = {name.upper() for name in NON_SETTING_VARIABLES}
+    problems = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in allowed:
+            continue
+        path = upper[len(ENV_PREFIX) :].lower().split("__")
+        fields: dict[str, Any] | None = Settings.model_fields
+        for depth, part in enumerate(path):
+            if fields is None or part not in fields:
+                known = sorted(fields or {})
+                guess = difflib.get_close_matches(part, known, n=1)
+                hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                where = ".".join(path[:depth]) or "the top level"
+                problems.append(
+                    f"{variable}: unknown setting {part!r} in {where} (environment variables "
+                    f"must name a documented key{hint})"
+                )
+                break
+            annotation = fields[part].annotation
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            fields = annotation.model_fields if is_section else None
+    return problems
+
+
+def _variable_of(message: str) -> str:
+    match = re.search(r'field "([^"]+)"', message)
+    return f"{ENV_PREFIX}{match[1].upper()}" if match else "an MLLM_MONITOR_* variable"
 
 
 def _describe(err: Any) -> str:
@@ -368,4 +526,9 @@ def _describe(err: Any) -> str:
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key (check the spelling against the documented keys)"
+    elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] == NAME_PATTERN:
+        message = (
+            "must be 1 to 64 letters, digits, '_', '.', ':' or '-', starting with a letter, "
+            f"digit or '_' (got {str(err['input'])[:80]!r})"
+        )
     return f"{loc or '(top level)'}: {message}"
