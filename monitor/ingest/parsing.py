@@ -187,6 +187,11 @@ def _at(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
+def _name(field: str) -> str:
+    """The last part of a field path, for messages: records[2].prompt -> prompt."""
+    return field.rsplit(".", 1)[-1]
+
+
 def _type_name(value: Any) -> str:
     return {
         dict: "an object",
@@ -279,10 +284,13 @@ def _text(value: Any, field: str, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidInputError(f"must be a string, not {_type_name(value)}", field=field)
+        raise InvalidInputError(
+            f"{_name(field)} must be a string, not {_type_name(value)}", field=field
+        )
     if len(value) > limit:
         raise InvalidInputError(
-            f"is {len(value):,} characters, over the limit of {limit:,} ([ingest] max_text_chars)",
+            f"{_name(field)} is {len(value):,} characters, over the limit of {limit:,} "
+            "([ingest] max_text_chars)",
             field=field,
         )
     _check_encodable(value, field)
@@ -292,7 +300,7 @@ def _text(value: Any, field: str, limit: int) -> str | None:
 def _short_text(value: Any, field: str, limit: int) -> str | None:
     text = _text(value, field, limit)
     if text is not None and not _TOKEN.match(text.replace(" ", "_") or " "):
-        raise InvalidInputError("must be printable text", field=field)
+        raise InvalidInputError(f"{_name(field)} must be printable text", field=field)
     return text
 
 
