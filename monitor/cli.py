@@ -551,35 +551,50 @@ def calibrate(
     config: ConfigOption = None,
     window_sizes: Annotated[
         str,
-        typer.Option("--window-sizes", help="Comma-separated window sizes (records) to calibrate."),
-    ] = "50,100,200,500",
-    trials: Annotated[int, typer.Option(min=20, help="Pseudo-windows per size.")] = 200,
+        typer.Option(
+            "--window-sizes",
+            help="Comma-separated window sizes (records) to calibrate; 'auto': those of "
+            "50,100,200,500 that fit the store (a window may hold at most 5% of the pool).",
+        ),
+    ] = "auto",
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Pseudo-windows per size. Default: the minimum that [alerts] false_alarm_rate "
+            "needs over the 5 warning tests (500 at 0.01); fewer are refused.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
     from monitor.reference import calibrate_store, load_store
 
-    try:
-        sizes = [int(part) for part in window_sizes.split(",") if part.strip()]
-    except ValueError as exc:
-        raise typer.BadParameter(
-            f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
-        ) from exc
+    sizes: list[int] | None = None
+    if window_sizes.strip().lower() != "auto":
+        try:
+            sizes = [int(part) for part in window_sizes.split(",") if part.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter(
+                f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
+            ) from exc
     with _exit_codes():
         settings = load_settings(config)
         store = load_store(settings.reference.root, reference)
         with _progress() as progress:
-            task = progress.add_task("calibrating (window sizes)", total=len(sizes))
+            task = progress.add_task("calibrating (trials)", total=None)
             data = calibrate_store(
                 store,
                 window_sizes=sizes,
                 trials=trials,
                 seed=seed,
-                progress=lambda done, total: progress.update(task, completed=done),
+                false_alarm_rate=settings.alerts.false_alarm_rate,
+                hysteresis=settings.alerts.hysteresis_k_of_m,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
     typer.echo(
         f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
-        f"{trials} trials each, {data['jsd_mode']} JSD"
+        f"{data['trials']} trials each, {data['jsd_mode']} JSD"
     )
 
 

@@ -9,6 +9,14 @@ traffic would, and every real window would then alarm.)
 
 p-value: (1 + #{null >= observed}) / (1 + B). A window is significant when p < alpha, which is
 the same as ``observed > threshold(alpha)``. Everything random here takes a seed.
+
+Small p-values come from enough trials, not from a fitted tail: the smallest p-value of B
+trials is 1/(B + 1), so a test at level a needs B + 1 > 1/a, and :func:`minimum_trials` derives
+B from the false-alarm rate and the number of tests a warning corrects for. A tail fitted above
+an empirical quantile (a generalized Pareto, say) would resolve smaller p-values from fewer
+trials, but its error sits exactly where the decision is made and depends on a shape assumption
+that JSD nulls (bounded, skewed, different per term and n) give no reason to trust; the
+permutation p-value is valid at any B, so calibration pays with trials instead.
 """
 
 from __future__ import annotations
@@ -25,9 +33,16 @@ import torch
 from monitor.errors import CalibrationError, InvalidInputError
 from monitor.estimators._arrays import ArrayLike, check_embeddings, check_same_rows
 from monitor.estimators.club import CLUB, club_estimate_from_heads
-from monitor.estimators.rjsd import JSDMode, ReferenceJSD
+from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode, ReferenceJSD
 
 IndexArray = npt.NDArray[np.integer[Any]]
+
+# Largest pseudo-window as a fraction of the pool it is drawn from. Pseudo-windows of one pool
+# share its sampling deviation from the population, which fresh windows do not, so a null from
+# a small pool is too narrow. Measured (balanced text JSD, d = 32, window 50, alpha = 0.05,
+# 24 calibrations x 200 fresh ID windows each): window/pool 0.05 -> 0.050 +- 0.004,
+# 0.1 -> 0.064 +- 0.007, 0.2 -> 0.079 +- 0.009, 0.3 -> 0.086 +- 0.013.
+MAX_POOL_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,52 @@ class NullDistribution:
             window_size=int(data["window_size"]),
             values=np.asarray(data["values"], dtype=np.float64),
         )
+
+
+def minimum_trials(
+    false_alarm_rate: float, tests: int, hysteresis: tuple[int, int] = (1, 1)
+) -> int:
+    """Fewest null trials that let every per-window test of the alerting rule fire.
+
+    A warning tests ``tests`` statistics at ``false_alarm_rate / tests`` each (Bonferroni), so
+    B must satisfy (B + 1) * false_alarm_rate / tests > 1. The bound is tested at
+    ``false_alarm_rate`` per window; the k-of-m hysteresis (``hysteresis = (k, m)``) then makes
+    a critical rarer still (about C(m, k) * rate^k for independent windows), so it never needs a
+    smaller per-window level, and the warning's level is the one that sets B.
+    """
+    _check_alpha(false_alarm_rate)
+    if tests < 1:
+        raise InvalidInputError(f"tests must be positive, got {tests}", field="tests")
+    k, m = hysteresis
+    if not 1 <= k <= m:
+        raise InvalidInputError(f"hysteresis must be k/m with 1 <= k <= m, got {k}/{m}")
+    level = min(false_alarm_rate / tests, false_alarm_rate)
+    # Smallest B with (B + 1) * level > 1; the epsilon keeps 1 / 0.002 = 500 from rounding up.
+    return max(1, math.ceil(1.0 / level - 1.0 + 1e-9))
+
+
+def binomial_count_threshold(n: int, rate: float, level: float) -> int | None:
+    """Smallest count k with P(Binomial(n, rate) >= k) < level; None when no k <= n reaches it.
+
+    The OOD test of a window: each fresh ID sample is flagged with probability ``rate`` (1 - TPR
+    of the store's leave-one-out threshold), so a window of any size n is significant when its
+    flagged count reaches k.
+    """
+    _check_alpha(level)
+    if n < 1:
+        return None
+    if not 0.0 < rate < 1.0:
+        raise InvalidInputError(f"flag rate must lie in (0, 1), got {rate}", field="rate")
+    counts = np.arange(n + 1)
+    log_pmf = (
+        np.array([math.lgamma(n + 1) - math.lgamma(c + 1) - math.lgamma(n - c + 1) for c in counts])
+        + counts * math.log(rate)
+        + (n - counts) * math.log1p(-rate)
+    )
+    # Survival P(X >= k) for every k, summed from the top in a numerically stable way.
+    top = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+    reaching = np.flatnonzero(top < math.log(level))
+    return int(reaching[0]) if reaching.size else None
 
 
 def split_reference(
@@ -159,11 +220,18 @@ def jsd_null(
     *,
     trials: int = 200,
     seed: int = 0,
-    mode: JSDMode = "paper",
+    mode: JSDMode = DEFAULT_JSD_MODE,
+    normalize: bool = False,
 ) -> NullDistribution:
-    """Null of the representation JSD between the comparison set and pool pseudo-windows."""
-    reference = ReferenceJSD(comparison, mode=mode)
-    rows = check_embeddings(pool, "pool", dim=reference.dim, unit_norm=True)
+    """Null of the representation JSD between the comparison set and pool pseudo-windows.
+
+    Rows must be L2-normalised, or pass ``normalize=True`` to rescale both sets. Keep
+    ``window_size`` at most :data:`MAX_POOL_FRACTION` of the pool (see there).
+    """
+    reference = ReferenceJSD(comparison, mode=mode, normalize=normalize)
+    rows = check_embeddings(
+        pool, "pool", dim=reference.dim, unit_norm=not normalize, normalize=normalize
+    )
     return null_distribution(
         lambda idx: reference(rows[idx], name="pool window"),
         pool_size=rows.shape[0],

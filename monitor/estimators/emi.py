@@ -8,7 +8,9 @@ data P. arXiv 2502.00577 bounds it by
     scale_adjusted:       sqrt(JSD_v) + sqrt(JSD_t)  +     JSD_out_id^(1/4) + JSD_out_live^(1/4)
 
 A term that cannot be computed (no images in the window, no references) is None: the bound is
-then the sum of the available terms, flagged incomplete, never a silent 0.
+then the sum of the available terms, flagged incomplete, never a silent 0. The bound records
+the JSD mode its terms were computed in (``jsd_mode``): values of the two modes differ when the
+compared sets differ in size, so a bound is only comparable with bounds (and nulls) of its mode.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 from monitor.errors import InvalidInputError
 from monitor.estimators._arrays import ArrayLike
 from monitor.estimators.club import CLUB
+from monitor.estimators.rjsd import JSDMode
 from monitor.records import TERMS
 
 BoundForm = Literal["scale_adjusted", "entropy_scaled"]
@@ -56,6 +59,7 @@ class UpperBound:
     form: BoundForm
     entropy_scale: float
     terms: dict[str, float | None]
+    jsd_mode: JSDMode | None = None  # the mode of the JSD terms; None when not stated
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -74,10 +78,12 @@ def emid_upper_bound(
     *,
     form: BoundForm = "scale_adjusted",
     entropy_scale: float = 1.0,
+    jsd_mode: JSDMode | None = None,
 ) -> UpperBound:
     """The EMID upper bound from the four JSD terms; see the module docstring for both forms.
 
     ``entropy_scale`` is H of the entropy-scaled form; the scale-adjusted form fixes H = 1.
+    ``jsd_mode`` is recorded on the result (the mode the terms were computed in).
     """
     if form not in BOUND_FORMS:
         raise InvalidInputError(
@@ -106,7 +112,11 @@ def emid_upper_bound(
             terms[name] = output_factor * jsd**0.25
     present = [t for t in terms.values() if t is not None]
     return UpperBound(
-        value=sum(present) if present else None, form=form, entropy_scale=entropy_scale, terms=terms
+        value=sum(present) if present else None,
+        form=form,
+        entropy_scale=entropy_scale,
+        terms=terms,
+        jsd_mode=jsd_mode,
     )
 
 

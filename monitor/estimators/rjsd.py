@@ -9,6 +9,18 @@ which is 0 for identical sets and log 2 for sets on orthogonal subspaces with eq
 The cost is O(n d^2 + d^3) and does not depend on any pairing between A and B. Values are biased
 upwards at small n, so they only mean something against a null calibration
 (:mod:`monitor.estimators.calibration`).
+
+Modes, and why ``balanced`` is the default of every drift entry point (``representation_jsd``,
+``ReferenceJSD``, ``jsd_null``, the store calibration and the live window statistics): the
+paper's mode mixes the raw covariances A^T A + B^T B, so the larger set weighs more. A monitor
+compares a window of tens or hundreds of records with a comparison set of thousands; the paper's
+mixture is then almost the comparison set alone, and the value measures an entropy difference
+more than a shift. It clips to 0 on real windows (20 of 20 TextVQA answer windows) and misses
+5% and 10% mixtures; a shifted window of 40 against 1,500 ID records was not significant in
+paper mode (p = 0.10) and is in balanced mode. ``balanced`` divides each covariance by its
+trace, so both sets weigh equally whatever their sizes. The two modes agree when n_a == n_b
+(every paired output term). The parity API keeps the paper's mode by passing
+``mode="paper"`` explicitly.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ from monitor.estimators._arrays import (
 
 JSDMode = Literal["paper", "balanced"]
 JSD_MODES: tuple[JSDMode, ...] = ("paper", "balanced")
+# The mode of every drift entry point; see the module docstring for why.
+DEFAULT_JSD_MODE: JSDMode = "balanced"
 
 
 def von_neumann_entropy(cov: ArrayLike) -> float:
@@ -56,14 +70,15 @@ def von_neumann_entropy(cov: ArrayLike) -> float:
 
 
 def representation_jsd(
-    a: ArrayLike, b: ArrayLike, *, mode: JSDMode = "paper", normalize: bool = False
+    a: ArrayLike, b: ArrayLike, *, mode: JSDMode = DEFAULT_JSD_MODE, normalize: bool = False
 ) -> float:
     """Representation JSD between embedding sets ``a`` (n_a, d) and ``b`` (n_b, d).
 
     Rows must be L2-normalised, or pass ``normalize=True`` to rescale them.
     ``mode="paper"`` mixes the raw covariances A^T A and B^T B as the authors do, so the larger
     set weighs more; ``mode="balanced"`` divides each by its trace first so both weigh equally.
-    Both agree when n_a == n_b. Computed in float64 (exact up to rounding).
+    Both agree when n_a == n_b; the default is ``balanced`` (module docstring). Computed in
+    float64 (exact up to rounding).
     """
     return ReferenceJSD(a, mode=mode, normalize=normalize, name="a")(b)
 
@@ -79,7 +94,7 @@ class ReferenceJSD:
         self,
         comparison: ArrayLike,
         *,
-        mode: JSDMode = "paper",
+        mode: JSDMode = DEFAULT_JSD_MODE,
         normalize: bool = False,
         name: str = "comparison",
     ) -> None:

@@ -86,23 +86,17 @@ def test_cli_builds_shows_trains_and_calibrates_a_text_store(tmp_path: Path) -> 
         ["estimator", "train", "-r", "llava", "-c", str(config), "--epochs", "3", "--hidden", "32"],
     )
     assert trained.exit_code == 0, trained.output
+    # 90 records leave a pool of 45: no window size keeps the false-alarm rate (a window may
+    # hold at most 5% of the pool), so calibration is refused with the reason, not faked.
     calibrated = runner.invoke(
         app,
-        [
-            "calibrate",
-            "-r",
-            "llava",
-            "-c",
-            str(config),
-            "--window-sizes",
-            "10,20",
-            "--trials",
-            "30",
-        ],
+        ["calibrate", "-r", "llava", "-c", str(config), "--window-sizes", "10,20"],
     )
-    assert calibrated.exit_code == 0, calibrated.output
+    assert calibrated.exit_code == 1, calibrated.output
+    assert "window sizes [10, 20] do not fit" in calibrated.output
+    assert "Traceback" not in calibrated.output
     summary = runner.invoke(app, ["reference", "show", "llava", "-c", str(config)])
-    assert "window sizes [10, 20], 30 trials" in summary.output
+    assert "none (run `mllm-monitor calibrate`)" in summary.output
     assert "CLUB 384->384 (hidden 32), trained" in summary.output
     # The authors' CLUB expects 768-d CLIP + XLM-R embeddings: refused, with the reason.
     imported = runner.invoke(

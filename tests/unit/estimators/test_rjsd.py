@@ -57,8 +57,21 @@ def test_gram_and_covariance_paths_agree(rng: np.random.Generator) -> None:
         return float(-(p * np.log(p)).sum())
 
     ca, cb = a.T @ a, b.T @ b
-    expected = entropy((ca + cb) / 2) - (entropy(ca) + entropy(cb)) / 2
-    assert representation_jsd(a, b) == pytest.approx(expected, abs=1e-9)
+    paper = entropy((ca + cb) / 2) - (entropy(ca) + entropy(cb)) / 2
+    assert representation_jsd(a, b, mode="paper") == pytest.approx(paper, abs=1e-9)
+    mix = ca / np.trace(ca) + cb / np.trace(cb)
+    balanced = entropy(mix / 2) - (entropy(ca) + entropy(cb)) / 2
+    assert representation_jsd(a, b, mode="balanced") == pytest.approx(balanced, abs=1e-9)
+
+
+def test_drift_entry_points_default_to_the_balanced_mode(rng: np.random.Generator) -> None:
+    # Unequal sizes, where the modes differ: a window against a far larger comparison set.
+    ref, window = unit_rows(rng, 400, 16), unit_rows(rng, 40, 16, mean=np.full(16, 0.3))
+    balanced = representation_jsd(ref, window, mode="balanced")
+    assert balanced != pytest.approx(representation_jsd(ref, window, mode="paper"), abs=1e-6)
+    assert representation_jsd(ref, window) == balanced
+    assert ReferenceJSD(ref)(window) == balanced
+    assert ReferenceJSD(ref).mode == "balanced"
 
 
 def test_jsd_grows_with_shift(rng: np.random.Generator) -> None:
@@ -80,9 +93,13 @@ def test_symmetric_in_balanced_mode(rng: np.random.Generator) -> None:
 
 def test_reference_jsd_matches_function(rng: np.random.Generator) -> None:
     ref, window = unit_rows(rng, 300, 16), unit_rows(rng, 40, 16)
+    other = unit_rows(rng, 25, 16, mean=np.full(16, 0.4))
     cached = ReferenceJSD(ref, mode="balanced")
-    assert cached(window) == pytest.approx(representation_jsd(ref, window, mode="balanced"))
-    assert cached(window) == cached(window)
+    first = cached(window)
+    assert first == pytest.approx(representation_jsd(ref, window, mode="balanced"))
+    # The comparison set's cached covariance and entropy are not altered by other windows.
+    assert cached(other) == pytest.approx(representation_jsd(ref, other, mode="balanced"))
+    assert cached(window) == pytest.approx(first, abs=1e-12)
 
 
 def test_normalize_flag_rescales_rows(rng: np.random.Generator) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from monitor.embedding import EncoderSet
 from monitor.errors import (
+    CalibrationError,
     CheckpointError,
     FingerprintMismatchError,
     ReferenceStoreError,
@@ -23,7 +24,7 @@ from monitor.estimators.rjsd import ReferenceJSD
 from monitor.reference import (
     BuildOptions,
     ManifestRecord,
-    bound_key,
+    bound_null,
     build_store,
     calibrate_store,
     import_store_estimator,
@@ -33,7 +34,6 @@ from monitor.reference import (
     read_manifest,
     train_store_estimator,
 )
-from monitor.reference.calibrate import bound_key as _bound_key
 from monitor.reference.checkpoint import save_club
 from tests.unit.reference.conftest import TableEncoder, unit
 
@@ -244,31 +244,35 @@ def test_calibrated_thresholds_keep_the_false_alarm_rate(tmp_path: Path) -> None
     for _ in range(5):
         alarms = [text_null.p_value(reference(id_rows(rng, 40))) < alpha for _ in range(200)]
         rates.append(float(np.mean(alarms)))
-    assert 0.02 <= rates[0] <= 0.09, rates
-    assert 0.03 <= float(np.mean(rates)) <= 0.07, rates
+    # One calibration's rate spreads by about 0.02 around alpha (its pool and its null are
+    # samples); the rate over many calibrations is checked tightly in
+    # tests/integration/reference/test_false_alarm_matrix.py.
+    assert 0.01 <= float(np.mean(rates)) <= 0.09, rates
     shifted = unit(rng.standard_normal((40, D)) * SCALE[::-1])
     assert text_null.p_value(reference(shifted)) < 0.01
 
 
 def test_calibration_covers_terms_and_bound_variants(tmp_path: Path) -> None:
-    table_store(tmp_path, n=400)
+    table_store(tmp_path, n=2000)  # a pool of 1000: windows up to 50 records
     store = load_store(tmp_path, "ref")
-    calibration = calibrate_store(store, window_sizes=[20, 50, 5000], trials=30, seed=0)
-    assert calibration["window_sizes"] == [20, 50]  # 5000 does not fit the pool
-    for name in (
-        "text",
-        "output_live",
-        bound_key(visual=False, live_references=True),
-        _bound_key(visual=False, live_references=False),
-    ):
+    with pytest.raises(CalibrationError, match=r"window sizes \[5000\] do not fit"):
+        calibrate_store(store, window_sizes=[20, 50, 5000], trials=100, false_alarm_rate=0.05)
+    calibration = calibrate_store(
+        store, window_sizes=[20, 50], trials=100, seed=0, false_alarm_rate=0.05
+    )
+    assert calibration["window_sizes"] == [20, 50]
+    assert calibration["ood_flag_rate"] == pytest.approx(1 - store.ood["tpr"])
+    for name in ("text", "response", "output_live"):
         null = null_for(calibration, name, 50)
-        assert null is not None and null.trials == 30, name
+        assert null is not None and null.trials == 100, name
     assert null_for(calibration, "visual", 50) is None  # text-only store
-    smallest, largest = null_for(calibration, "text", 10), null_for(calibration, "text", 70)
-    assert smallest is not None and smallest.window_size == 20  # below every bucket
+    assert null_for(calibration, "text", 10) is None  # below every bucket: no null
+    largest = null_for(calibration, "text", 70)
     assert largest is not None and largest.window_size == 50  # the largest bucket <= n
-    with_live = null_for(calibration, bound_key(visual=False, live_references=True), 50)
-    without = null_for(calibration, bound_key(visual=False, live_references=False), 50)
+    live = null_for(calibration, "output_live", 7)  # keyed by reference pairs, not records
+    assert live is not None and live.window_size == 5
+    with_live = bound_null(calibration, n=50, n_images=None, n_references=10)
+    without = bound_null(calibration, n=50, n_images=None, n_references=None)
     assert with_live is not None and without is not None
     assert np.median(with_live.values) > np.median(without.values)
     assert math.isfinite(calibration["output_id"])

@@ -1,0 +1,197 @@
+"""Reading a window against its calibration: p-values, thresholds, the warning and the bound.
+
+* Each tested term (:data:`TESTED_TERMS`) reads the null of the largest calibrated count that
+  is <= the count entering that term (records for text and response, images for visual,
+  reference pairs for output_live). JSD shrinks as n grows, so a smaller count's null is
+  conservative for a larger window (measured: see ``tests/integration/reference/
+  test_false_alarm_matrix.py``). A count below the smallest calibrated one gets no p-value: a
+  larger count's null would be far too narrow for it (a window of 30 read against the 50-null
+  alarmed 97% of the time).
+* The warning corrects for the number of tests with Bonferroni: each term with a p-value, and
+  the OOD fraction when it is tested, at ``alpha / tests``. Bonferroni holds whatever the
+  dependence between the terms; a min-p null over the shared pseudo-windows would lose less
+  power when terms are correlated, but needs many more trials to resolve its own alpha tail.
+* The OOD fraction is tested with a binomial tail: each fresh ID sample is flagged with
+  probability 1 - TPR (the store's leave-one-out threshold), valid for any window size.
+* The bound (scale-adjusted) is tested at ``alpha`` against the bound of each calibration
+  trial's term values, with the same terms present as in the window; it is the input of the
+  critical rule (k of m windows), not of the warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import NullDistribution, binomial_count_threshold
+from monitor.estimators.emi import emid_upper_bound
+from monitor.reference.window_stats import TESTED_TERMS, check_calibration
+
+ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
+
+
+@dataclass(frozen=True)
+class WindowAssessment:
+    """p-values and thresholds per term (None: not computable, not calibrated, or too small)."""
+
+    p_values: dict[str, float | None]
+    thresholds: dict[str, float | None]
+    significant_terms: tuple[str, ...]  # after the Bonferroni correction over the tests
+    warning: bool
+    bound_significant: bool | None
+    ood_threshold: float | None  # a window is OOD-significant when its fraction exceeds this
+    ood_significant: bool
+    calibrated: bool
+    tests: int = 0  # size of the warning's Bonferroni family
+    term_level: float | None = None  # the per-test level alpha / tests
+
+
+def null_for(calibration: dict[str, Any], statistic: str, n: int) -> NullDistribution | None:
+    """The null of ``statistic`` (a tested term) for n rows entering it.
+
+    The largest calibrated count <= n, which is conservative for n above it since the JSD
+    shrinks with n; None when n is below every calibrated count or the term has no null.
+    """
+    check_calibration(calibration)
+    by_size = calibration["nulls"].get(statistic)
+    size = _bucket(by_size, n)
+    if size is None:
+        return None
+    return NullDistribution(size, np.asarray(by_size[str(size)], dtype=np.float64))
+
+
+def bound_null(
+    calibration: dict[str, Any],
+    *,
+    n: int,
+    n_images: int | None,
+    n_references: int | None,
+) -> NullDistribution | None:
+    """Null of the scale-adjusted bound for a window with these counts.
+
+    ``n_images`` / ``n_references`` None: the window has no such term (the bound leaves it
+    out, and so does its null). None when a present term has no null at its count.
+    """
+    check_calibration(calibration)
+    nulls = calibration["nulls"]
+    text_size = _bucket(nulls.get("text"), n)
+    if text_size is None:
+        return None
+    text = nulls["text"][str(text_size)]
+    visual = live = None
+    if n_images is not None:
+        size = _bucket(nulls.get("visual"), n_images)
+        if size is None:
+            return None
+        visual = nulls["visual"][str(size)]
+    if n_references is not None:
+        size = _bucket(nulls.get("output_live"), n_references)
+        if size is None:
+            return None
+        live = nulls["output_live"][str(size)]
+    out_id = calibration.get("output_id")
+    values = [
+        emid_upper_bound(
+            visual[i] if visual is not None else None,
+            text[i],
+            out_id,
+            live[i] if live is not None else None,
+        ).value
+        for i in range(len(text))
+    ]
+    return NullDistribution(text_size, np.asarray(values, dtype=np.float64))
+
+
+def assess_window(
+    calibration: dict[str, Any] | None,
+    values: Mapping[str, float | None],
+    *,
+    n: int,
+    n_images: int,
+    n_references: int,
+    ood_fraction: float | None,
+    alpha: float,
+    ood_flag_rate: float | None = None,
+) -> WindowAssessment:
+    """p-values, thresholds and the warning of one window (``values`` from WindowStatistics).
+
+    ``ood_flag_rate``: the per-sample flag rate of fresh ID records (1 - TPR of the store's
+    OOD threshold); None reads it from the calibration, and without either OOD is not tested.
+    """
+    counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
+    p_values: dict[str, float | None] = dict.fromkeys(ASSESSED)
+    thresholds: dict[str, float | None] = dict.fromkeys(ASSESSED)
+    nulls: dict[str, NullDistribution] = {}
+    if calibration is not None:
+        for term in TESTED_TERMS:
+            value = values.get(term)
+            null = null_for(calibration, term, counts[term]) if value is not None else None
+            if value is not None and null is not None:
+                nulls[term] = null
+                p_values[term] = null.p_value(value)
+    if ood_flag_rate is None and calibration is not None:
+        ood_flag_rate = calibration.get("ood_flag_rate")
+    ood_tested = ood_fraction is not None and ood_flag_rate is not None and n >= 1
+    tests = len(nulls) + int(ood_tested)
+    level = alpha / tests if tests else None
+    if level is not None and calibration is not None and nulls:
+        trials = int(calibration["trials"])
+        if (trials + 1) * level <= 1.0:
+            raise CalibrationError(
+                f"the calibration's {trials} trials cannot resolve p-values below {level:.4g} "
+                f"({tests} tests at a false-alarm rate of {alpha}); rerun `mllm-monitor "
+                "calibrate` with more trials"
+            )
+    significant: tuple[str, ...] = ()
+    if level is not None:
+        significant = tuple(t for t in nulls if _below(p_values[t], level))
+        for term, null in nulls.items():
+            thresholds[term] = null.threshold(level)
+    ood_threshold, ood_significant = None, False
+    if ood_tested and level is not None:
+        assert ood_fraction is not None and ood_flag_rate is not None
+        k = binomial_count_threshold(n, float(ood_flag_rate), level)
+        if k is not None:
+            ood_threshold = (k - 1) / n
+            ood_significant = round(ood_fraction * n) >= k
+    bound_significant: bool | None = None
+    bound_value = values.get("bound_scale_adjusted")
+    if calibration is not None and bound_value is not None:
+        null = bound_null(
+            calibration,
+            n=n,
+            n_images=n_images if values.get("visual") is not None else None,
+            n_references=n_references if values.get("output_live") is not None else None,
+        )
+        if null is not None:
+            p_values["bound"] = null.p_value(bound_value)
+            bound_significant = null.p_value(bound_value) < alpha
+            if (null.trials + 1) * alpha > 1.0:
+                thresholds["bound"] = null.threshold(alpha)
+    return WindowAssessment(
+        p_values=p_values,
+        thresholds=thresholds,
+        significant_terms=significant,
+        warning=bool(significant) or ood_significant,
+        bound_significant=bound_significant,
+        ood_threshold=ood_threshold,
+        ood_significant=ood_significant,
+        calibrated=calibration is not None,
+        tests=tests,
+        term_level=level,
+    )
+
+
+def _below(p_value: float | None, level: float) -> bool:
+    return p_value is not None and p_value < level
+
+
+def _bucket(by_size: Mapping[str, Any] | None, n: int) -> int | None:
+    if not by_size:
+        return None
+    fitting = [int(s) for s in by_size if int(s) <= n]
+    return max(fitting) if fitting else None

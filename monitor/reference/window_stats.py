@@ -1,0 +1,418 @@
+"""Window statistics and their nulls: the one implementation both calibration and live use.
+
+:class:`WindowStatistics` holds the comparison set (ID records) and computes every term of a
+window against it. Calibration pushes pseudo-windows drawn from the pool through the very same
+methods, so a live value and its null are computed identically.
+
+Every term's null is keyed by the count of records that actually enter that term (DESIGN
+section 4: a JSD depends on how many rows it is computed from, not on the window's record
+count): ``text`` and ``response`` by the window's records n, ``visual`` by its images,
+``output_live`` by its reference pairs. One calibration trial draws one random order of the
+pool; the pseudo-window of size s for text is the first s records of that order, the visual
+one the first c records with an image, the output one the first c records with a reference.
+Values of one trial therefore come from (nearly) the same records whatever the buckets, which
+keeps the terms' dependence, and the bound's null for any (n, images, references) is the bound
+of each trial's term values (:func:`monitor.reference.assess.bound_null`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials, split_reference
+from monitor.estimators.emi import UpperBound, emid_upper_bound
+from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode, ReferenceJSD, representation_jsd
+
+if TYPE_CHECKING:
+    from monitor.reference.store import ReferenceStore
+
+Rows = npt.NDArray[np.floating[Any]]
+Mask = npt.NDArray[np.bool_]
+
+CALIBRATION_FORMAT = "mllm-monitor/calibration@2"
+# Terms that get a per-window null and p-value; output_id is one number per comparison set.
+TESTED_TERMS: tuple[str, ...] = ("visual", "text", "output_live", "response")
+VALUE_KEYS: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response")
+# Which window count keys each tested term's null.
+COUNT_OF: dict[str, str] = {
+    "visual": "n_images",
+    "text": "n",
+    "response": "n",
+    "output_live": "n_references",
+}
+DEFAULT_WINDOW_SIZES = (50, 100, 200, 500)
+# Smallest image / reference count calibrated: fewer rows give a JSD too noisy to test, and
+# such windows get no p-value for that term (nor for the bound that includes it).
+MIN_TERM_COUNT = 5
+# Tests in a warning's Bonferroni family: the four tested terms and the OOD fraction.
+WARNING_TESTS = len(TESTED_TERMS) + 1
+
+
+class WindowStatistics:
+    """Every term of a window against one comparison set of ID records.
+
+    Rows are L2-normalised float32 arrays; ``reference_pairs`` is (model answers, reference
+    answers) of the comparison records that have a reference. ``entropy_scale`` is H of the
+    entropy-scaled bound (1.0 unless given: :func:`monitor.estimators.emi.emid_upper_bound`).
+    """
+
+    def __init__(
+        self,
+        *,
+        prompts: Rows,
+        images: Rows | None = None,
+        responses: Rows | None = None,
+        reference_pairs: tuple[Rows, Rows] | None = None,
+        jsd_mode: JSDMode = DEFAULT_JSD_MODE,
+        entropy_scale: float = 1.0,
+    ) -> None:
+        self.jsd_mode: JSDMode = jsd_mode
+        self.entropy_scale = entropy_scale
+        self._text = ReferenceJSD(prompts, mode=jsd_mode)
+        self._visual = _reference_or_none(images, jsd_mode)
+        self._response = _reference_or_none(responses, jsd_mode)
+        self.output_id: float | None = None
+        if reference_pairs is not None and len(reference_pairs[0]) >= 2:
+            self.output_id = representation_jsd(*reference_pairs, mode=jsd_mode)
+
+    @classmethod
+    def from_store(
+        cls, store: ReferenceStore, calibration: dict[str, Any] | None = None
+    ) -> WindowStatistics:
+        """The calibration's comparison set and JSD mode; without a calibration, every record of
+        the store in the balanced mode (values then have no nulls to be read against)."""
+        return cls.for_calibration(store_arrays(store), calibration)
+
+    @classmethod
+    def for_calibration(
+        cls, data: IDArrays, calibration: dict[str, Any] | None
+    ) -> WindowStatistics:
+        """Statistics of the ID data ``data`` as ``calibration`` compares with them (or, with
+        None, against every record in the default mode)."""
+        if calibration is None:
+            return cls.from_arrays(data, np.arange(data.n))
+        check_calibration(calibration)
+        return cls.from_arrays(
+            data,
+            np.asarray(calibration["comparison"], dtype=np.intp),
+            jsd_mode=calibration["jsd_mode"],
+            entropy_scale=float(calibration.get("entropy_scale", 1.0)),
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        data: IDArrays,
+        comparison: npt.NDArray[np.intp],
+        *,
+        jsd_mode: JSDMode = DEFAULT_JSD_MODE,
+        entropy_scale: float = 1.0,
+    ) -> WindowStatistics:
+        """Statistics against the records ``comparison`` (positions) of ID data by record."""
+        images = comparison[data.has_image[comparison]]
+        pairs = comparison[data.has_reference[comparison]]
+        return cls(
+            prompts=data.prompts[comparison],
+            images=data.images[images] if data.images is not None and images.size else None,
+            responses=data.responses[comparison] if data.responses is not None else None,
+            reference_pairs=(
+                (data.responses[pairs], data.references[pairs])
+                if data.responses is not None and data.references is not None and pairs.size
+                else None
+            ),
+            jsd_mode=jsd_mode,
+            entropy_scale=entropy_scale,
+        )
+
+    def text(self, prompts: Rows) -> float | None:
+        return self._text(prompts, name="window prompts") if len(prompts) else None
+
+    def visual(self, images: Rows | None) -> float | None:
+        if self._visual is None or images is None or len(images) < 2:
+            return None
+        return self._visual(images, name="window images")
+
+    def response(self, responses: Rows | None) -> float | None:
+        if self._response is None or responses is None or len(responses) == 0:
+            return None
+        return self._response(responses, name="window responses")
+
+    def output_live(self, pairs: tuple[Rows, Rows] | None) -> float | None:
+        if pairs is None or len(pairs[0]) < 2:
+            return None
+        return representation_jsd(pairs[0], pairs[1], mode=self.jsd_mode)
+
+    def bounds(self, values: dict[str, float | None]) -> tuple[UpperBound, UpperBound]:
+        """The scale-adjusted and entropy-scaled bounds of a window's terms (mode recorded)."""
+        terms = (values["visual"], values["text"], values["output_id"], values["output_live"])
+        return (
+            emid_upper_bound(*terms, jsd_mode=self.jsd_mode),
+            emid_upper_bound(
+                *terms,
+                form="entropy_scaled",
+                entropy_scale=self.entropy_scale,
+                jsd_mode=self.jsd_mode,
+            ),
+        )
+
+    def __call__(
+        self,
+        *,
+        prompts: Rows,
+        images: Rows | None,
+        responses: Rows | None,
+        reference_pairs: tuple[Rows, Rows] | None,
+    ) -> dict[str, float | None]:
+        """Every term of one window, and both bounds (None where not computable)."""
+        values: dict[str, float | None] = {
+            "visual": self.visual(images),
+            "text": self.text(prompts),
+            "output_id": self.output_id,
+            "output_live": self.output_live(reference_pairs),
+            "response": self.response(responses),
+        }
+        scale_adjusted, entropy_scaled = self.bounds(values)
+        values["bound_scale_adjusted"] = scale_adjusted.value
+        values["bound_entropy_scaled"] = entropy_scaled.value
+        return values
+
+
+class IDArrays:
+    """ID embeddings by record: prompts for all, images / references where a record has one.
+
+    ``images`` and ``references`` hold one row per record (rows of records without one are
+    never read); build from compact rows with :meth:`from_compact`.
+    """
+
+    def __init__(
+        self,
+        prompts: Rows,
+        responses: Rows | None,
+        images: Rows | None,
+        has_image: Mask,
+        references: Rows | None,
+        has_reference: Mask,
+    ) -> None:
+        self.prompts, self.responses = prompts, responses
+        self.images, self.references = images, references
+        self.has_image = np.asarray(has_image, dtype=bool)
+        self.has_reference = np.asarray(has_reference, dtype=bool)
+        if len(self.has_image) != len(prompts) or len(self.has_reference) != len(prompts):
+            raise CalibrationError("has_image and has_reference need one entry per prompt row")
+
+    @classmethod
+    def from_compact(
+        cls,
+        prompts: Rows,
+        *,
+        responses: Rows | None = None,
+        images: Rows | None = None,
+        has_image: Mask | None = None,
+        references: Rows | None = None,
+        has_reference: Mask | None = None,
+    ) -> IDArrays:
+        """``images`` / ``references``: rows of the records flagged in the masks, in order."""
+        n = len(prompts)
+        image_mask = _mask(has_image, images, n, "images")
+        reference_mask = _mask(has_reference, references, n, "references")
+        return cls(
+            prompts,
+            responses,
+            _spread(images, image_mask),
+            image_mask,
+            _spread(references, reference_mask),
+            reference_mask,
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+
+def store_arrays(store: ReferenceStore) -> IDArrays:
+    def rows(kind: str) -> Rows | None:
+        return store.embeddings(kind) if kind in store.kinds else None
+
+    return IDArrays.from_compact(
+        store.embeddings("prompt"),
+        responses=rows("response"),
+        images=rows("image"),
+        has_image=store.has_image,
+        references=rows("reference"),
+        has_reference=store.has_reference,
+    )
+
+
+def calibrate_arrays(
+    data: IDArrays,
+    *,
+    window_sizes: Sequence[int] | None = None,
+    trials: int | None = None,
+    comparison_fraction: float = 0.5,
+    seed: int = 0,
+    mode: JSDMode = DEFAULT_JSD_MODE,
+    false_alarm_rate: float = 0.01,
+    hysteresis: tuple[int, int] = (2, 3),
+    max_pool_fraction: float = MAX_POOL_FRACTION,
+    entropy_scale: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Null distributions of every tested term, from ID embeddings (no store, no IO).
+
+    ``window_sizes`` None: the default sizes that fit the pool; given sizes that do not fit
+    (over ``max_pool_fraction`` of the pool) are refused with a CalibrationError. ``trials``
+    None: the minimum the alerting rule needs (:func:`minimum_trials`); fewer are refused.
+    Returns the JSON-ready calibration (``calibrate_store`` writes it beside the store).
+    """
+    n = data.n
+    if not 0.0 < comparison_fraction < 1.0:
+        raise CalibrationError(f"comparison_fraction must lie in (0, 1), got {comparison_fraction}")
+    comparison, pool = split_reference(
+        n, min(n - 1, max(1, round(n * comparison_fraction))), seed=seed
+    )
+    limit = int(max_pool_fraction * len(pool))
+    sizes = _record_sizes(window_sizes, limit, n, len(pool), max_pool_fraction)
+    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
+    trials = needed if trials is None else trials
+    if trials < needed:
+        raise CalibrationError(
+            f"{trials} trials cannot resolve the warning rule: {WARNING_TESTS} tests at a "
+            f"false-alarm rate of {false_alarm_rate} need p-values below "
+            f"{false_alarm_rate / WARNING_TESTS:.4g}, so at least {needed} trials"
+        )
+    stats = WindowStatistics.from_arrays(
+        data, comparison.astype(np.intp), jsd_mode=mode, entropy_scale=entropy_scale
+    )
+    ladders = {
+        "text": sizes,
+        "response": sizes if data.responses is not None else [],
+        "visual": _count_ladder(sizes, int(max_pool_fraction * data.has_image[pool].sum()))
+        if data.images is not None
+        else [],
+        "output_live": _count_ladder(sizes, int(max_pool_fraction * data.has_reference[pool].sum()))
+        if data.references is not None and data.responses is not None
+        else [],
+    }
+    collected: dict[str, dict[int, list[float | None]]] = {
+        term: {size: [] for size in ladder} for term, ladder in ladders.items()
+    }
+    rng = np.random.default_rng(seed)
+    for trial in range(trials):
+        order = rng.permutation(pool)
+        with_image = order[data.has_image[order]]
+        with_reference = order[data.has_reference[order]]
+        for size in ladders["text"]:
+            collected["text"][size].append(stats.text(data.prompts[order[:size]]))
+        for size in ladders["response"]:
+            assert data.responses is not None
+            collected["response"][size].append(stats.response(data.responses[order[:size]]))
+        for size in ladders["visual"]:
+            assert data.images is not None
+            collected["visual"][size].append(stats.visual(data.images[with_image[:size]]))
+        for size in ladders["output_live"]:
+            assert data.responses is not None and data.references is not None
+            rows = with_reference[:size]
+            collected["output_live"][size].append(
+                stats.output_live((data.responses[rows], data.references[rows]))
+            )
+        if progress:
+            progress(trial + 1, trials)
+    nulls = {
+        term: {str(size): values for size, values in by_size.items()}
+        for term, by_size in collected.items()
+        if by_size
+    }
+    return {
+        "format": CALIBRATION_FORMAT,
+        "seed": seed,
+        "trials": trials,
+        "minimum_trials": needed,
+        "false_alarm_rate": false_alarm_rate,
+        "hysteresis": f"{hysteresis[0]}/{hysteresis[1]}",
+        "window_sizes": sizes,
+        "count_buckets": {term: list(ladder) for term, ladder in ladders.items()},
+        "max_pool_fraction": max_pool_fraction,
+        "pool": {
+            "records": len(pool),
+            "images": int(data.has_image[pool].sum()),
+            "references": int(data.has_reference[pool].sum()),
+        },
+        "jsd_mode": mode,
+        "entropy_scale": entropy_scale,
+        "comparison": comparison.tolist(),
+        "output_id": stats.output_id,
+        "nulls": nulls,
+    }
+
+
+def check_calibration(calibration: dict[str, Any]) -> None:
+    """Refuse a calibration written by an older version (its nulls are keyed differently)."""
+    if calibration.get("format") != CALIBRATION_FORMAT:
+        raise CalibrationError(
+            "the store's calibration was written by an older version of mllm-monitor (its nulls "
+            "are keyed by window size only); rerun `mllm-monitor calibrate`"
+        )
+
+
+def _record_sizes(
+    requested: Sequence[int] | None, limit: int, n: int, pool: int, fraction: float
+) -> list[int]:
+    why = (
+        f"{n} ID records leave a pool of {pool}, and a pseudo-window may hold at most "
+        f"{fraction:g} of its pool ({limit} records) for the null to keep the false-alarm rate"
+    )
+    if requested is None:
+        fitting = [s for s in DEFAULT_WINDOW_SIZES if s <= limit]
+        if not fitting:
+            fitting = [limit] if limit >= MIN_TERM_COUNT else []
+        if not fitting:
+            raise CalibrationError(f"{why}: too few ID records to calibrate; add ID records")
+        return fitting
+    sizes = sorted(set(int(s) for s in requested))
+    if not sizes or sizes[0] < 2:
+        raise CalibrationError(f"window sizes must be at least 2, got {list(requested)}")
+    too_large = [s for s in sizes if s > limit]
+    if too_large:
+        raise CalibrationError(
+            f"window sizes {too_large} do not fit: {why}; calibrate sizes up to {limit}, or "
+            "add ID records"
+        )
+    return sizes
+
+
+def _count_ladder(sizes: Sequence[int], limit: int) -> list[int]:
+    """Image / reference count buckets: doubling from MIN_TERM_COUNT, plus the window sizes."""
+    ladder = set(sizes)
+    count = MIN_TERM_COUNT
+    while count < max(sizes):
+        ladder.add(count)
+        count *= 2
+    return sorted(c for c in ladder if MIN_TERM_COUNT <= c <= limit)
+
+
+def _reference_or_none(rows: Rows | None, mode: JSDMode) -> ReferenceJSD | None:
+    return ReferenceJSD(rows, mode=mode) if rows is not None and len(rows) else None
+
+
+def _mask(mask: Mask | None, rows: Rows | None, n: int, name: str) -> Mask:
+    if mask is None:
+        return np.full(n, rows is not None, dtype=bool)
+    out = np.asarray(mask, dtype=bool)
+    if rows is not None and int(out.sum()) != len(rows):
+        raise CalibrationError(f"{name}: {len(rows)} rows for {int(out.sum())} flagged records")
+    return out
+
+
+def _spread(rows: Rows | None, mask: Mask) -> Rows | None:
+    if rows is None:
+        return None
+    if len(rows) == len(mask):
+        return rows
+    full = np.zeros((len(mask), rows.shape[1]), dtype=rows.dtype)
+    full[mask] = rows
+    return full
