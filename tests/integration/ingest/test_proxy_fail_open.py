@@ -1,0 +1,251 @@
+"""The sidecar fails open: a full inbox, a database that goes away, a sampling path that
+raises or crawls, and embedding workers that fail never change, fail or delay what the client
+gets; every lost exchange is counted."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from monitor.config import Settings
+from monitor.embedding import EncoderSet
+from monitor.ingest.app import create_app
+from monitor.ingest.proxy import build_proxy_router
+from monitor.ingest.service import IngestService, SubmitResult
+from monitor.ingest.worker import EmbeddingWorkers
+from monitor.metrics import MonitorMetrics
+from monitor.records import TrafficRecord
+from monitor.store.repository import Repository
+from tests.integration.ingest.proxy_support import (
+    API_KEY,
+    FakeUpstream,
+    make_settings,
+    migrated_engine,
+    record,
+    serve,
+    sqlite_repository,
+    wait_for,
+)
+
+MODEL = "llava-fake"
+POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
+
+
+@contextmanager
+def sidecar(
+    settings_for: Any, repo: Repository, ingest_class: type[IngestService] = IngestService
+) -> Iterator[tuple[openai.OpenAI, openai.OpenAI, MonitorMetrics]]:
+    """(direct client, proxied client, metrics) around a fake upstream."""
+    fake = FakeUpstream()
+    with serve(fake.app) as upstream_url:
+        settings: Settings = settings_for(upstream_url)
+        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
+        ingest = ingest_class(settings, repo, metrics)
+        app = create_app(
+            settings,
+            repo,
+            metrics,
+            ingest=ingest,
+            routers=[build_proxy_router(settings, ingest, metrics)],
+        )
+        with serve(app) as url:
+            yield (
+                openai.OpenAI(base_url=f"{upstream_url}/v1", api_key=API_KEY, max_retries=0),
+                openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0),
+                metrics,
+            )
+
+
+def answers(client: openai.OpenAI, prompt: str) -> tuple[str | None, str | None]:
+    """(non-streamed content, streamed content)."""
+    messages: Any = [{"role": "user", "content": prompt}]
+    plain = client.chat.completions.create(model=MODEL, messages=messages)
+    parts = [
+        choice.delta.content or ""
+        for chunk in client.chat.completions.create(model=MODEL, messages=messages, stream=True)
+        for choice in chunk.choices
+    ]
+    return plain.choices[0].message.content, "".join(parts)
+
+
+def lost(metrics: MonitorMetrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "mllm_monitor_proxy_fail_open_total", {"reason": reason}
+    )
+    assert value is not None
+    return value
+
+
+def dropped(metrics: MonitorMetrics) -> float:
+    value = metrics.registry.get_sample_value(
+        "mllm_monitor_records_total", {"stream": "default", "outcome": "dropped"}
+    )
+    assert value is not None
+    return value
+
+
+def test_a_full_inbox_loses_the_sample_not_the_answer(tmp_path: Path) -> None:
+    repo = sqlite_repository(tmp_path)
+    repo.enqueue([record(0)])  # the inbox is at its limit of 1
+
+    def settings_for(upstream: str) -> Settings:
+        return make_settings(
+            "sqlite://", proxy={"upstream": upstream}, ingest={"max_inbox_depth": 1}
+        )
+
+    with sidecar(settings_for, repo) as (direct, proxied, metrics):
+        assert answers(proxied, "is anyone there") == answers(direct, "is anyone there")
+        wait_for(lambda: lost(metrics, "inbox_full") == 2, what="two exchanges counted lost")
+        assert dropped(metrics) == 2
+    assert repo.inbox_depth() == 1
+
+
+def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
+    """A real PostgreSQL database is dropped (its connections killed) under the sidecar."""
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL to take away")
+    admin = create_engine(make_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"mllm_failopen_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    repo = Repository(migrated_engine(url))
+
+    def settings_for(upstream: str) -> Settings:
+        return make_settings(url, proxy={"upstream": upstream})
+
+    try:
+        with sidecar(settings_for, repo) as (direct, proxied, metrics):
+            assert answers(proxied, "before") == answers(direct, "before")
+            wait_for(lambda: repo.inbox_depth() == 2, what="both exchanges sampled")
+
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            started = time.perf_counter()
+            for n in range(3):
+                assert answers(proxied, f"during {n}") == answers(direct, f"during {n}")
+            assert time.perf_counter() - started < 5
+            wait_for(lambda: lost(metrics, "storage_error") >= 6, what="losses counted")
+            assert dropped(metrics) >= 6
+    finally:
+        repo.close()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+class BrokenIngest(IngestService):
+    """A monitor bug on the sampling path."""
+
+    def submit(self, records: Sequence[TrafficRecord]) -> SubmitResult:
+        raise RuntimeError("a bug in the monitor")
+
+
+class CrawlingIngest(IngestService):
+    """A sampling path far slower than the traffic (a database on its knees)."""
+
+    def submit(self, records: Sequence[TrafficRecord]) -> SubmitResult:
+        time.sleep(0.5)
+        return super().submit(records)
+
+
+def test_a_sampling_path_that_raises_changes_nothing_for_the_client(tmp_path: Path) -> None:
+    repo = sqlite_repository(tmp_path)
+    with sidecar(
+        lambda upstream: make_settings("sqlite://", proxy={"upstream": upstream}),
+        repo,
+        BrokenIngest,
+    ) as (direct, proxied, metrics):
+        for n in range(3):
+            assert answers(proxied, f"question {n}") == answers(direct, f"question {n}")
+        wait_for(lambda: lost(metrics, "internal_error") == 6, what="bugs counted")
+        assert dropped(metrics) == 6
+
+
+def test_a_slow_sampling_path_never_delays_the_client(tmp_path: Path) -> None:
+    repo = sqlite_repository(tmp_path)
+    with sidecar(
+        lambda upstream: make_settings(
+            "sqlite://", proxy={"upstream": upstream, "sample_queue_size": 1}
+        ),
+        repo,
+        CrawlingIngest,
+    ) as (direct, proxied, metrics):
+        for n in range(6):
+            started = time.perf_counter()
+            assert answers(proxied, f"quick {n}") == answers(direct, f"quick {n}")
+            assert time.perf_counter() - started < 0.45  # less than one slow submit
+        assert lost(metrics, "queue_full") >= 1
+        wait_for(lambda: repo.inbox_depth() >= 1, what="what fitted the queue to be sampled")
+
+
+class ExplodingEncoder:
+    """An encoder whose every call fails (a broken model, an exhausted GPU)."""
+
+    kind = "exploding"
+    dim = 8
+    fingerprint = "exploding-v1"
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("the encoder is broken")
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        raise RuntimeError("the encoder is broken")
+
+
+def test_failing_embedding_workers_change_nothing_for_the_client(tmp_path: Path) -> None:
+    repo = sqlite_repository(tmp_path)
+    settings_seen: list[Settings] = []
+
+    def settings_for(upstream: str) -> Settings:
+        settings_seen.append(make_settings("sqlite://", proxy={"upstream": upstream}))
+        return settings_seen[-1]
+
+    with sidecar(settings_for, repo) as (direct, proxied, metrics):
+        broken = EncoderSet(image=None, text=ExplodingEncoder(), fusion="mean")
+        workers = EmbeddingWorkers(settings_seen[0], repo, broken, {}, metrics)
+        workers.start()
+        try:
+            for n in range(3):
+                assert answers(proxied, f"still fine {n}") == answers(direct, f"still fine {n}")
+            wait_for(lambda: repo.inbox_depth() == 6, what="exchanges kept for a later worker")
+        finally:
+            workers.stop(5)
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert repo.count_samples("default", *everything) == 0  # nothing embedded, nothing lost
+
+
+def test_an_unreachable_upstream_is_a_502_in_the_openai_error_shape(tmp_path: Path) -> None:
+    repo = sqlite_repository(tmp_path)
+    settings = make_settings("sqlite://", proxy={"upstream": "http://127.0.0.1:9"})
+    metrics = MonitorMetrics(CollectorRegistry(), ["default"])
+    ingest = IngestService(settings, repo, metrics)
+    app = create_app(
+        settings,
+        repo,
+        metrics,
+        ingest=ingest,
+        routers=[build_proxy_router(settings, ingest, metrics)],
+    )
+    with serve(app) as url:
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
