@@ -25,17 +25,18 @@ from typing import Any, BinaryIO
 
 from monitor.errors import InvalidInputError
 
-# A name that is one safe path component on every filesystem: no separators, no control or
-# shell-special characters, no leading dot (hidden files are the store's temporary ones).
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A name that is one safe path component: no separators, no control or shell-special
+# characters, no leading dot (dot-files are a store's temporary and lock files). The same rule
+# as the settings' stream and store names (monitor.config.NAME_PATTERN).
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
 
 
 def check_name(name: object, *, what: str = "reference store name", field: str = "name") -> str:
     """``name`` if it matches :data:`NAME_PATTERN`, else InvalidInputError saying why."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise InvalidInputError(
-            f"invalid {what} {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting "
-            "with a letter or digit",
+            f"invalid {what} {name!r}: use 1 to 64 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter, digit or '_'",
             field=field,
         )
     return name

@@ -147,11 +147,15 @@ def _embed_all(
                 progress("embedding images", done, len(with_image))
     out = {kind: np.concatenate(rows) for kind, rows in parts.items() if rows}
     has_image = np.array([r.has_image for r in records])
-    image = out.get("image")
-    full_image = None
-    if image is not None:
-        full_image = np.zeros((total, image.shape[1]), dtype=np.float32)
-        full_image[has_image] = image
+    if encoders.image is None:
+        # Text-only deployment: x is the prompt embedding, whatever the fusion setting.
+        out["query"] = fuse(out["prompt"], None, has_image, "mean")
+        return out
+    # Records without an image (or a store without any) get zero image rows, so x has the
+    # width live traffic gets from the configured fusion.
+    full_image = np.zeros((total, encoders.image.dim), dtype=np.float32)
+    if "image" in out:
+        full_image[has_image] = out["image"]
     out["query"] = fuse(out["prompt"], full_image, has_image, encoders.fusion)
     return out
 

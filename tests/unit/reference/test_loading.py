@@ -193,7 +193,8 @@ def test_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["bad\x07name", "line\nbreak", "tab\there", "../up", ".hidden", "", "a/b", "é" * 3]
+    "name",
+    ["bad\x07name", "line\nbreak", "tab\there", "../up", ".hidden", "", "a/b", "é" * 3, "x" * 65],
 )
 def test_store_names_are_validated_in_one_place(tmp_path: Path, name: str) -> None:
     with pytest.raises(ReferenceStoreError, match="invalid reference store name"):
