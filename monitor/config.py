@@ -156,12 +156,17 @@ class ServerSettings(_Section):
         return self
 
 
+# The image limits' defaults, here once: monitor.embedding.images.ImageLimits uses them too.
+IMAGE_MAX_BYTES = 20 * 1024 * 1024  # encoded image size
+IMAGE_MAX_PIXELS = 40_000_000  # decoded width * height
+
+
 class ImageEncoderSettings(_Section):
     kind: Literal["clip_vision", "none"] = "clip_vision"
     model: str = "openai/clip-vit-base-patch32"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; empty = default branch
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)  # encoded image size limit
-    max_pixels: int = Field(default=40_000_000, gt=0)  # decoded width * height limit
+    max_bytes: int = Field(default=IMAGE_MAX_BYTES, gt=0)  # encoded image size limit
+    max_pixels: int = Field(default=IMAGE_MAX_PIXELS, gt=0)  # decoded width * height limit
 
 
 class TextEncoderSettings(_Section):

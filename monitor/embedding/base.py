@@ -23,22 +23,32 @@ from PIL import Image
 
 from monitor.embedding.images import ImageLimits, ImageSource
 from monitor.errors import EncoderError
+from monitor.estimators._arrays import l2_normalise
 
 Embeddings = npt.NDArray[np.float32]
-Modality = Literal["image", "text"]
-FINGERPRINT_VERSION = 1
+# 2: the text fingerprint covers the tokenizer without its call-time state, truncation side
+# and character bound; the CLIP one every preprocessing step.
+FINGERPRINT_VERSION = 2
 
 
 @runtime_checkable
-class Encoder(Protocol):
-    """Texts or images in, float32 L2-normalised rows out (one row per input, in order)."""
+class TextEncoder(Protocol):
+    """Texts in, float32 L2-normalised rows out (one row per text, in order)."""
 
     kind: str
-    modality: Modality
     dim: int
     fingerprint: str
 
     def encode_texts(self, texts: Sequence[str]) -> Embeddings: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Images in, float32 L2-normalised rows out (one row per image, in order)."""
+
+    kind: str
+    dim: int
+    fingerprint: str
 
     def encode_images(self, images: Sequence[ImageSource | Image.Image]) -> Embeddings: ...
 
@@ -51,7 +61,6 @@ class EncoderOptions:
     device: str = "cpu"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = 32
-    threads: int = 0
     local_files_only: bool = False
     cache_size: int = 4096
     max_tokens: int = 512
@@ -67,8 +76,8 @@ class EncoderOptions:
             made = cls(**options)
         except TypeError as exc:
             raise EncoderError(f"invalid encoder options: {exc}") from exc
-        if made.batch_size < 1 or made.threads < 0 or made.cache_size < 0 or made.max_tokens < 2:
-            raise EncoderError("batch_size >= 1, threads >= 0, cache_size >= 0, max_tokens >= 2")
+        if made.batch_size < 1 or made.cache_size < 0 or made.max_tokens < 2:
+            raise EncoderError("batch_size >= 1, cache_size >= 0, max_tokens >= 2")
         return made
 
     def torch_device(self) -> torch.device:
@@ -86,19 +95,16 @@ class EncoderOptions:
             self.dtype
         ]
 
-    def apply_threads(self) -> None:
-        # torch's intra-op pool is process-wide: the setting applies to every encoder.
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
 
 class LoadedEncoder:
-    """What every concrete encoder sets up first: options, threads, device, dtype, hub kwargs."""
+    """What every concrete encoder sets up first: options, device, dtype, hub kwargs.
+
+    Loading never touches process-wide settings: torch's thread count belongs to whoever
+    starts the process (the ``[compute]`` settings, applied once at start-up)."""
 
     def __init__(self, model: str, options: EncoderOptions) -> None:
         self.model_name = model
         self.options = options
-        options.apply_threads()
         self.device = options.torch_device()
         self.dtype = options.torch_dtype(self.device)
         # Keyword arguments of every from_pretrained call (revision is ignored for directories).
@@ -144,12 +150,10 @@ def module_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def l2_normalise(rows: torch.Tensor) -> Embeddings:
-    """float32 numpy rows of unit norm (zero rows stay zero rather than becoming NaN)."""
-    rows = rows.float()
-    norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    out: Embeddings = (rows / norms).cpu().numpy()
-    return out
+def unit_rows(rows: torch.Tensor) -> Embeddings:
+    """Pooled features (any device and precision) as float32 numpy rows of unit norm."""
+    unit: Embeddings = l2_normalise(rows.detach().float().cpu().numpy())
+    return unit
 
 
 @contextlib.contextmanager

@@ -6,13 +6,14 @@ member); the cache makes a repeated prompt or image cost one hash instead of one
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
+
+from monitor.files import sha256_hex
 
 Rows = npt.NDArray[np.float32]
 
@@ -24,8 +25,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list
 
 
 def content_key(data: bytes | str) -> str:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return hashlib.sha256(raw).hexdigest()
+    return sha256_hex(data)  # the package's one content hash
 
 
 class EmbeddingCache:

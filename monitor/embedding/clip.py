@@ -25,12 +25,11 @@ from monitor.embedding.base import (
     Embeddings,
     EncoderOptions,
     LoadedEncoder,
-    Modality,
     fingerprint,
-    l2_normalise,
     load_error,
     module_sha256,
     quiet_transformers,
+    unit_rows,
 )
 from monitor.embedding.batching import EmbeddingCache, content_key, encode_with_cache
 from monitor.embedding.images import ImageSource, decode_image, image_bytes
@@ -47,6 +46,8 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class ClipPreprocessing:
+    """Every step between decoded RGB pixels and the model input; all of it is fingerprinted."""
+
     shortest_edge: int
     crop_height: int
     crop_width: int
@@ -54,10 +55,11 @@ class ClipPreprocessing:
     std: tuple[float, float, float]
     rescale: float = 1 / 255
     resample: int = int(Image.Resampling.BICUBIC)
+    max_aspect_ratio: int = MAX_ASPECT_RATIO
 
     def __call__(self, image: Image.Image) -> npt.NDArray[np.uint8]:
         """The resized, centre-cropped (H, W, 3) uint8 pixels of one RGB image."""
-        image = _limit_aspect_ratio(image)
+        image = _limit_aspect_ratio(image, self.max_aspect_ratio)
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
@@ -76,14 +78,14 @@ class ClipPreprocessing:
         return pixels.sub_(mean).div_(std).contiguous()
 
 
-def _limit_aspect_ratio(image: Image.Image) -> Image.Image:
+def _limit_aspect_ratio(image: Image.Image, max_ratio: int) -> Image.Image:
     width, height = image.size
-    if width > height * MAX_ASPECT_RATIO:
-        keep = height * MAX_ASPECT_RATIO
+    if width > height * max_ratio:
+        keep = height * max_ratio
         left = (width - keep) // 2
         return image.crop((left, 0, left + keep, height))
-    if height > width * MAX_ASPECT_RATIO:
-        keep = width * MAX_ASPECT_RATIO
+    if height > width * max_ratio:
+        keep = width * max_ratio
         top = (height - keep) // 2
         return image.crop((0, top, width, top + keep))
     return image
@@ -91,7 +93,6 @@ def _limit_aspect_ratio(image: Image.Image) -> Image.Image:
 
 class ClipVisionEncoder(LoadedEncoder):
     kind = "clip_vision"
-    modality: Modality = "image"
     pooling = "last_hidden_state_mean_of_patch_tokens"
 
     def __init__(self, model: str, options: EncoderOptions) -> None:
@@ -120,9 +121,6 @@ class ClipVisionEncoder(LoadedEncoder):
         self._cache = EmbeddingCache(options.cache_size)
         # Decoding and resizing (PIL releases the GIL) overlap with the forward pass.
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-preprocess")
-
-    def encode_texts(self, texts: Sequence[str]) -> Embeddings:
-        raise EncoderError(f"{self.kind} encodes images, not texts")
 
     def encode_images(self, images: Sequence[ImageSource | Image.Image]) -> Embeddings:
         items = list(images)
@@ -171,7 +169,7 @@ class ClipVisionEncoder(LoadedEncoder):
             pixels = pending.result()
             if n + 1 < len(batches):
                 pending = self._prefetch.submit(prepare, batches[n + 1])
-            out[n * size : n * size + len(batches[n])] = l2_normalise(self.forward_pixels(pixels))
+            out[n * size : n * size + len(batches[n])] = unit_rows(self.forward_pixels(pixels))
         return out
 
     def _key(self, index: int, image: ImageSource | Image.Image) -> str:
@@ -184,12 +182,22 @@ class ClipVisionEncoder(LoadedEncoder):
 
 
 def _load_preprocessing(model: str, hub_kwargs: dict[str, Any], config: Any) -> ClipPreprocessing:
+    """The checkpoint's ``preprocessor_config.json`` as a :class:`ClipPreprocessing`.
+
+    Resizing and centre cropping cannot be switched off (the vision tower takes exactly its
+    ``image_size`` square); rescaling and normalisation can, as in CLIP's image processor."""
     from transformers import ImageProcessingMixin
 
     try:
         data, _ = ImageProcessingMixin.get_image_processor_dict(model, **hub_kwargs)
     except OSError:
         data = {}  # no preprocessor_config.json: CLIP's defaults at the model's input size
+    for step in ("do_resize", "do_center_crop"):
+        if data.get(step, True) is not True:
+            raise EncoderError(
+                f"{model!r}: preprocessor_config.json sets {step} = {data[step]!r}; the CLIP "
+                "encoder always resizes and centre-crops to the model's input size"
+            )
     image_size = int(config.image_size)
     size = data.get("size", {"shortest_edge": image_size})
     crop = data.get("crop_size", {"height": image_size, "width": image_size})
@@ -199,12 +207,19 @@ def _load_preprocessing(model: str, hub_kwargs: dict[str, Any], config: Any) -> 
         crop = {"height": crop, "width": crop}
     if "shortest_edge" not in size:
         raise EncoderError(f"{model!r}: unsupported image processor size {size}")
+    if (int(crop["height"]), int(crop["width"])) != (image_size, image_size):
+        raise EncoderError(
+            f"{model!r}: preprocessor_config.json crops to {crop['height']}x{crop['width']}, "
+            f"but the vision tower takes {image_size}x{image_size} images"
+        )
+    normalise = data.get("do_normalize", True)
+    rescale = data.get("do_rescale", True)
     return ClipPreprocessing(
         shortest_edge=int(size["shortest_edge"]),
         crop_height=int(crop["height"]),
         crop_width=int(crop["width"]),
-        mean=tuple(data.get("image_mean", _CLIP_MEAN)),
-        std=tuple(data.get("image_std", _CLIP_STD)),
-        rescale=float(data.get("rescale_factor", 1 / 255)),
+        mean=tuple(data.get("image_mean", _CLIP_MEAN)) if normalise else (0.0, 0.0, 0.0),
+        std=tuple(data.get("image_std", _CLIP_STD)) if normalise else (1.0, 1.0, 1.0),
+        rescale=float(data.get("rescale_factor", 1 / 255)) if rescale else 1.0,
         resample=int(data.get("resample", int(Image.Resampling.BICUBIC))),
     )

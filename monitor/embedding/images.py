@@ -15,6 +15,7 @@ import binascii
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from monitor.config import IMAGE_MAX_BYTES, IMAGE_MAX_PIXELS
 from monitor.errors import ImageDecodeError
 
 ImageSource: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str]"
@@ -40,10 +42,10 @@ _REFUSED_SIGNATURES = {
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds applied before and during decoding."""
+    """Bounds applied before and during decoding (defaults: those of ``[encoders.image]``)."""
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_bytes: int = IMAGE_MAX_BYTES
+    max_pixels: int = IMAGE_MAX_PIXELS
 
 
 def decode_image(
@@ -101,6 +103,13 @@ def _read_bytes(
 
 
 def _read_path(path: Path, limits: ImageLimits, root: Path | None) -> bytes:
+    """The bytes of a regular file, at most ``limits.max_bytes`` of them.
+
+    Under a ``root`` the path is resolved first (every symlink followed, ``..`` removed) and
+    must stay inside the resolved root; the file is then opened without following a symlink,
+    so one swapped in after the check is refused rather than followed. Only regular files are
+    read: a FIFO or device would block or never end, so it is refused from ``fstat`` of the
+    descriptor, opened non-blocking, before any read."""
     if root is not None:
         resolved = (root / path).resolve()
         if not resolved.is_relative_to(root.resolve()):
@@ -108,18 +117,34 @@ def _read_path(path: Path, limits: ImageLimits, root: Path | None) -> bytes:
                 f"image path {str(path)!r} escapes the image root {root}", field="image"
             )
         path = resolved
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if root is not None:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise ImageDecodeError(
-                f"image file {path} is {size:,} bytes, over the limit of {limits.max_bytes:,}",
-                field="image",
-            )
-        return path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"image file not found: {path}", field="image") from exc
     except OSError as exc:
         raise ImageDecodeError(f"cannot read image file {path}: {exc}", field="image") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(
+                f"image path {path} is not a regular file (a directory, FIFO, socket or device)",
+                field="image",
+            )
+        if info.st_size > limits.max_bytes:
+            raise ImageDecodeError(
+                f"image file {path} is {info.st_size:,} bytes, over the limit of "
+                f"{limits.max_bytes:,}",
+                field="image",
+            )
+        with os.fdopen(os.dup(fd), "rb") as fh:  # a copy: ``fd`` is closed below either way
+            return fh.read(limits.max_bytes + 1)  # bounded even if the file grows meanwhile
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read image file {path}: {exc}", field="image") from exc
+    finally:
+        os.close(fd)
 
 
 def _decode_text(text: str, limits: ImageLimits) -> bytes:

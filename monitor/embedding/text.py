@@ -18,18 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from monitor.embedding.base import (
     Embeddings,
     EncoderOptions,
     LoadedEncoder,
-    Modality,
     fingerprint,
-    l2_normalise,
     load_error,
     module_sha256,
     quiet_transformers,
+    unit_rows,
 )
 from monitor.embedding.batching import (
     EmbeddingCache,
@@ -37,15 +35,21 @@ from monitor.embedding.batching import (
     encode_with_cache,
     length_grouped_batches,
 )
-from monitor.embedding.images import ImageSource
 from monitor.errors import EncoderError, InvalidInputError
+
+# Texts are cut to max_tokens * CHARS_PER_TOKEN characters before tokenizing, so a 20 MB prompt
+# costs what a page does (tokenizing it whole took 111 s). Real text averages 3-6 characters a
+# token (English about 4; code and CJK fewer), so 32 leaves a margin of 5x or more: the first
+# max_tokens tokens, all the encoder keeps, come from well inside the cut. Only text averaging
+# over 32 characters a token over its first max_tokens tokens (long runs of whitespace or of
+# characters the tokenizer folds into one token) is embedded from fewer tokens than max_tokens.
+CHARS_PER_TOKEN = 32
 
 
 class HFTextEncoder(LoadedEncoder):
     """Shared loading, tokenising, batching and caching; subclasses choose layer and pooling."""
 
     kind = "hf_mean_pool"
-    modality: Modality = "text"
     pooling = "last_hidden_state_masked_mean"
 
     def __init__(self, model: str, options: EncoderOptions) -> None:
@@ -68,6 +72,7 @@ class HFTextEncoder(LoadedEncoder):
         self.max_tokens = (
             min(options.max_tokens, limit) if 1 < limit < 1_000_000 else options.max_tokens
         )
+        self.max_chars = self.max_tokens * CHARS_PER_TOKEN
         self.fingerprint = fingerprint(
             self.kind,
             dim=self.dim,
@@ -75,8 +80,10 @@ class HFTextEncoder(LoadedEncoder):
             revision=options.revision,
             weights_sha256=module_sha256(self._weights()),
             preprocessing={
-                "tokenizer": _tokenizer_sha256(self.tokenizer),
+                "tokenizer": tokenizer_sha256(self.tokenizer),
+                "truncation_side": getattr(self.tokenizer, "truncation_side", "right"),
                 "max_tokens": self.max_tokens,
+                "max_chars": self.max_chars,
             },
         )
         self.network.to(device=self.device, dtype=self.dtype)
@@ -104,12 +111,10 @@ class HFTextEncoder(LoadedEncoder):
             lambda positions: self._embed([items[p] for p in positions]),
         )
 
-    def encode_images(self, images: Sequence[ImageSource | Image.Image]) -> Embeddings:
-        raise EncoderError(f"{self.kind} encodes texts, not images")
-
     def _embed(self, texts: list[str]) -> Embeddings:
+        clipped = [text[: self.max_chars] for text in texts]
         ids: list[list[int]] = self.tokenizer(
-            texts, truncation=True, max_length=self.max_tokens, padding=False
+            clipped, truncation=True, max_length=self.max_tokens, padding=False
         )["input_ids"]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         pad = int(self.tokenizer.pad_token_id)
@@ -122,7 +127,7 @@ class HFTextEncoder(LoadedEncoder):
                 mask[row, : len(ids[i])] = 1
             with torch.inference_mode():
                 pooled = self._pool(input_ids.to(self.device), mask.to(self.device))
-            out[batch] = l2_normalise(pooled)
+            out[batch] = unit_rows(pooled)
         return out
 
     def _pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -153,10 +158,32 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-def _tokenizer_sha256(tokenizer: Any) -> str:
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """sha256 of everything that decides a tokenizer's ids: for a fast tokenizer its full
+    serialisation (model and vocabulary, normaliser, pre-tokenizer, post-processor, added
+    tokens) without the call-time padding and truncation state (transformers sets those while
+    encoding, so the hash would change after the first call); for a slow one, its class, vocabulary,
+    special tokens, init options and sentencepiece model."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        text = backend.to_str()
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
     else:
-        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+        state = {
+            "class": type(tokenizer).__name__,
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "special": tokenizer.special_tokens_map,
+            # File locations differ between machines; the content they point to is hashed.
+            "init": {
+                key: value
+                for key, value in tokenizer.init_kwargs.items()
+                if not key.endswith("_file") and key != "name_or_path"
+            },
+        }
+        sentencepiece = getattr(tokenizer, "sp_model", None)
+        if sentencepiece is not None:  # piece scores decide the segmentation, not the vocab alone
+            proto = sentencepiece.serialized_model_proto()
+            state["sentencepiece"] = hashlib.sha256(proto).hexdigest()
+    text = json.dumps(state, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

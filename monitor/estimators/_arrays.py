@@ -81,8 +81,7 @@ def check_embeddings(
             field=name,
         )
     if normalize:
-        rescaled: FloatArray = (arr / norms[:, None]).astype(arr.dtype, copy=False)
-        return rescaled
+        return l2_normalise(arr, dtype=arr.dtype)
     off = np.abs(norms - 1.0)
     worst = int(np.argmax(off))
     if off[worst] > UNIT_NORM_TOLERANCE:
@@ -92,6 +91,18 @@ def check_embeddings(
             field=name,
         )
     return arr
+
+
+def l2_normalise(rows: object, *, dtype: npt.DTypeLike = np.float32) -> FloatArray:
+    """A copy of the rows (along the last axis) scaled to unit L2 norm, as float ``dtype``: the
+    package's one normalisation. Norms are summed in float64 (float16/float32 sums lose digits
+    at large d); an all-zero row stays zero instead of becoming NaN (callers that must refuse
+    zero rows, like :func:`check_embeddings`, check first)."""
+    arr = np.asarray(rows)
+    norms = np.sqrt(np.einsum("...i,...i->...", arr, arr, dtype=np.float64)).astype(dtype)
+    unit: FloatArray = arr.astype(dtype, copy=True)
+    unit /= np.where(norms == 0, 1, norms)[..., None]
+    return unit
 
 
 def check_same_dim(a: FloatArray, b: FloatArray, name_a: str, name_b: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.files import sha256_hex
 from monitor.records import RiskLevel, TrafficRecord
 
 
@@ -19,8 +19,7 @@ def content_sha256(value: str | bytes | None) -> str | None:
     """Hex SHA-256 of text (UTF-8) or bytes; None stays None. What samples keep instead of raw."""
     if value is None:
         return None
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(value)
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -10,10 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from monitor.embedding import ImageLimits, load_encoder
+from monitor.embedding import (
+    ImageEncoder,
+    ImageLimits,
+    TextEncoder,
+    load_encoder,
+    load_text_encoder,
+)
 from monitor.embedding.clip import ClipVisionEncoder
 from monitor.errors import EncoderError, ImageDecodeError
-from tests.unit.embedding.conftest import make_clip
 from tests.unit.embedding.hostile_images import corpus
 
 transformers = pytest.importorskip("transformers")
@@ -86,10 +91,9 @@ def test_repeated_images_are_embedded_once(tiny_clip: Path) -> None:
     assert encoder._cache.misses == 1
 
 
-def test_fingerprint_and_misuse(tiny_clip: Path, tmp_path: Path) -> None:
+def test_a_clip_encoder_is_an_image_encoder_only(tiny_clip: Path) -> None:
     encoder = load_encoder("clip_vision", str(tiny_clip))
-    assert load_encoder("clip_vision", str(tiny_clip)).fingerprint == encoder.fingerprint
-    other = make_clip(tmp_path / "other", seed=3)
-    assert load_encoder("clip_vision", str(other)).fingerprint != encoder.fingerprint
-    with pytest.raises(EncoderError, match="encodes images, not texts"):
-        encoder.encode_texts(["a cat"])
+    assert isinstance(encoder, ImageEncoder)
+    assert not isinstance(encoder, TextEncoder)
+    with pytest.raises(EncoderError, match="'clip_vision' is not one of the text encoder kinds"):
+        load_text_encoder("clip_vision", str(tiny_clip))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,10 +16,6 @@ from tests.unit.embedding.hostile_images import corpus
 
 LIMITS = ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=40_000_000)
 CASES = corpus()
-
-
-def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 15
 
 
 @pytest.mark.parametrize(("name", "payload", "refusal"), CASES, ids=[c[0] for c in CASES])
@@ -81,6 +78,47 @@ def test_file_paths_only_where_allowed_and_inside_the_root(tmp_path: Path) -> No
         decode_image("../secret.png", allow_paths=True, root=root)
     with pytest.raises(ImageDecodeError, match="not found"):
         decode_image("missing.png", allow_paths=True, root=root)
+
+
+def test_a_symlink_out_of_the_root_is_refused_and_one_inside_is_followed(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(root / "sub" / "ok.png")
+    Image.new("RGB", (9, 9), "red").save(tmp_path / "secret.png")
+    (root / "leak.png").symlink_to(tmp_path / "secret.png")  # a file link leading out
+    (root / "outside").symlink_to(tmp_path)  # a directory link leading out
+    (root / "inside.png").symlink_to(root / "sub" / "ok.png")
+    for escaping in ("leak.png", "outside/secret.png", "sub/../../secret.png"):
+        with pytest.raises(ImageDecodeError, match="escapes the image root"):
+            decode_image(escaping, allow_paths=True, root=root)
+    assert decode_image("inside.png", allow_paths=True, root=root).size == (8, 8)
+    # The root itself may be reached through a link: the check compares resolved paths.
+    (tmp_path / "root-link").symlink_to(root)
+    assert decode_image("sub/ok.png", allow_paths=True, root=tmp_path / "root-link").size == (8, 8)
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came: never here
+    (tmp_path / "folder.png").mkdir()
+    start = time.perf_counter()
+    for name in ("pipe.png", "folder.png"):
+        with pytest.raises(ImageDecodeError, match="not a regular file"):
+            decode_image(name, allow_paths=True, root=tmp_path)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_file_over_the_byte_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "big.png").write_bytes(b"\0" * 1001)
+    with pytest.raises(ImageDecodeError, match="1,001 bytes, over the limit of 1,000"):
+        decode_image("big.png", allow_paths=True, root=tmp_path, limits=ImageLimits(max_bytes=1000))
+
+
+def test_default_limits_are_the_settings_defaults() -> None:
+    from monitor.config import ImageEncoderSettings
+
+    defaults = ImageEncoderSettings()
+    assert ImageLimits() == ImageLimits(defaults.max_bytes, defaults.max_pixels)
 
 
 def test_unsupported_value_type() -> None:

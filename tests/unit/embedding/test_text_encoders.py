@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from monitor.embedding import load_encoder
+from monitor.embedding import ImageEncoder, TextEncoder, load_encoder, load_image_encoder
 from monitor.embedding.text import HFTextEncoder, XlmrEmbeddingLayerEncoder
 from monitor.errors import EncoderError, InvalidInputError
-from tests.unit.embedding.conftest import make_xlmr
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,6 +63,32 @@ def test_long_texts_are_truncated_to_512_tokens_like_the_paper(tiny_xlmr: Path) 
     )
 
 
+def test_a_20_mb_prompt_is_cut_before_tokenizing(tiny_xlmr: Path) -> None:
+    encoder = load_encoder("xlmr_embedding_layer", str(tiny_xlmr), cache_size=0)
+    assert isinstance(encoder, HFTextEncoder)
+    sentence = "What potential factors could make these suitcases valuable? "
+    huge = sentence * (20_000_000 // len(sentence))  # one line, 20 MB
+    prefix = huge[:3000]  # already over 512 tokens: the rest cannot matter
+    assert len(encoder.tokenizer(prefix)["input_ids"]) > encoder.max_tokens
+    start = time.perf_counter()
+    rows = encoder.encode_texts([huge])
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3.0, f"a 20 MB prompt took {elapsed:.1f} s"  # 111 s when tokenized whole
+    np.testing.assert_array_equal(rows, encoder.encode_texts([prefix]))
+
+
+def test_loading_an_encoder_leaves_torch_threads_alone(tiny_xlmr: Path) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a [compute] setting may have chosen at start-up
+    try:
+        load_encoder("xlmr_embedding_layer", str(tiny_xlmr))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(EncoderError, match="unknown encoder option"):
+        load_encoder("xlmr_embedding_layer", str(tiny_xlmr), threads=2)
+
+
 def test_transformer_layers_are_neither_loaded_nor_run(tiny_xlmr: Path) -> None:
     encoder = load_encoder("xlmr_embedding_layer", str(tiny_xlmr))
     assert isinstance(encoder, XlmrEmbeddingLayerEncoder)
@@ -93,30 +119,14 @@ def test_cache_embeds_repeated_texts_once_and_stays_bounded(tiny_xlmr: Path) -> 
     np.testing.assert_array_equal(again, first[3:5])
 
 
-def test_fingerprints(tiny_xlmr: Path, tmp_path: Path) -> None:
-    base = load_encoder("xlmr_embedding_layer", str(tiny_xlmr)).fingerprint
-    assert load_encoder("xlmr_embedding_layer", str(tiny_xlmr)).fingerprint == base
-    # Precision and device do not change what the encoder computes.
-    assert (
-        load_encoder("xlmr_embedding_layer", str(tiny_xlmr), dtype="bfloat16").fingerprint == base
-    )
-    assert load_encoder("hf_mean_pool", str(tiny_xlmr)).fingerprint != base  # pooling
-    assert (
-        load_encoder("xlmr_embedding_layer", str(tiny_xlmr), revision="v2").fingerprint != base
-    )  # revision
-    other = make_xlmr(tmp_path / "other", seed=1)  # another model
-    assert load_encoder("xlmr_embedding_layer", str(other)).fingerprint != base
-    assert (
-        load_encoder("xlmr_embedding_layer", str(tiny_xlmr), max_tokens=64).fingerprint != base
-    )  # preprocessing
-
-
 def test_bad_input_and_configuration(tiny_xlmr: Path, tmp_path: Path) -> None:
     encoder = load_encoder("xlmr_embedding_layer", str(tiny_xlmr))
     with pytest.raises(InvalidInputError, match="text 1 is a int"):
         encoder.encode_texts(["ok", 3])  # type: ignore[list-item]
-    with pytest.raises(EncoderError, match="encodes texts, not images"):
-        encoder.encode_images([b"x"])
+    assert isinstance(encoder, TextEncoder)
+    assert not isinstance(encoder, ImageEncoder)  # one method each, no raising stand-ins
+    with pytest.raises(EncoderError, match="'hf_mean_pool' is not one of the image encoder kinds"):
+        load_image_encoder("hf_mean_pool", str(tiny_xlmr))
     with pytest.raises(EncoderError, match="unknown encoder kind"):
         load_encoder("word2vec", str(tiny_xlmr))
     with pytest.raises(EncoderError, match="unknown encoder option"):

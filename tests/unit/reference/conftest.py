@@ -1,6 +1,6 @@
 """Fixtures for reference-store tests.
 
-``TableEncoder`` is a test double for the Encoder protocol (like httpx's MockTransport): it
+``TableEncoder`` is a test double for the TextEncoder protocol (like httpx's MockTransport): it
 returns precomputed rows for texts of the form "row:<i>", so store building, calibration and
 kNN can be tested on synthetic embeddings of known distribution. Real-encoder builds use
 MiniLM and a tiny CLIP elsewhere.
@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from monitor.embedding import EncoderSet
-from monitor.embedding.images import ImageSource
 from monitor.reference.build import BuildOptions, build_store
 from monitor.reference.manifest import ManifestRecord
 from monitor.reference.store import ReferenceStore
@@ -31,9 +29,6 @@ class TableEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.table[[int(t.split(":")[1]) for t in texts]]
-
-    def encode_images(self, images: Sequence[ImageSource | Image.Image]) -> np.ndarray:
-        raise NotImplementedError
 
 
 def unit(x: np.ndarray) -> np.ndarray:
