@@ -170,20 +170,14 @@ class Daemon:
         )
 
     def _load_stores(self) -> dict[str, Any]:
-        from monitor.reference import load_store
+        from monitor.reference import open_store
 
-        expected = {
-            "image": self.encoders.image.fingerprint if self.encoders.image else None,
-            "text": self.encoders.text.fingerprint,
-        }
         by_name: dict[str, Any] = {}
         by_stream: dict[str, Any] = {}
         for stream in self.settings.streams:
             name = stream.reference
             if name not in by_name:
-                by_name[name] = load_store(
-                    self.settings.reference.root, name, expect_fingerprints=expected
-                )
+                by_name[name] = open_store(self.settings.reference.root, name, self.encoders)
                 self.readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
             store = by_name[name]
             by_stream[stream.name] = store
@@ -224,13 +218,7 @@ class Daemon:
         if not self.settings.scheduler.enabled:
             self.readiness.set("scheduler", True, "disabled on this replica")
             return None
-        try:
-            WindowScheduler = _module("monitor.scheduler").WindowScheduler
-        except ImportError as exc:
-            detail = f"window scheduler unavailable ({exc}); no windows are computed"
-            self.readiness.set("scheduler", False, detail)
-            log.error("window scheduler unavailable", extra={"error": str(exc)})
-            return None
+        from monitor.scheduler import WindowScheduler
 
         return WindowScheduler(
             self.settings,
