@@ -24,6 +24,7 @@ from PIL import Image
 from monitor.embedding.images import ImageLimits, ImageSource
 from monitor.errors import EncoderError
 from monitor.estimators._arrays import l2_normalise
+from monitor.files import sha256_hex
 
 Embeddings = npt.NDArray[np.float32]
 # 2: the text fingerprint covers the tokenizer without its call-time state, truncation side
@@ -137,7 +138,7 @@ def fingerprint(
         sort_keys=True,
         default=str,
     )
-    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
+    return f"{kind}-{sha256_hex(payload)[:24]}"
 
 
 def module_sha256(module: torch.nn.Module) -> str:

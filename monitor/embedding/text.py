@@ -11,7 +11,6 @@ directories included), masked mean over all tokens, L2-normalised.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +35,7 @@ from monitor.embedding.batching import (
     length_grouped_batches,
 )
 from monitor.errors import EncoderError, InvalidInputError
+from monitor.files import sha256_hex
 
 # Texts are cut to max_tokens * CHARS_PER_TOKEN characters before tokenizing, so a 20 MB prompt
 # costs what a page does (tokenizing it whole took 111 s). Real text averages 3-6 characters a
@@ -184,6 +184,6 @@ def tokenizer_sha256(tokenizer: Any) -> str:
         sentencepiece = getattr(tokenizer, "sp_model", None)
         if sentencepiece is not None:  # piece scores decide the segmentation, not the vocab alone
             proto = sentencepiece.serialized_model_proto()
-            state["sentencepiece"] = hashlib.sha256(proto).hexdigest()
+            state["sentencepiece"] = sha256_hex(proto)
     text = json.dumps(state, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_hex(text)
