@@ -52,11 +52,11 @@ def refusal_reason(address: IPAddress) -> str | None:
             inner = refusal_reason(embedded)
             return f"embeds {embedded}: {inner}" if inner else None
     checks = (
+        (address.is_unspecified, "unspecified"),
         (address.is_loopback, "loopback"),
         (address.is_link_local, "link-local (cloud metadata lives here)"),
         (address.is_private, "private"),
         (address.is_multicast, "multicast"),
-        (address.is_unspecified, "unspecified"),
         (address.is_reserved, "reserved"),
         (isinstance(address, ipaddress.IPv4Address) and address in _SHARED_V4, "shared (CGNAT)"),
         (not address.is_global, "not globally routable"),
