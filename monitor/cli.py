@@ -428,7 +428,7 @@ def reference_build(
 
 @reference_app.command("show")
 def reference_show(
-    name: Annotated[str, typer.Argument(help="Store name.")] = "default",
+    name: Annotated[str, typer.Argument(help="Store name.", callback=_store_name)] = "default",
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -503,7 +503,7 @@ def estimator_train(
     from monitor.reference import load_store, train_store_estimator
 
     with _exit_codes():
-        settings = load_settings(config)
+        settings = _load_for_compute(config)
         store = load_store(settings.reference.root, reference)
         with _progress() as progress:
             task = progress.add_task("training CLUB (epochs)", total=epochs)
@@ -536,7 +536,7 @@ def estimator_import(
     from monitor.reference import import_store_estimator, load_store
 
     with _exit_codes():
-        settings = load_settings(config)
+        settings = _load_for_compute(config)
         store = load_store(settings.reference.root, reference)
         model = import_store_estimator(store, path)
     typer.echo(
@@ -579,7 +579,7 @@ def calibrate(
                 f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
             ) from exc
     with _exit_codes():
-        settings = load_settings(config)
+        settings = _load_for_compute(config)
         store = load_store(settings.reference.root, reference)
         with _progress() as progress:
             task = progress.add_task("calibrating (trials)", total=None)

@@ -61,6 +61,8 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
 # Longest duration accepted anywhere: far beyond any sensible window or TTL, and small enough
 # that adding it to any timestamp of this century cannot overflow.
 MAX_DURATION = timedelta(days=3650)
+# Largest integer any setting may hold (2**53 - 1: exact as a float, fits every int64).
+MAX_INTEGER = 2**53 - 1
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -68,7 +70,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_duration(value: object) -> object:
     """'90s', '5m', '1h', '1d' (or seconds as a number) to a timedelta; others pass through."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):  # an int to Python, never a duration
+        raise ValueError("invalid duration: a boolean; use a number and a unit, like '5m'")
+    if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:  # an integer beyond float range
@@ -118,6 +122,14 @@ def _is_loopback(host: str) -> bool:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_huge_integers(cls, value: object) -> object:
+        # TOML integers are unbounded in Python; a C or SQL integer downstream is not.
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            raise ValueError(f"too large: at most {MAX_INTEGER:,}")
+        return value
 
 
 class DatabaseSettings(_Section):
@@ -183,9 +195,18 @@ class EncoderSettings(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fusion: Literal["mean", "concat"] = "mean"
     batch_size: int = Field(default=32, ge=1)
-    threads: int = Field(default=0, ge=0)  # torch intra-op threads; 0 = torch's default
     local_files_only: bool = False  # never reach the hub (HF_HUB_OFFLINE=1 also honoured)
     cache_size: int = Field(default=4096, ge=0)  # embeddings kept by content hash; 0 = off
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threads_moved(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "threads" in data:
+            raise ValueError(
+                "'threads' was replaced by compute.threads (one thread count for the encoders, "
+                "the estimators and FAISS): move the value to [compute] threads"
+            )
+        return data
 
     @field_validator("device")
     @classmethod
