@@ -55,9 +55,9 @@ def refusal_reason(address: IPAddress) -> str | None:
         (address.is_unspecified, "unspecified"),
         (address.is_loopback, "loopback"),
         (address.is_link_local, "link-local (cloud metadata lives here)"),
-        (address.is_private, "private"),
         (address.is_multicast, "multicast"),
         (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
         (isinstance(address, ipaddress.IPv4Address) and address in _SHARED_V4, "shared (CGNAT)"),
         (not address.is_global, "not globally routable"),
     )
