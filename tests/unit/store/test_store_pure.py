@@ -121,3 +121,24 @@ def test_driver_errors_become_one_line() -> None:
 
     exc = OperationalError("SELECT 1", {}, Exception("boom\n\tIs the server running?"))
     assert one_line(exc) == "boom Is the server running?"
+
+
+def test_the_repository_exposes_every_part_method_under_a_flat_name() -> None:
+    from monitor.store.repository import Repository
+
+    repo = Repository(create_db_engine("sqlite://"))
+    in_transaction = {(repo.streams, "find"), (repo.inbox, "ack_in")}  # take an open connection
+    parts = (repo.streams, repo.inbox, repo.samples, repo.windows, repo.artifacts)
+    flat = vars(repo)
+    for part in parts:
+        assert vars(part)["_db"] is repo.db  # one engine, one clock
+        for name in dir(part):
+            if name.startswith("_") or (part, name) in in_transaction:
+                continue
+            method = getattr(part, name)
+            assert any(value == method for value in flat.values()), (
+                f"{type(part).__name__}.{name} has no flat name on Repository"
+            )
+    assert vars(repo.samples)["_streams"] is repo.streams  # one stream-id cache
+    assert vars(repo.windows)["_streams"] is repo.streams
+    repo.close()
