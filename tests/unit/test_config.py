@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from monitor.config import load_settings, resolve_config_path
+from monitor.config import (
+    MAX_DURATION,
+    NON_SETTING_VARIABLES,
+    load_settings,
+    mask_url,
+    parse_duration,
+    redact,
+    resolve_config_path,
+    unknown_environment_variables,
+)
 from monitor.errors import ConfigError
 
 
@@ -127,3 +137,94 @@ def test_bad_environment_value_is_reported(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MLLM_MONITOR_SERVER__PORT", "eighty")
     with pytest.raises(ConfigError, match=r"server\.port"):
         load_settings()
+
+
+def test_redact_is_generic_by_key_name_and_url_credentials() -> None:
+    """Settings added later are covered: any secret-named key, any URL with credentials."""
+    data: dict[str, Any] = {
+        "future_section": {
+            "webhook_token": "t0k",
+            "client_secret": "c1",
+            "openai_api_key": "k2",
+            "apiKey": "k3",
+            "db_password": "p4",
+            "max_tokens": 512,  # a number, not a secret
+            "tokenizer": "xlm-roberta-base",  # not a secret word
+            "endpoints": ["https://user:p5@a.example/x", "https://b.example/?token=t6&n=1"],
+            "dsn": "postgresql://p7@db/x",  # bare userinfo: often a token
+        },
+        "empty_token": "",
+    }
+    shown = redact(data)
+    assert shown == {
+        "future_section": {
+            "webhook_token": "***",
+            "client_secret": "***",
+            "openai_api_key": "***",
+            "apiKey": "***",
+            "db_password": "***",
+            "max_tokens": 512,
+            "tokenizer": "xlm-roberta-base",
+            "endpoints": ["https://user:***@a.example/x", "https://b.example/?token=***&n=1"],
+            "dsn": "postgresql://***@db/x",
+        },
+        "empty_token": "",
+    }
+    assert data["future_section"]["client_secret"] == "c1"  # the input is left alone
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///./mllm-monitor.db", "sqlite:///./mllm-monitor.db"),
+        (
+            "postgresql+psycopg://u:pw@h:5432/db?sslmode=require",
+            "postgresql+psycopg://u:***@h:5432/db?sslmode=require",
+        ),
+        ("https://a:b@c@h/p#frag", "https://a:***@h/p#frag"),  # password "b@c"
+        ("http://h/p?password=x&api_key=y#z", "http://h/p?password=***&api_key=***#z"),
+        ("http://h/p?q=a@b", "http://h/p?q=a@b"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_unknown_environment_variables_are_named_with_a_hint() -> None:
+    problems = unknown_environment_variables(
+        {
+            "MLLM_MONITOR_DATABASE__URL": "sqlite:///a.db",  # a setting
+            "MLLM_MONITOR_ENCODERS__IMAGE__KIND": "none",  # a nested setting
+            "MLLM_MONITOR_CONFIG": "x.toml",  # not a setting, allowed
+            "MLLM_MONITOR_TEST_POSTGRES_URL": "postgresql://",  # not a setting, allowed
+            "MLLM_MONITOR_ALERTS__HYSTERESYS": "2/3",
+            "MLLM_MONITOR_ENCODERS__IMAGE__KINDS": "none",
+            "OTHER_VARIABLE": "ignored",
+        }
+    )
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("MLLM_MONITOR_ALERTS__HYSTERESYS: unknown setting 'hysteresys'")
+    assert "did you mean 'hysteresis'?" in problems[0]
+    assert "'kinds' in encoders.image" in problems[1]
+    assert {"MLLM_MONITOR_CONFIG", "MLLM_MONITOR_TEST_POSTGRES_URL"} == NON_SETTING_VARIABLES
+
+
+def test_a_typo_in_a_variable_name_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLLM_MONITOR_SERVER__PROT", "9000")
+    with pytest.raises(ConfigError, match="MLLM_MONITOR_SERVER__PROT: unknown setting 'prot'"):
+        load_settings()
+
+
+def test_durations_are_bounded_and_never_booleans() -> None:
+    assert parse_duration("3650d") == MAX_DURATION
+    for bad in ("3651d", 1e308, 10**400, float("nan"), True, "1e3s"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+
+
+def test_compute_threads_and_the_old_encoders_key(tmp_path: Path) -> None:
+    assert load_settings().compute.threads == 0  # automatic
+    assert load_settings(write(tmp_path, "[compute]\nthreads = 3\n")).compute.threads == 3
+    with pytest.raises(ConfigError, match=r"encoders: 'threads' was replaced by compute\.threads"):
+        load_settings(write(tmp_path, "[encoders]\nthreads = 3\n"))
