@@ -19,13 +19,7 @@ from typing import Any
 from monitor.estimators.calibration import MAX_POOL_FRACTION
 from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode
 from monitor.reference.assess import bound_null, null_for
-from monitor.reference.store import (
-    CALIBRATION,
-    ReferenceStore,
-    file_sha256,
-    update_manifest,
-    write_json_atomic,
-)
+from monitor.reference.store import CALIBRATION, ReferenceStore, write_store_json
 from monitor.reference.window_stats import DEFAULT_WINDOW_SIZES, calibrate_arrays, store_arrays
 
 __all__ = ["DEFAULT_WINDOW_SIZES", "bound_null", "calibrate_store", "null_for"]
@@ -60,7 +54,5 @@ def calibrate_store(
     tpr = store.ood.get("tpr")
     data["ood_flag_rate"] = 1.0 - float(tpr) if tpr is not None else None
     data["created_at"] = datetime.now(UTC).isoformat()
-    path = store.path / CALIBRATION
-    write_json_atomic(path, data)
-    update_manifest(store, files={CALIBRATION: file_sha256(path)}, calibrated=True)
+    write_store_json(store, CALIBRATION, data, calibrated=True)
     return data

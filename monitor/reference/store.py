@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -367,6 +368,15 @@ def update_manifest(
     store.__dict__.pop("calibration", None)
 
 
+def write_store_json(store: ReferenceStore, name: str, data: Any, **changes: Any) -> None:
+    """Write store file ``name`` (JSON) and list it in the manifest, both under the lock: a
+    concurrent writer or a rebuild never sees a file its manifest does not vouch for."""
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=store.path) as tmp:
+        staged = Path(tmp) / name
+        write_json_atomic(staged, data)
+        update_manifest(store, staged={name: staged}, **changes)
+
+
 def read_store_manifest(path: Path, name: str) -> dict[str, Any]:
     """The manifest, parsed and checked field by field (a clear error, never a KeyError)."""
     try:
@@ -565,4 +575,5 @@ __all__ = [
     "store_path",
     "update_manifest",
     "write_json_atomic",  # idem
+    "write_store_json",
 ]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from monitor.embedding import EncoderSet
 from monitor.errors import CheckpointError, FingerprintMismatchError, ReferenceStoreError
 from monitor.estimators.club import CLUB
-from monitor.files import file_sha256, write_json_atomic
+from monitor.files import file_sha256
 from monitor.reference import (
     load_store,
     load_store_estimator,
@@ -27,9 +26,20 @@ from monitor.reference.store import (
     ESTIMATOR,
     MANIFEST,
     ReferenceStore,
-    update_manifest,
+    write_store_json,
 )
 from tests.unit.reference.conftest import TableEncoder, small_store
+
+
+class UnusedImageEncoder:
+    """An image encoder that only has a fingerprint: opening a store never encodes."""
+
+    kind = "unused"
+    dim = 16
+    fingerprint = "clip-x"
+
+    def encode_images(self, images: Sequence[object]) -> np.ndarray:
+        raise AssertionError("opening a store must not encode images")
 
 
 def _rewrite_manifest(store: ReferenceStore, change: Callable[[dict[str, Any]], Any]) -> None:
@@ -40,10 +50,7 @@ def _rewrite_manifest(store: ReferenceStore, change: Callable[[dict[str, Any]], 
 
 
 def _attach_calibration(store: ReferenceStore, data: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory(prefix=".cal-", dir=store.path) as tmp:
-        staged = Path(tmp) / CALIBRATION
-        write_json_atomic(staged, data)
-        update_manifest(store, staged={CALIBRATION: staged}, calibrated=True)
+    write_store_json(store, CALIBRATION, data, calibrated=True)
 
 
 def test_open_store_checks_encoders_and_fusion(tmp_path: Path) -> None:
@@ -55,7 +62,7 @@ def test_open_store_checks_encoders_and_fusion(tmp_path: Path) -> None:
         open_store(tmp_path, "ref", EncoderSet(image=None, text=other, fusion="mean"))
     with pytest.raises(FingerprintMismatchError, match="fusion: built with 'mean'"):
         open_store(tmp_path, "ref", EncoderSet(image=None, text=encoder, fusion="concat"))
-    image = TableEncoder(encoder.table, fingerprint="clip-x")
+    image = UnusedImageEncoder()
     with pytest.raises(FingerprintMismatchError, match="image encoder: built with None"):
         open_store(tmp_path, "ref", EncoderSet(image=image, text=encoder, fusion="mean"))
 
