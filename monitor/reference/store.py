@@ -138,27 +138,7 @@ class ReferenceStore:
         """The rows of one kind as float32 (a fresh array each call)."""
         self._require(kind)
         path = self.path / f"{kind}.npy"
-        try:
-            # allow_pickle=False: an object array would unpickle arbitrary code.
-            raw = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ReferenceStoreError(
-                f"reference store file {path} is not a plain numeric array ({exc}); rebuild "
-                "the store",
-                path=path,
-            ) from exc
-        expected = (self.manifest["counts"][kind], self.manifest["dims"][kind])
-        if (
-            not isinstance(raw, np.ndarray)
-            or raw.dtype not in (np.float16, np.float32)
-            or raw.shape != expected
-        ):
-            raise ReferenceStoreError(
-                f"reference store file {path} holds {getattr(raw, 'dtype', '?')} "
-                f"{getattr(raw, 'shape', '?')}, expected float16 {expected}; rebuild the store",
-                path=path,
-            )
-        rows: Rows = raw.astype(np.float32)
+        rows: Rows = _read_rows(path, self.manifest, kind, mmap=False).astype(np.float32)
         if not np.isfinite(rows).all():
             raise ReferenceStoreError(f"reference store file {path} holds NaN or inf", path=path)
         return rows
@@ -272,6 +252,8 @@ def load_store(
         _check_listing(path, manifest)
         for relative, digest in manifest["files"].items():
             _verify_file(path / relative, digest)
+        for kind in manifest["counts"]:
+            _read_rows(path / f"{kind}.npy", manifest, kind, mmap=True)
     records = _read_records(path / RECORDS, manifest)
     return ReferenceStore(path, manifest, records)
 
@@ -479,6 +461,31 @@ def _check_listing(path: Path, manifest: Mapping[str, Any]) -> None:
             "remove them or rebuild the store",
             path=path / unlisted[0],
         )
+
+
+def _read_rows(path: Path, manifest: Mapping[str, Any], kind: str, *, mmap: bool) -> Any:
+    """A kind's .npy as written by the build (float16 or float32, counts x dims), else a clear
+    error. ``mmap=True`` reads only the header: cheap enough for every load."""
+    try:
+        # allow_pickle=False: an object array would unpickle arbitrary code.
+        raw = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ReferenceStoreError(
+            f"reference store file {path} is not a plain numeric array ({exc}); rebuild the store",
+            path=path,
+        ) from exc
+    expected = (manifest["counts"][kind], manifest["dims"][kind])
+    if (
+        not isinstance(raw, np.ndarray)
+        or raw.dtype not in (np.float16, np.float32)
+        or raw.shape != expected
+    ):
+        raise ReferenceStoreError(
+            f"reference store file {path} holds {getattr(raw, 'dtype', '?')} "
+            f"{getattr(raw, 'shape', '?')}, expected float16 {expected}; rebuild the store",
+            path=path,
+        )
+    return raw
 
 
 def _read_records(path: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -164,13 +164,15 @@ def test_object_npy_with_a_matching_checksum_is_refused(tmp_path: Path) -> None:
     path = store.path / "prompt.npy"
     np.save(path, np.array([{"a": 1}] * 20, dtype=object), allow_pickle=True)
     _rewrite_manifest(store, lambda m: m["files"].update({"prompt.npy": file_sha256(path)}))
-    loaded = load_store(tmp_path, "ref")  # the checksum matches: loading alone cannot tell
+    # The checksum matches: the array header is what refuses it, at load and when read.
     with pytest.raises(ReferenceStoreError, match=r"prompt\.npy is not a plain numeric array"):
-        loaded.embeddings("prompt")
+        load_store(tmp_path, "ref")
+    with pytest.raises(ReferenceStoreError, match=r"prompt\.npy is not a plain numeric array"):
+        load_store(tmp_path, "ref", verify=False).embeddings("prompt")
     np.save(path, np.zeros((20, 3), dtype=np.float16))
     _rewrite_manifest(store, lambda m: m["files"].update({"prompt.npy": file_sha256(path)}))
     with pytest.raises(ReferenceStoreError, match=r"expected float16 \(20, 16\)"):
-        load_store(tmp_path, "ref").embeddings("prompt")
+        load_store(tmp_path, "ref")
 
 
 def test_records_file_must_agree_with_the_manifest(tmp_path: Path) -> None:
