@@ -52,5 +52,9 @@ def test_postgres_all_or_nothing_durable_and_429(pg_repository: Repository) -> N
         full = http.post("/v1/records", json=batch)
         assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
         assert pg_repository.inbox_depth() == sampled
+        kept_id = next(i for i in ok.json()["ids"] if i in pg_repository.locate_records([i]))
+        late = http.post("/v1/references", json={"id": kept_id, "reference": "r"})
+        assert late.json() == {"joined": 0, "pending": 1, "skipped": 0}
+        assert http.post("/v1/references", json={"id": "nope", "reference": "r"}).status_code == 404
     held = pg_repository.claim("w", limit=500)
     assert {entry.record.sampling_weight for entry in held} == {2.0}
