@@ -229,7 +229,7 @@ def _timestamp(value: Any, field: str, now: datetime, settings: Settings) -> dat
         if len(value) > 64:
             raise InvalidInputError("timestamp is too long for a time", field=field)
         try:
-            moment = datetime.fromisoformat(value.strip())
+            moment = datetime.fromisoformat(value.strip().upper())  # RFC 3339 allows t, z
         except ValueError as exc:
             raise InvalidInputError(
                 f"timestamp {value!r} is not RFC 3339 (like 2025-03-01T12:00:00Z)", field=field

@@ -46,6 +46,8 @@ def test_defaults_and_generated_id() -> None:
     [
         ("2025-03-01T11:00:00Z", datetime(2025, 3, 1, 11, tzinfo=UTC)),
         ("2025-03-01T13:00:00+02:00", datetime(2025, 3, 1, 11, tzinfo=UTC)),
+        ("2025-03-01t11:00:00z", datetime(2025, 3, 1, 11, tzinfo=UTC)),
+        ("2025-03-01T11:00:00.123456789Z", datetime(2025, 3, 1, 11, 0, 0, 123456, tzinfo=UTC)),
         (1_740_826_800, datetime(2025, 3, 1, 11, tzinfo=UTC)),
         (1_740_826_800.5, datetime(2025, 3, 1, 11, 0, 0, 500000, tzinfo=UTC)),
         ("2025-03-01T12:59:00Z", datetime(2025, 3, 1, 12, 59, tzinfo=UTC)),  # within max_future
