@@ -14,6 +14,7 @@ from monitor.reference.assess import WindowAssessment, assess_window, bound_null
 from monitor.reference.build import BuildOptions, build_store
 from monitor.reference.calibrate import calibrate_store
 from monitor.reference.estimator import (
+    held_out_pairs,
     import_store_estimator,
     load_store_estimator,
     train_store_estimator,
@@ -50,6 +51,7 @@ __all__ = [
     "calibrate_store",
     "encoder_fingerprints",
     "fingerprint_mismatches",
+    "held_out_pairs",
     "import_store_estimator",
     "load_store",
     "load_store_estimator",

@@ -98,6 +98,28 @@ def held_out_records(candidates: np.ndarray, fraction: float, seed: int) -> np.n
     return held
 
 
+def held_out_pairs(store: ReferenceStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, model answer, reference) rows of the records the store's CLUB was not trained on:
+    what EMI(ID) is computed from, out of sample. Raises when there are fewer than 2 (a store
+    trained with ``id_holdout_fraction=0``, or without references)."""
+    held = store.estimator_holdout
+    if "reference" not in store.kinds or len(held) < 2:
+        raise ReferenceStoreError(
+            f"reference store {store.name!r} has {len(held)} held-out ID records with a "
+            "reference: EMI(ID) needs at least 2; retrain with `mllm-monitor estimator train`"
+        )
+    reference_rows = np.full(len(store.ids), -1, dtype=np.intp)
+    reference_rows[store.rows_of("reference")] = np.arange(len(store.rows_of("reference")))
+    if (reference_rows[held] < 0).any():
+        raise ReferenceStoreError(
+            f"reference store {store.name!r}: held-out records without a reference"
+        )
+    x = store.embeddings("query")[held]
+    y_hat = store.embeddings("response")[held]
+    y = store.embeddings("reference")[reference_rows[held]]
+    return x, y_hat, y
+
+
 def import_store_estimator(store: ReferenceStore, path: Path) -> CLUB:
     """Register an external CLUB weights file, checking its dims and recorded encoders."""
     x_dim, y_dim = store.manifest["dims"]["query"], store.manifest["dims"]["response"]

@@ -15,6 +15,7 @@ from monitor.errors import CheckpointError, FingerprintMismatchError, ReferenceS
 from monitor.estimators.club import CLUB
 from monitor.files import file_sha256
 from monitor.reference import (
+    held_out_pairs,
     load_store,
     load_store_estimator,
     open_store,
@@ -121,7 +122,16 @@ def test_trained_estimator_holds_out_id_records(tmp_path: Path) -> None:
     assert model.metadata["trained_pairs"] + model.metadata["holdout_pairs"] == 80
     again = train_store_estimator(store, hidden=8, epochs=1, id_holdout_fraction=0.2, seed=4)
     assert again.metadata["trained_pairs"] == model.metadata["trained_pairs"]
-    assert np.array_equal(load_store(tmp_path, "ref").estimator_holdout, held)
+    reloaded = load_store(tmp_path, "ref")
+    assert np.array_equal(reloaded.estimator_holdout, held)
+    # EMI(ID) rows: exactly the held-out records' x, model answer and reference.
+    x, y_hat, y = held_out_pairs(reloaded)
+    np.testing.assert_array_equal(x, reloaded.embeddings("query")[held])
+    np.testing.assert_array_equal(y_hat, reloaded.embeddings("response")[held])
+    np.testing.assert_array_equal(y, reloaded.embeddings("reference")[held])  # all have one
+    train_store_estimator(store, hidden=8, epochs=1, id_holdout_fraction=0.0)
+    with pytest.raises(ReferenceStoreError, match="0 held-out ID records"):
+        held_out_pairs(load_store(tmp_path, "ref"))
 
 
 def _as_list(m: dict[str, Any]) -> Any:
