@@ -216,22 +216,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestRejectedError(
             415,
             "unsupported_media_type",
-            f"the body must be application/json, not {media or 'unspecified'}",
+            f"the body must be application/json, not {media[:100] or 'unspecified'}",
             field="content-type",
         )
-    charset = next(
-        (
-            p.split("=", 1)[1].strip().strip('"').lower()
-            for p in params.split(";")
-            if "=" in p and p.split("=", 1)[0].strip().lower() == "charset"
-        ),
-        "utf-8",
-    )
+    charset = _charset(params)
     if charset not in ("utf-8", "utf8"):
         raise RequestRejectedError(
             415,
             "unsupported_media_type",
-            f"the body must be UTF-8, not {charset}",
+            f"the body must be UTF-8, not {charset[:100]}",
             field="content-type",
         )
     declared = request.headers.get("content-length")
@@ -250,6 +243,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     if not received.strip():
         raise RequestRejectedError(400, "invalid_json", "the body is empty", field="body")
     return bytes(received)
+
+
+def _charset(params: str) -> str:
+    """The charset parameter of a Content-Type (UTF-8 when absent), lower-cased."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return "utf-8"
 
 
 def _too_large(size: int | None, limit: int) -> PayloadTooLargeError:
