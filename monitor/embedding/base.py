@@ -1,4 +1,4 @@
-"""What every encoder shares: the protocol, options, device/dtype choice, loading, fingerprints.
+"""What every encoder shares: the two protocols, options, device/dtype, loading, fingerprints.
 
 An encoder turns texts or images into float32, L2-normalised rows. Its fingerprint names
 everything that changes those rows (weights, tokenizer or preprocessing, pooling, revision,
