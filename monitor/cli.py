@@ -431,24 +431,55 @@ def reference_show(
     name: Annotated[str, typer.Argument(help="Store name.", callback=_store_name)] = "default",
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    no_encoders: Annotated[
+        bool,
+        typer.Option(
+            "--no-encoders",
+            help="Do not load the configured encoders (their fingerprints are then not "
+            "compared with the store's).",
+        ),
+    ] = False,
 ) -> None:
-    """Counts, dims, fingerprints, indexes, OOD threshold, calibration and estimator status."""
-    from monitor.reference import load_store
+    """Counts, dims, fingerprints (and whether the configured encoders match), indexes, OOD
+    threshold, calibration and estimator status."""
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import encoder_fingerprints, fingerprint_mismatches, load_store
 
     with _exit_codes():
         settings = load_settings(config)
         store = load_store(settings.reference.root, name)
+        calibration = store.calibration
+        differences: list[str] | None = None
+        if not no_encoders:
+            encoders = encoders_from_settings(settings.encoders)
+            differences = fingerprint_mismatches(
+                store.manifest, encoder_fingerprints(encoders), fusion=encoders.fusion
+            )
     manifest = {k: v for k, v in store.manifest.items() if k != "files"}
+    manifest["configured_encoders"] = {
+        "checked": differences is not None,
+        "match": None if differences is None else not differences,
+        "differences": differences or [],
+    }
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
         return
     ood = store.ood
-    calibration = store.calibration
     typer.echo(f"reference store {store.name!r} at {store.path} (checksums verified)")
     typer.echo(f"  records:      {manifest['records']} (built {manifest['created_at']})")
     typer.echo(
         f"  encoders:     image {manifest['encoders']['image']}, "
         f"text {manifest['encoders']['text']}, fusion {manifest['fusion']}"
+    )
+    typer.echo(
+        "  configured:   "
+        + (
+            "not compared (--no-encoders)"
+            if differences is None
+            else "encoders match"
+            if not differences
+            else "DIFFERENT encoders, commands will refuse this store: " + "; ".join(differences)
+        )
     )
     for kind in store.kinds:
         index = manifest["index"][kind]
@@ -500,11 +531,13 @@ def estimator_train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train CLUB on the store's ID pairs (x with reference and with model answers)."""
-    from monitor.reference import load_store, train_store_estimator
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import open_store, train_store_estimator
 
     with _exit_codes():
         settings = _load_for_compute(config)
-        store = load_store(settings.reference.root, reference)
+        encoders = encoders_from_settings(settings.encoders)
+        store = open_store(settings.reference.root, reference, encoders)
         with _progress() as progress:
             task = progress.add_task("training CLUB (epochs)", total=epochs)
             model = train_store_estimator(
@@ -533,11 +566,13 @@ def estimator_import(
     config: ConfigOption = None,
 ) -> None:
     """Register an external CLUB state dict with a store, checking its dims."""
-    from monitor.reference import import_store_estimator, load_store
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import import_store_estimator, open_store
 
     with _exit_codes():
         settings = _load_for_compute(config)
-        store = load_store(settings.reference.root, reference)
+        encoders = encoders_from_settings(settings.encoders)
+        store = open_store(settings.reference.root, reference, encoders)
         model = import_store_estimator(store, path)
     typer.echo(
         f"imported CLUB {model.x_dim}->{model.y_dim} (hidden {model.hidden}) into store "
@@ -568,7 +603,8 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
-    from monitor.reference import calibrate_store, load_store
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import calibrate_store, open_store
 
     sizes: list[int] | None = None
     if window_sizes.strip().lower() != "auto":
@@ -580,7 +616,8 @@ def calibrate(
             ) from exc
     with _exit_codes():
         settings = _load_for_compute(config)
-        store = load_store(settings.reference.root, reference)
+        encoders = encoders_from_settings(settings.encoders)
+        store = open_store(settings.reference.root, reference, encoders)
         with _progress() as progress:
             task = progress.add_task("calibrating (trials)", total=None)
             data = calibrate_store(
