@@ -209,3 +209,25 @@ def test_clip_fingerprint_follows_the_weights(tiny_clip: Path, tmp_path: Path) -
     assert load_encoder("clip_vision", str(tiny_clip)).fingerprint == base
     other = make_clip(tmp_path / "other", seed=3)
     assert load_encoder("clip_vision", str(other)).fingerprint != base
+
+
+class _SlowTokenizer:
+    """A tokenizer without a Rust backend: what the fallback of tokenizer_sha256 reads."""
+
+    def __init__(self, vocab: dict[str, int], **init: Any) -> None:
+        self._vocab = vocab
+        self.special_tokens_map = {"pad_token": "<pad>"}
+        self.init_kwargs = init
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
+
+def test_slow_tokenizer_hash_covers_vocab_and_options_but_not_file_locations() -> None:
+    vocab = {"<pad>": 0, "a": 1, "b": 2}
+    base = tokenizer_sha256(_SlowTokenizer(vocab, vocab_file="/home/x/vocab.txt", lower=True))
+    moved = _SlowTokenizer(vocab, vocab_file="/srv/models/vocab.txt", lower=True)
+    assert tokenizer_sha256(moved) == base
+    assert tokenizer_sha256(_SlowTokenizer(vocab, vocab_file="v", lower=False)) != base
+    swapped = {"<pad>": 0, "a": 2, "b": 1}
+    assert tokenizer_sha256(_SlowTokenizer(swapped, vocab_file="v", lower=True)) != base
