@@ -16,7 +16,7 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
   ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
 * ``leader``, the lock that lets one process compute windows: ``monitor.store._leader``
 * ``artifacts``, reference sets and estimator artifacts (``register_reference_set``,
-  ``get_estimator``): ``monitor.store._windows``
+  ``get_estimator``): ``monitor.store._artifacts``
 
 The repository exposes every part's methods under the flat names above, so callers write
 ``repo.claim(...)``; the parts are public too (``repo.inbox.claim``).
@@ -34,11 +34,12 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from monitor.config import Settings
+from monitor.store._artifacts import Artifacts
 from monitor.store._base import Database, Streams, utcnow
 from monitor.store._inbox import Inbox
 from monitor.store._leader import DEFAULT_LOCK_NAME, LeaderLock, leader_lock
 from monitor.store._samples import Samples
-from monitor.store._windows import Artifacts, Windows
+from monitor.store._windows import Windows
 from monitor.store.engine import check_connection, engine_from_settings
 from monitor.store.migrate import require_head
 
