@@ -35,7 +35,12 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from monitor.errors import FingerprintMismatchError, InvalidInputError, ReferenceStoreError
+from monitor.errors import (
+    EmbeddingError,
+    FingerprintMismatchError,
+    InvalidInputError,
+    ReferenceStoreError,
+)
 from monitor.estimators._arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance
 from monitor.files import (
@@ -155,7 +160,16 @@ class ReferenceStore:
     ) -> npt.NDArray[np.float64]:
         """kNN OOD score per row: cosine distance to the k-th nearest ID neighbour."""
         k = k or int(self.manifest["ood"]["k"])
-        sims, _ = search(self.index(kind), l2_normalise(queries), k)
+        rows = np.asarray(queries)
+        dim = self.manifest["dims"].get(kind)
+        if rows.ndim != 2 or rows.shape[1] != dim:
+            # FAISS would abort on a foreign width: say what was offered and what fits.
+            raise EmbeddingError(
+                f"reference store {self.name!r} has {dim}-d {kind!r} rows, got an array of "
+                f"shape {rows.shape}; were the embeddings made by the store's encoders?",
+                field=kind,
+            )
+        sims, _ = search(self.index(kind), l2_normalise(rows), k)
         return kth_neighbour_distance(sims, min(k, sims.shape[1]))
 
     def ood_flags(self, queries: Rows) -> npt.NDArray[np.bool_]:

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from monitor.embedding import EncoderSet
-from monitor.errors import CheckpointError, FingerprintMismatchError, ReferenceStoreError
+from monitor.errors import (
+    CheckpointError,
+    EmbeddingError,
+    FingerprintMismatchError,
+    ReferenceStoreError,
+)
 from monitor.estimators.club import CLUB
 from monitor.files import file_sha256
 from monitor.reference import (
@@ -238,3 +243,12 @@ def test_weights_file_error_is_a_checkpoint_error(tmp_path: Path) -> None:
     _rewrite_manifest(store, lambda m: m["files"].update({ESTIMATOR: file_sha256(path)}))
     with pytest.raises(CheckpointError, match="cannot read CLUB weights"):
         load_store_estimator(load_store(tmp_path, "ref"))
+
+
+def test_knn_refuses_rows_of_another_width(tmp_path: Path) -> None:
+    _, store = small_store(tmp_path, n=20)
+    assert store.knn_scores(np.ones((3, 16), dtype=np.float32)).shape == (3,)
+    with pytest.raises(EmbeddingError, match="has 16-d 'query' rows, got an array of shape"):
+        store.knn_scores(np.ones((3, 384), dtype=np.float32))
+    with pytest.raises(EmbeddingError, match="shape \\(16,\\)"):
+        store.knn_scores(np.ones(16, dtype=np.float32))
