@@ -111,6 +111,8 @@ class _Group(typer.core.TyperGroup):
             raise  # the CLI's own: --help, usage errors (exit 2), typer.Exit, declined prompts
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): typer's main exits 1 quietly
         except Exception as exc:
             raise _fail(exc) from exc
 
