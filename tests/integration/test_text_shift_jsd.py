@@ -50,6 +50,32 @@ def test_stronger_text_shift_gives_larger_text_jsd(
     assert 0.0 < weak < strong
 
 
-def test_visual_only_shift_leaves_prompts_unchanged(encode: Encode) -> None:
-    clean = encode(prompts(None))
-    assert representation_jsd(clean, encode(prompts("frost_5"))) == pytest.approx(0.0, abs=1e-9)
+def answers(shift: str | None) -> list[str]:
+    name = (
+        "llava_bench_coco_llava-v1.5-13b.jsonl"
+        if shift is None
+        else (f"llava_bench_coco_{shift}_llava-v1.5-13b.jsonl")
+    )
+    return [json.loads(line)["text"] for line in (LLAVA_SHIFT / name).read_text().splitlines()]
+
+
+def test_visual_only_shift_moves_the_answers_not_the_prompts(encode: Encode) -> None:
+    """frost_5 corrupts only the images: its prompts are the clean ones, so no input text term
+    can see it, but the model's answers move (what the `response` term is for).
+
+    Paired over random splits of the 90 questions (disjoint halves A, B): the answers to B under
+    frost_5 are further from the clean answers to A than the clean answers to B are.
+    """
+    assert prompts("frost_5") == [json.loads(x)["prompt"] for x in _clean_answer_lines()]
+    clean, frost = encode(answers(None)), encode(answers("frost_5"))
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(40):
+        order = rng.permutation(len(clean))
+        a, b = order[:45], order[45:]
+        gaps.append(representation_jsd(clean[a], frost[b]) - representation_jsd(clean[a], clean[b]))
+    assert np.mean(gaps) > 0 and np.mean(np.array(gaps) > 0) >= 0.7, gaps
+
+
+def _clean_answer_lines() -> list[str]:
+    return (LLAVA_SHIFT / "llava_bench_coco_llava-v1.5-13b.jsonl").read_text().splitlines()

@@ -26,10 +26,10 @@ import pytest
 from monitor.errors import CalibrationError
 from monitor.reference import IDArrays, WindowStatistics, assess_window, calibrate_arrays
 from monitor.reference.window_stats import TESTED_TERMS
+from tests.synthetic_id import IDModel
 
 pytestmark = pytest.mark.slow
 
-D, LATENT = 32, 6
 ALPHA = 0.05
 RECORDS = 4000  # pool 2000: windows up to 100 records (5% of the pool)
 REFERENCE_SHARE = 0.5  # of the store's records; the reference pool holds 1000 (buckets <= 50)
@@ -37,34 +37,6 @@ TRIALS = 400
 CALIBRATIONS = 6
 WINDOWS = 200
 OOD_FLAG_RATE = 0.05
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-class IDModel:
-    """A fixed ID distribution of records (prompt, image, response, reference embeddings)."""
-
-    def __init__(self, seed: int = 12345) -> None:
-        rng = np.random.default_rng(seed)
-        self.maps = {k: rng.standard_normal((LATENT, D)) for k in ("prompt", "image", "response")}
-        self.means = {k: rng.standard_normal(D) * 1.5 for k in self.maps}
-        self.reference_extra = rng.standard_normal((LATENT, D)) * 0.5
-
-    def draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-        z = rng.standard_normal((n, LATENT))
-        out = {
-            k: _unit(z @ self.maps[k] + self.means[k] + 0.7 * rng.standard_normal((n, D)))
-            for k in self.maps
-        }
-        out["reference"] = _unit(
-            z @ (self.maps["response"] + self.reference_extra)
-            + self.means["response"]
-            + 0.7 * rng.standard_normal((n, D))
-        )
-        return out
 
 
 MODEL = IDModel()
@@ -157,6 +129,7 @@ CASES = [
     Case("output_live, 7 references of 100", 100, 0, 7, ("output_live",), exact=False),
     Case("bound, n = 100, 40 images, 5 references", 100, 40, 5, ("bound", *TESTED_TERMS), True),
     Case("bound, n = 150, 25 images, 7 references", 150, 25, 7, ("bound", *TESTED_TERMS), False),
+    Case("OOD fraction alone, n = 100 (binomial tail)", 100, 0, 0, (), exact=False, ood=True),
     Case("warning: 4 terms + OOD, Bonferroni", 100, 40, 10, TESTED_TERMS, False, ood=True),
 ]
 

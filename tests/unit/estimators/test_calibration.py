@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
-from monitor.errors import CalibrationError, InvalidInputError
+from monitor.errors import CalibrationError, EmbeddingError, InvalidInputError
 from monitor.estimators.calibration import (
     NullDistribution,
+    binomial_count_threshold,
     bootstrap_interval,
     emi_bootstrap,
     emid_bootstrap,
     jsd_null,
+    minimum_trials,
     null_distributions,
     split_reference,
 )
@@ -136,11 +142,18 @@ def test_null_distributions_share_draws_and_skip_missing_values() -> None:
 
 def test_bootstrap_interval_covers_the_mean() -> None:
     data = np.random.default_rng(0).normal(2.0, 1.0, size=400)
-    interval = bootstrap_interval(lambda idx: float(data[idx].mean()), len(data), seed=1)
+    interval = bootstrap_interval(
+        lambda idx: float(data[idx].mean()), len(data), resamples=2000, seed=1
+    )
     assert interval.low < interval.estimate < interval.high
     assert interval.low < 2.0 < interval.high
-    assert interval.high - interval.low == pytest.approx(2 * 1.96 / 20, rel=0.3)
-    again = bootstrap_interval(lambda idx: float(data[idx].mean()), len(data), seed=1)
+    # The bootstrap distribution of a mean has sd = std(data) / sqrt(n): a 95% interval is
+    # 2 * 1.96 of it wide (a 90% one would be 16% narrower).
+    expected = 2 * 1.96 * data.std() / math.sqrt(len(data))
+    assert interval.high - interval.low == pytest.approx(expected, rel=0.06)
+    again = bootstrap_interval(
+        lambda idx: float(data[idx].mean()), len(data), resamples=2000, seed=1
+    )
     assert again == interval
 
 
@@ -158,3 +171,112 @@ def test_emi_and_emid_bootstrap_are_seeded_and_centred_on_the_estimate() -> None
     assert drop == emid_bootstrap(model, *p, *q, resamples=100, seed=2)
     with pytest.raises(InvalidInputError, match="confidence"):
         emi_bootstrap(model, *p, confidence=1.0)
+
+
+def _mean_free_club(dim: int) -> CLUB:
+    """A CLUB with mu(x) = 0 and a random logvar(x): its estimate on (x, y_hat) with y = 0 is
+    -1/2 sum_k cov_n(w_k, y_hat_k^2), w = exp(-logvar(x)) - a sample covariance, whose sampling
+    standard deviation is known from its influence function."""
+    torch.manual_seed(3)
+    model = CLUB(dim, dim, hidden=16)
+    with torch.no_grad():
+        last = model.p_mu[2]
+        assert isinstance(last, torch.nn.Linear)
+        last.weight.zero_()
+        last.bias.zero_()
+    return model
+
+
+def _emi_and_influence(model: CLUB, x: np.ndarray, y_hat: np.ndarray) -> tuple[float, np.ndarray]:
+    """EMI in closed form (y = 0) and each row's influence on it."""
+    _, logvar = model.mu_logvar(x)
+    w = np.exp(-logvar.double().numpy())
+    q = y_hat.astype(np.float64) ** 2
+    centred = (w - w.mean(0)) * (q - q.mean(0))
+    influence = -0.5 * centred.sum(1)
+    return float(influence.mean()), influence
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Thousands of small torch calls: one thread avoids spinning on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_emid_bootstrap_resamples_both_sides_at_95_percent_against_a_known_answer() -> None:
+    """Width and centre of the EMID interval against the closed form of a known case.
+
+    EMID = EMI(ID) - EMI(live) of two independent samples has standard error
+    sqrt(se_id^2 + se_live^2), each from its influence function, and a 95% percentile interval
+    about 2 * 1.96 of it wide. Not resampling the ID side shrinks the width by 1/sqrt(2) here
+    (equal contributions); a 90% interval by 1.645 / 1.96: both fall outside the tolerance.
+    """
+    dim, n = 3, 800
+    model = _mean_free_club(dim)
+    rng = np.random.default_rng(8)
+
+    def side(scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        y_hat = (scale * x + rng.standard_normal((n, dim))).astype(np.float32)
+        return x, y_hat, np.zeros_like(y_hat)
+
+    p, q = side(1.0), side(1.0)
+    emi_p, infl_p = _emi_and_influence(model, p[0], p[1])
+    emi_q, infl_q = _emi_and_influence(model, q[0], q[1])
+    assert emi(model, *p) == pytest.approx(emi_p, abs=1e-4)  # the closed form is right
+    se = math.sqrt(infl_p.var() / n + infl_q.var() / n)
+    interval = emid_bootstrap(model, *p, *q, resamples=1500, seed=4)
+    assert interval.estimate == pytest.approx(emi_p - emi_q, abs=1e-4)
+    assert interval.confidence == 0.95
+    assert interval.high - interval.low == pytest.approx(2 * 1.96 * se, rel=0.08)
+    centre = (interval.high + interval.low) / 2
+    assert abs(centre - interval.estimate) < 0.15 * (interval.high - interval.low)
+    # The live side alone gives the narrower width a broken bootstrap would: distinguishable.
+    live_only = emi_bootstrap(model, *q, resamples=1500, seed=4)
+    assert (live_only.high - live_only.low) < 0.8 * (interval.high - interval.low)
+
+
+def test_minimum_trials_lets_the_bonferroni_level_fire() -> None:
+    # 5 tests at 0.01: p-values must reach below 0.002, so (B + 1) * 0.002 > 1.
+    assert minimum_trials(0.01, 5) == 500
+    assert minimum_trials(0.01, 4, (2, 3)) == 400
+    assert minimum_trials(0.05, 1) == 20
+    for rate, tests in ((0.013, 5), (0.003, 3), (0.047, 7)):
+        trials = minimum_trials(rate, tests)
+        null = NullDistribution(50, np.arange(float(trials)))
+        assert null.p_value(1e9) < rate / tests  # the top value can be beaten
+        assert NullDistribution(50, np.arange(trials - 1.0)).p_value(1e9) >= rate / tests
+    with pytest.raises(InvalidInputError, match="hysteresis"):
+        minimum_trials(0.01, 5, (3, 2))
+
+
+def test_binomial_count_threshold_is_the_exact_tail() -> None:
+    n, rate, level = 100, 0.05, 0.01
+    k = binomial_count_threshold(n, rate, level)
+    assert k is not None
+
+    def tail(count: int) -> float:
+        return sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(count, n + 1))
+
+    assert tail(k) < level <= tail(k - 1)
+    assert binomial_count_threshold(1, 0.05, 0.002) is None  # one sample cannot be significant
+    big = binomial_count_threshold(100_000, 0.05, 0.002)
+    assert big is not None and 5000 < big < 5300  # about mean + 2.9 sd, and no overflow
+
+
+def test_jsd_null_defaults_to_balanced_and_normalizes_on_request() -> None:
+    rng = np.random.default_rng(2)
+    ids = id_rows(rng, 1200)
+    comparison, pool = ids[:600], ids[600:]
+    default = jsd_null(comparison, pool, 30, trials=20, seed=1)
+    balanced = jsd_null(comparison, pool, 30, trials=20, seed=1, mode="balanced")
+    assert np.array_equal(default.values, balanced.values)
+    scaled = pool * rng.uniform(0.5, 2.0, size=(len(pool), 1))
+    with pytest.raises(EmbeddingError, match="normalize=True"):
+        jsd_null(comparison, scaled, 30, trials=20)
+    rescaled = jsd_null(comparison, scaled, 30, trials=20, seed=1, normalize=True)
+    np.testing.assert_allclose(rescaled.values, default.values, atol=1e-9)
