@@ -125,10 +125,13 @@ class _Section(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _no_huge_integers(cls, value: object) -> object:
+    def _sane_scalars(cls, value: object) -> object:
         # TOML integers are unbounded in Python; a C or SQL integer downstream is not.
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
             raise ValueError(f"too large: at most {MAX_INTEGER:,}")
+        # A NUL byte is never meant, and paths, URLs and C libraries choke on it later.
+        if isinstance(value, str | Path) and "\x00" in str(value):
+            raise ValueError("contains a NUL character")
         return value
 
 
@@ -283,6 +286,10 @@ class WindowSettings(_Section):
     size: Duration = timedelta(minutes=5)
     lateness: Duration = timedelta(minutes=1)
     min_samples: int = Field(default=50, ge=2)
+    # A window with more samples is computed on a uniform random subset of this many (seeded by
+    # the window, so a recomputation agrees): memory and time stay bounded at any traffic.
+    # n and the OOD fraction always count every sample.
+    max_compute_samples: int = Field(default=10_000, ge=100)
 
     @model_validator(mode="after")
     def _positive(self) -> WindowSettings:

@@ -71,6 +71,10 @@ BAD_FILES = [
     ("[windows]\nmin_samples = 9223372036854775807\n", "windows.min_samples: too large"),
     ("[database\n", "cannot read config file"),
     ("[nosuchsection]\nx = 1\n", "nosuchsection: unknown key"),
+    ('[reference]\nroot = "refs\\u0000x"\n', "reference.root: contains a NUL character"),
+    ('[database]\nurl = "sqlite:///a\\u0000.db"\n', "database.url: contains a NUL character"),
+    ('[[streams]]\nname = "' + "n" * 1_000_000 + '"\n', "streams.0.name: must be 1 to 64"),
+    ("\ufeff[server]\nport = 1\n", "cannot read config file"),
 ]
 
 
@@ -79,7 +83,8 @@ def test_bad_settings_file(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     result = runner.invoke(app, ["config", "check", "-c", str(path)])
-    assert_one_error_line(result.output, EXIT_USAGE, result.exit_code, needle)
+    line = assert_one_error_line(result.output, EXIT_USAGE, result.exit_code, needle)
+    assert len(line) < 1000  # a huge value is not echoed whole
 
 
 def test_settings_file_that_is_not_utf8(tmp_path: Path) -> None:
@@ -87,6 +92,12 @@ def test_settings_file_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'[proxy]\nupstream = "http://caf\xe9/"\n\xff\xfe\n')
     result = runner.invoke(app, ["config", "check", "-c", str(path)])
     assert_one_error_line(result.output, EXIT_USAGE, result.exit_code, "cannot read config file")
+
+
+def test_settings_file_that_does_not_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLLM_MONITOR_CONFIG", "/no/such/monitor.toml")
+    result = runner.invoke(app, ["config", "check"])
+    assert_one_error_line(result.output, EXIT_USAGE, result.exit_code, "config file not found")
 
 
 def test_settings_file_that_is_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
