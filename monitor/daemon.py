@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from monitor.compute import apply_compute_settings
 from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
@@ -143,6 +144,8 @@ class Daemon:
         from monitor.store.repository import open_repository
 
         settings = self.settings
+        applied = apply_compute_settings(settings.compute)
+        log.info("compute threads", extra={"threads": applied.threads, "auto": applied.automatic})
         self.repository = open_repository(settings)
         ingest_app, ingest_service, readiness_mod = _import_ingest()
         self.readiness = readiness_mod.Readiness()

@@ -2,9 +2,9 @@
 
 * 0 ok: none of the below.
 * 1 warning: a term's shift is significant after correcting for the number of terms tested, or
-  the OOD fraction is over its calibrated threshold, or the bound is significant in this window
-  (the first shifted window). The answer-drift ``response`` term can raise a warning, never a
-  critical on its own: it is not part of the bound.
+  the OOD fraction is over its calibrated threshold (so a warning fires at about the configured
+  false-alarm rate on ID traffic). The answer-drift ``response`` term can raise a warning, never
+  a critical on its own: it is not part of the bound.
 * 2 critical: the bound is significant (and over ``alerts.bound_budget`` when that is a
   number) in at least k of the last m windows (``alerts.hysteresis = "k/m"``, this window
   included); or, when references exist, the whole bootstrap interval of EMID lies above
@@ -93,7 +93,7 @@ def assess_risk(
     reasons.extend(current.reasons)
     if critical:
         return RiskDecision(RiskLevel.CRITICAL, tuple(reasons))
-    if current.warning or current.bound_hit(policy):
+    if current.warning:
         return RiskDecision(RiskLevel.WARNING, tuple(reasons))
     return RiskDecision(RiskLevel.OK, ())
 

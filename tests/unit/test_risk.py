@@ -65,7 +65,7 @@ def test_bound_budget_must_also_be_exceeded_when_a_number() -> None:
     policy = RiskPolicy(k=2, m=3, bound_budget=1.0)
     assert levels([HIT, HIT, HIT], policy) == [1, 1, 1]  # warnings from the term, no critical
     over = WindowSignals(sufficient=True, bound_significant=True, bound=1.2)
-    assert levels([over, over], policy) == [1, 2]
+    assert levels([over, over], policy) == [0, 2]  # the bound alone never warns
 
 
 def test_emid_interval_above_budget_is_critical_at_once() -> None:

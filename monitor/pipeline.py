@@ -1,0 +1,525 @@
+"""One window, end to end: read its embeddings, compute every term, judge, store, publish.
+
+    WindowPipeline(settings, repository, stores, metrics).compute(key) -> WindowResult
+
+* Read: the window's samples from the repository (``iter_embeddings``, chunk by chunk). A
+  window with more than ``windows.max_compute_samples`` samples is computed on a uniform random
+  subset of that many, seeded by the window (a recomputation of the same data agrees); ``n``
+  and the OOD fraction count every sample.
+* Terms (:class:`monitor.reference.WindowStatistics`, built once per stream from the store's
+  calibration, so live values and their nulls are computed the same way, in the calibration's
+  JSD mode): visual (when the window has images), text, output on the ID side (from the store),
+  output on the live side (when references exist), response (answer drift), both bound forms.
+* EMI of the window and of the ID data, EMID with a bootstrap interval, when the window has
+  references and the store has a CLUB estimator.
+* OOD fraction: samples whose kNN score (computed by the embedding workers) is over the store's
+  threshold.
+* Judgement: :func:`monitor.reference.assess_window` (p-values, thresholds, the corrected
+  warning, the bound's significance) and :func:`monitor.risk.assess_risk` (k of m windows).
+  Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
+  without calibration gets values and null p-values.
+* Write: one idempotent upsert (same key, same row); a risk transition row when the stream's
+  level changes; the Prometheus gauges of the stream's newest sufficient window (None -> NaN).
+
+The pure part, :meth:`StreamModel.estimate`, takes a :class:`WindowData` and no IO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor import __version__
+from monitor.config import Settings, StreamSettings
+from monitor.embedding.fusion import fuse
+from monitor.errors import MonitorError
+from monitor.estimators.calibration import emid_bootstrap
+from monitor.estimators.emi import emi
+from monitor.metrics import MonitorMetrics, gauge_value
+from monitor.records import TERMS, WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.reference import WindowStatistics, assess_window, load_store_estimator
+from monitor.reference.estimator import held_out_pairs
+from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
+
+log = logging.getLogger("monitor.pipeline")
+
+Rows = npt.NDArray[np.float32]
+KINDS = ("image", "prompt", "response", "reference")
+# ID records used for EMI(ID) and the ID side of the EMID bootstrap (a seeded subset beyond).
+MAX_ID_EMI_RECORDS = 5_000
+BOOTSTRAP_RESAMPLES = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class WindowData:
+    """A window's embeddings, one row per computed sample for every kind (zeros where a sample
+    lacks that kind, None where every sample does), with a mask per kind."""
+
+    n: int  # every sample of the window (also those left out by the compute cap)
+    rows: dict[str, Rows | None]
+    present: dict[str, npt.NDArray[np.bool_]]
+    ood_flagged: int = 0  # samples over the store's OOD threshold
+    ood_scored: int = 0  # samples with an OOD score
+
+    def of(self, kind: str) -> Rows | None:
+        """Rows of the samples that have ``kind``, in order; None when none has it."""
+        rows, mask = self.rows.get(kind), self.present[kind]
+        if rows is None or not mask.any():
+            return None
+        return rows if mask.all() else rows[mask]
+
+    def count(self, kind: str) -> int:
+        return int(self.present[kind].sum())
+
+    @property
+    def n_images(self) -> int:
+        return self.count("image")
+
+    @property
+    def pair_mask(self) -> npt.NDArray[np.bool_]:
+        """Samples with a prompt, a model answer and a reference (EMI, output_live)."""
+        return self.present["prompt"] & self.present["response"] & self.present["reference"]
+
+    @property
+    def n_references(self) -> int:
+        return int(self.pair_mask.sum())
+
+    @property
+    def ood_fraction(self) -> float | None:
+        return self.ood_flagged / self.ood_scored if self.ood_scored else None
+
+
+@dataclass
+class Estimate:
+    """What the pure part computes for one window."""
+
+    values: dict[str, float | None]
+    assessment: Any  # monitor.reference.WindowAssessment
+    emi_live: float | None = None
+    emi_id: float | None = None
+    emid: float | None = None
+    emid_interval: tuple[float, float] | None = None
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+class StreamModel:
+    """Everything a stream's windows are computed against, built once from its store."""
+
+    def __init__(self, stream: StreamSettings, store: Any, settings: Settings) -> None:
+        self.stream = stream.name
+        self.store = store
+        self.calibration: dict[str, Any] | None = store.calibration
+        self.stats = WindowStatistics.from_store(store, self.calibration)
+        self.alpha = settings.alerts.false_alarm_rate
+        self.fusion = store.manifest.get("fusion", "mean")
+        self.ood_threshold = float(store.ood["threshold"]) if store.ood else math.inf
+        tpr = store.ood.get("tpr") if store.ood else None
+        self.ood_flag_rate = 1.0 - float(tpr) if tpr is not None else None
+        self.club = self._load_club(store)
+        self.id_emi: tuple[Rows, Rows, Rows] | None = None
+        self.emi_id: float | None = None
+        if self.club is not None and "reference" in store.kinds:
+            self.id_emi = _id_emi_rows(store)
+            self.emi_id = emi(self.club, *self.id_emi)
+        club_version = (store.manifest.get("estimator") or {}).get("version", "none")
+        calibration_sum = (store.manifest.get("files") or {}).get("calibration.json") or "none"
+        self.version = f"{__version__}/club:{club_version}/cal:{calibration_sum[:12]}"
+
+    @staticmethod
+    def _load_club(store: Any) -> Any:
+        if not store.manifest.get("estimator"):
+            return None
+        try:
+            return load_store_estimator(store)
+        except MonitorError as exc:
+            log.warning("CLUB estimator unusable: no EMI", extra={"error": str(exc)})
+            return None
+
+    def estimate(self, data: WindowData, *, seed: int = 0) -> Estimate:
+        """Every term, EMI/EMID and the assessment of one window (pure: no IO)."""
+        pairs = None
+        both = data.pair_mask
+        responses, references = data.rows["response"], data.rows["reference"]
+        if both.sum() >= 2 and responses is not None and references is not None:
+            pairs = (responses[both], references[both])
+        prompts = data.of("prompt")
+        values = self.stats(
+            prompts=prompts if prompts is not None else np.zeros((0, 1), dtype=np.float32),
+            images=data.of("image"),
+            responses=data.of("response"),
+            reference_pairs=pairs,
+        )
+        assessment = assess_window(
+            self.calibration,
+            values,
+            n=data.n,
+            n_images=data.n_images,
+            n_references=data.n_references,
+            ood_fraction=data.ood_fraction,
+            alpha=self.alpha,
+            ood_flag_rate=self.ood_flag_rate,
+        )
+        result = Estimate(values=values, assessment=assessment, emi_id=self.emi_id)
+        if self.club is not None and self.id_emi is not None and pairs is not None:
+            self._emi(data, result, seed)
+        reasons = [
+            f"{term} p={assessment.p_values[term]:.3g}" for term in assessment.significant_terms
+        ]
+        if assessment.ood_significant:
+            reasons.append(f"OOD fraction {data.ood_fraction:.3f} > {assessment.ood_threshold:.3f}")
+        result.reasons = tuple(reasons)
+        return result
+
+    def _emi(self, data: WindowData, result: Estimate, seed: int) -> None:
+        assert self.club is not None and self.id_emi is not None
+        both = data.pair_mask
+        prompts, responses, references = (data.rows[k] for k in ("prompt", "response", "reference"))
+        if both.sum() < 2 or prompts is None or responses is None or references is None:
+            return
+        images = data.rows["image"]
+        x = fuse(
+            prompts[both],
+            images[both] if images is not None else None,
+            data.present["image"][both],
+            self.fusion,
+        )
+        y_hat, y = responses[both], references[both]
+        result.emi_live = emi(self.club, x, y_hat, y)
+        if result.emi_id is not None:
+            result.emid = result.emi_id - result.emi_live
+        interval = emid_bootstrap(
+            self.club, *self.id_emi, x, y_hat, y, resamples=BOOTSTRAP_RESAMPLES, seed=seed
+        )
+        result.emid_interval = (interval.low, interval.high)
+
+
+class WindowPipeline:
+    """Computes, stores and publishes windows of the configured streams."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Any,
+        stores: Mapping[str, Any],
+        metrics: MonitorMetrics,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.stores = stores
+        self.metrics = metrics
+        self.clock = clock
+        self.policy: RiskPolicy = policy_from_settings(
+            settings.alerts.hysteresis_k_of_m,
+            settings.alerts.bound_budget,
+            settings.alerts.emid_budget,
+        )
+        self._streams = {s.name: s for s in settings.streams}
+        self._models: dict[str, StreamModel] = {}
+        self._shown: dict[str, datetime] = {}  # start of the window the gauges show
+        self._last_end: dict[str, datetime] = {}
+        self._reasons: dict[str, str] = {}  # why the last computed window got its level
+
+    def model(self, stream: str) -> StreamModel:
+        if stream not in self._models:
+            if stream not in self._streams or stream not in self.stores:
+                raise MonitorError(f"stream {stream!r} is not configured")
+            self._models[stream] = StreamModel(
+                self._streams[stream], self.stores[stream], self.settings
+            )
+        return self._models[stream]
+
+    def restore(self, stream: str) -> None:
+        """Publish the stream's newest stored sufficient window (after a restart)."""
+        newest = self.repository.recent_windows(stream, datetime.max.replace(tzinfo=UTC), 1)
+        if newest:
+            self._publish(newest[0])
+        self._shown.setdefault(stream, datetime.min.replace(tzinfo=UTC))
+
+    def compute(self, key: WindowKey) -> WindowResult:
+        """Compute, store and publish one window; returns what was stored (with its id)."""
+        started = time.perf_counter()
+        computed_at = self.clock()
+        model = self.model(key.stream)
+        data = read_window(
+            self.repository,
+            key,
+            max_samples=self.settings.windows.max_compute_samples,
+            ood_threshold=model.ood_threshold,
+        )
+        if data is None or data.n < self.settings.windows.min_samples:
+            result = _insufficient(key, data, model, computed_at)
+        else:
+            result = self._sufficient(key, data, model, computed_at)
+        window_id = self.repository.upsert_window(result)
+        result = _with_id(result, window_id)
+        self._after_store(result, model)
+        elapsed = time.perf_counter() - started
+        self.metrics.window_compute_seconds.labels(stream=key.stream).observe(elapsed)
+        self.metrics.windows.labels(stream=key.stream, status=result.status).inc()
+        log.info(
+            "window computed",
+            extra={
+                "stream": key.stream,
+                "start": result.to_dict()["start"],
+                "n": result.n,
+                "status": result.status,
+                "risk_level": int(result.risk_level),
+                "bound": result.bound_scale_adjusted,
+                "seconds": round(elapsed, 3),
+            },
+        )
+        return result
+
+    def _sufficient(
+        self, key: WindowKey, data: WindowData, model: StreamModel, computed_at: datetime
+    ) -> WindowResult:
+        estimate = model.estimate(data, seed=_window_seed(key))
+        assessment, values = estimate.assessment, estimate.values
+        previous = [
+            WindowSignals(
+                sufficient=True,
+                bound_significant=w.bound_significant,
+                bound=w.bound_scale_adjusted,
+            )
+            for w in self.repository.recent_windows(key.stream, key.start, self.policy.m - 1)
+        ]
+        signals = WindowSignals(
+            sufficient=True,
+            warning=assessment.warning,
+            bound_significant=assessment.bound_significant,
+            bound=values["bound_scale_adjusted"],
+            emid_interval=estimate.emid_interval,
+            reasons=estimate.reasons,
+        )
+        decision = assess_risk(signals, previous, self.policy)
+        self._reasons[key.stream] = decision.reason
+        return WindowResult(
+            key=key,
+            n=data.n,
+            n_images=data.n_images,
+            n_references=data.n_references,
+            status="ok",
+            risk_level=decision.level,
+            estimator_version=model.version,
+            computed_at=computed_at,
+            jsd=TermValues(**{t: values.get(t) for t in WINDOW_TERMS}),
+            p_values=TermValues(**{t: assessment.p_values.get(t) for t in WINDOW_TERMS}),
+            thresholds=TermValues(**{t: assessment.thresholds.get(t) for t in WINDOW_TERMS}),
+            bound_scale_adjusted=values["bound_scale_adjusted"],
+            bound_entropy_scaled=values["bound_entropy_scaled"],
+            bound_complete=all(values.get(t) is not None for t in TERMS),
+            emi_live=estimate.emi_live,
+            emi_id=estimate.emi_id,
+            emid=estimate.emid,
+            emid_interval=estimate.emid_interval,
+            ood_fraction=data.ood_fraction,
+            jsd_mode=model.stats.jsd_mode,
+            bound_p_value=assessment.p_values.get("bound"),
+            bound_threshold=assessment.thresholds.get("bound"),
+            bound_significant=assessment.bound_significant,
+            ood_threshold=assessment.ood_threshold,
+        )
+
+    def _after_store(self, result: WindowResult, model: StreamModel) -> None:
+        stream = result.key.stream
+        if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
+            self._last_end[stream] = result.key.end
+            self.metrics.last_window_end_timestamp_seconds.labels(stream=stream).set(
+                result.key.end.timestamp()
+            )
+        if result.status != "ok":
+            return  # insufficient windows change neither the gauges nor the risk state
+        if result.key.start < self._shown.get(stream, datetime.min.replace(tzinfo=UTC)):
+            return  # a recomputed older window: the gauges show a newer one
+        self._publish(result)
+        before = self.repository.current_risk(stream)
+        if result.risk_level != before:
+            reason = self._reasons.pop(stream, "")
+            self.repository.record_risk_transition(
+                stream,
+                result.computed_at,
+                before,
+                result.risk_level,
+                window_id=result.id,
+                reason=reason,
+            )
+            (log.warning if result.risk_level > before else log.info)(
+                "risk level changed",
+                extra={
+                    "stream": stream,
+                    "from": int(before),
+                    "to": int(result.risk_level),
+                    "reason": reason,
+                    "window": result.to_dict()["start"],
+                },
+            )
+
+    def _publish(self, result: WindowResult) -> None:
+        """Set the stream's window gauges from ``result`` (None -> NaN)."""
+        m, stream = self.metrics, result.key.stream
+        self._shown[stream] = result.key.start
+        for term in WINDOW_TERMS:
+            m.window_jsd.labels(stream=stream, term=term).set(
+                gauge_value(getattr(result.jsd, term))
+            )
+            m.window_p_value.labels(stream=stream, term=term).set(
+                gauge_value(getattr(result.p_values, term))
+            )
+            m.window_jsd_threshold.labels(stream=stream, term=term).set(
+                gauge_value(getattr(result.thresholds, term))
+            )
+        m.upper_bound.labels(stream=stream, form="scale_adjusted").set(
+            gauge_value(result.bound_scale_adjusted)
+        )
+        m.upper_bound.labels(stream=stream, form="entropy_scaled").set(
+            gauge_value(result.bound_entropy_scaled)
+        )
+        m.upper_bound_p_value.labels(stream=stream).set(gauge_value(result.bound_p_value))
+        m.upper_bound_threshold.labels(stream=stream).set(gauge_value(result.bound_threshold))
+        m.upper_bound_budget.labels(stream=stream).set(gauge_value(self.policy.bound_budget))
+        m.emi_nats.labels(stream=stream, side="live").set(gauge_value(result.emi_live))
+        m.emi_nats.labels(stream=stream, side="id").set(gauge_value(result.emi_id))
+        m.emid_nats.labels(stream=stream).set(gauge_value(result.emid))
+        low, high = result.emid_interval or (None, None)
+        m.emid_interval_nats.labels(stream=stream, edge="lower").set(gauge_value(low))
+        m.emid_interval_nats.labels(stream=stream, edge="upper").set(gauge_value(high))
+        m.emid_budget_nats.labels(stream=stream).set(self.policy.emid_budget)
+        m.risk_level.labels(stream=stream).set(int(result.risk_level))
+        m.window_samples.labels(stream=stream).set(result.n)
+        m.ood_ratio.labels(stream=stream).set(gauge_value(result.ood_fraction))
+        m.ood_ratio_threshold.labels(stream=stream).set(gauge_value(result.ood_threshold))
+        if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
+            self._last_end[stream] = result.key.end
+            m.last_window_end_timestamp_seconds.labels(stream=stream).set(
+                result.key.end.timestamp()
+            )
+
+
+def read_window(
+    repository: Any, key: WindowKey, *, max_samples: int, ood_threshold: float
+) -> WindowData | None:
+    """The window's embeddings (a seeded uniform subset of ``max_samples`` when larger);
+    None when it has no sample."""
+    total = repository.count_samples(key.stream, key.start, key.end)
+    if total == 0:
+        return None
+    keep: npt.NDArray[np.bool_] | None = None
+    if total > max_samples:
+        rng = np.random.default_rng(_window_seed(key))
+        keep = np.zeros(total, dtype=bool)
+        keep[rng.choice(total, size=max_samples, replace=False)] = True
+    parts: dict[str, list[Rows]] = {kind: [] for kind in KINDS}
+    masks: dict[str, list[npt.NDArray[np.bool_]]] = {kind: [] for kind in KINDS}
+    dims: dict[str, int] = {}
+    n = flagged = scored = offset = 0
+    for chunk in repository.iter_embeddings(key.stream, key.start, key.end, kinds=KINDS):
+        size = len(chunk)
+        scores = chunk.ood_scores
+        valid = ~np.isnan(scores)
+        scored += int(valid.sum())
+        flagged += int((scores[valid] > ood_threshold).sum())
+        n += size
+        chosen = np.arange(size)
+        if keep is not None:  # samples that arrived after the count are left out
+            chosen = np.flatnonzero(keep[offset : offset + size])
+        offset += size
+        for kind in KINDS:
+            position = np.full(size, -1, dtype=np.int64)
+            position[chunk.index[kind]] = np.arange(len(chunk.index[kind]))
+            where = position[chosen]
+            mask = where >= 0
+            masks[kind].append(mask)
+            if not mask.any():
+                parts[kind].append(np.zeros((len(chosen), 0), dtype=np.float32))
+                continue
+            vectors = chunk.vectors[kind]
+            dims[kind] = vectors.shape[1]
+            block = np.zeros((len(chosen), vectors.shape[1]), dtype=np.float32)
+            block[mask] = vectors[where[mask]]
+            parts[kind].append(block)
+    if n == 0:
+        return None
+    rows: dict[str, Rows | None] = {}
+    present: dict[str, npt.NDArray[np.bool_]] = {}
+    for kind in KINDS:
+        present[kind] = np.concatenate(masks[kind]) if masks[kind] else np.zeros(0, dtype=bool)
+        if kind not in dims:
+            rows[kind] = None
+            continue
+        width = dims[kind]
+        blocks = [
+            b if b.shape[1] == width else np.zeros((len(b), width), dtype=np.float32)
+            for b in parts[kind]
+        ]
+        rows[kind] = _renormalise(np.concatenate(blocks))
+    return WindowData(n=n, rows=rows, present=present, ood_flagged=flagged, ood_scored=scored)
+
+
+def _renormalise(rows: Rows) -> Rows:
+    """Stored embeddings are float16: re-normalise so the estimators' unit-norm check holds
+    (all-zero rows, of samples without that kind, stay zero and are never read)."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    out: Rows = np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    return out
+
+
+def _id_emi_rows(store: Any) -> tuple[Rows, Rows, Rows]:
+    """(x, model answer, reference) of the ID records the store's CLUB was not trained on (out
+    of sample), or of every record with a reference when the store keeps no hold-out; a seeded
+    subset of MAX_ID_EMI_RECORDS when more."""
+    try:
+        x, y_hat, y = held_out_pairs(store)
+    except MonitorError:
+        with_reference = store.rows_of("reference")
+        x = store.embeddings("query")[with_reference]
+        y_hat = store.embeddings("response")[with_reference]
+        y = store.embeddings("reference")
+    if len(y) > MAX_ID_EMI_RECORDS:
+        chosen = np.sort(
+            np.random.default_rng(0).choice(len(y), size=MAX_ID_EMI_RECORDS, replace=False)
+        )
+        x, y_hat, y = x[chosen], y_hat[chosen], y[chosen]
+    return x, _renormalise(y_hat), _renormalise(y)
+
+
+def _window_seed(key: WindowKey) -> int:
+    digest = hashlib.sha256(f"{key.stream}|{key.start.isoformat()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _insufficient(
+    key: WindowKey, data: WindowData | None, model: StreamModel, computed_at: datetime
+) -> WindowResult:
+    return WindowResult(
+        key=key,
+        n=0 if data is None else data.n,
+        n_images=0 if data is None else data.n_images,
+        n_references=0 if data is None else data.n_references,
+        status="insufficient",
+        risk_level=RiskLevel.OK,
+        estimator_version=model.version,
+        computed_at=computed_at,
+        ood_fraction=None if data is None else data.ood_fraction,
+        jsd_mode=model.stats.jsd_mode,
+    )
+
+
+def _with_id(result: WindowResult, window_id: str) -> WindowResult:
+    from dataclasses import replace
+
+    return replace(result, id=window_id)

@@ -1,0 +1,239 @@
+"""The window scheduler: the only module that imports APScheduler.
+
+    WindowScheduler(settings, repository, stores, metrics, readiness=...).start() / .stop(timeout)
+
+One APScheduler 3.x ``BackgroundScheduler`` job ticks every ``min(check_interval,
+lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
+
+1. Leadership. Only the holder of the leader lock (:mod:`monitor.store._leader`: a PostgreSQL
+   advisory lock, or a file lock beside SQLite) computes windows. A standby retries each tick,
+   so when the leader dies another replica takes over within about ``lock_timeout``. The
+   leader re-checks its lock every tick and between windows of a long catch-up, and stops
+   computing the moment it is gone.
+2. Due windows, per stream: from the end of the last computed window (or, for a new stream,
+   from the window of its earliest stored sample) up to the newest window whose end plus
+   ``windows.lateness`` has passed; at most ``scheduler.max_catch_up`` of them (the newest).
+   With ``scheduler.catch_up`` off, a new leader computes only the newest due window.
+3. Stale windows: windows whose data changed after they were computed (a sample stored late, a
+   late reference resolved, both found by the repository) are recomputed, oldest first.
+
+Recomputing is idempotent (same key, same row), so a window computed twice across a leader
+change is still one row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from monitor.compute import apply_compute_settings
+from monitor.config import Settings
+from monitor.errors import MonitorError
+from monitor.metrics import MonitorMetrics
+from monitor.pipeline import WindowPipeline
+from monitor.records import WindowKey
+from monitor.windows import due_windows, is_due, window_containing
+
+log = logging.getLogger("monitor.scheduler")
+
+# How far back the stale-window search looks beyond the previous pass (commit delays, clocks).
+STALE_SLACK = timedelta(seconds=60)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WindowScheduler:
+    """Computes every stream's due and stale windows while this process holds the lock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Any,
+        stores: Mapping[str, Any],
+        metrics: MonitorMetrics,
+        *,
+        readiness: Any = None,
+        clock: Callable[[], datetime] = utcnow,
+        lock: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.metrics = metrics
+        self.readiness = readiness
+        self.clock = clock
+        self.pipeline = WindowPipeline(settings, repository, stores, metrics, clock=clock)
+        self.lock = (
+            lock if lock is not None else repository.leader_lock(path=settings.scheduler.lock_path)
+        )
+        self.streams = [s.name for s in settings.streams]
+        self.is_leader = False
+        self._stopping = threading.Event()
+        self._running = threading.Lock()  # one pass at a time (ticks, run_pending)
+        self._stale_since: datetime | None = None
+        self._last_check = 0.0
+        self._scheduler: BackgroundScheduler | None = None
+        self._compute_threads: set[int] = set()
+        metrics.set_window_settings(
+            settings.windows.size.total_seconds(), settings.windows.lateness.total_seconds()
+        )
+        self._set_ready(True, "starting")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.settings.scheduler
+        interval = min(cfg.check_interval, cfg.lock_timeout).total_seconds()
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=max(interval, 0.05),
+            id="windows",
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("window scheduler started", extra={"lock": self.lock.description})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the window in progress, stop ticking, release the lock."""
+        self._stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._running.acquire(timeout=timeout):
+            self._running.release()
+        else:
+            log.warning("a window computation did not finish in time", extra={"timeout": timeout})
+        self._step_down()
+        try:
+            self.lock.release()
+        except Exception:
+            log.exception("releasing the leader lock failed")
+
+    # -- one tick --------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Check leadership, then compute what is due and stale. Returns windows computed."""
+        if self._stopping.is_set() or not self._running.acquire(blocking=False):
+            return 0
+        try:
+            if threading.get_ident() not in self._compute_threads:
+                # OpenMP thread counts are per calling thread: limit this job thread's too.
+                apply_compute_settings(self.settings.compute)
+                self._compute_threads.add(threading.get_ident())
+            if not self._lead():
+                return 0
+            return self.run_pass(self.clock())
+        except MonitorError as exc:
+            log.error("window pass failed", extra={"error": str(exc)})
+            self._set_ready(False, f"last window pass failed: {exc}")
+            return 0
+        except Exception:
+            log.exception("window pass failed")
+            self._set_ready(False, "last window pass failed (see the log)")
+            return 0
+        finally:
+            self._running.release()
+
+    def _lead(self) -> bool:
+        """True while this process holds the leader lock (taking it when free)."""
+        if self.is_leader:
+            if self._check_lock():
+                return True
+            log.error("leader lock lost: no longer computing windows")
+            self._step_down()
+        if not self.lock.try_acquire():
+            self._set_ready(True, "standby: another process computes windows")
+            return False
+        self.is_leader = True
+        self._last_check = time.monotonic()
+        self.metrics.scheduler_leader.set(1)
+        self._set_ready(True, "leader")
+        log.info("leader lock taken: computing windows", extra={"lock": self.lock.description})
+        for stream in self.streams:
+            self.pipeline.restore(stream)
+        last = self.repository.last_computed_at()
+        self._stale_since = last - STALE_SLACK if last is not None else self.clock()
+        return True
+
+    def _check_lock(self) -> bool:
+        self._last_check = time.monotonic()
+        held = bool(self.lock.check())
+        return held
+
+    def _step_down(self) -> None:
+        if self.is_leader:
+            self.is_leader = False
+            self.metrics.scheduler_leader.set(0)
+
+    def run_pass(self, now: datetime) -> int:
+        """Compute every due window, then every stale one (the caller holds the lock)."""
+        computed = 0
+        pass_started = self.clock()
+        for stream in self.streams:
+            for key in self.due(stream, now):
+                if not self._may_continue():
+                    return computed
+                self.pipeline.compute(key)
+                computed += 1
+        if self._stale_since is not None:
+            for key in self.stale(self._stale_since, now):
+                if not self._may_continue():
+                    return computed
+                self.pipeline.compute(key)
+                computed += 1
+        self._stale_since = pass_started - STALE_SLACK
+        if self.is_leader:
+            self._set_ready(True, "leader")
+        return computed
+
+    def due(self, stream: str, now: datetime) -> list[WindowKey]:
+        cfg, windows = self.settings.scheduler, self.settings.windows
+        after = self.repository.last_window_end(stream)
+        earliest = None if after is not None else self.repository.earliest_sample_time(stream)
+        return due_windows(
+            stream,
+            now=now,
+            size=windows.size,
+            lateness=windows.lateness,
+            after=after,
+            earliest=earliest,
+            limit=cfg.max_catch_up if cfg.catch_up else 1,
+        )
+
+    def stale(self, since: datetime, now: datetime) -> list[WindowKey]:
+        """Due windows whose data changed after they were computed, oldest first."""
+        size, lateness = self.settings.windows.size, self.settings.windows.lateness
+        keys = {
+            window_containing(loc.stream, loc.event_time, size)
+            for loc in self.repository.stale_locations(since)
+            if loc.stream in self.streams
+        }
+        return sorted(k for k in keys if is_due(k, now, lateness))
+
+    def _may_continue(self) -> bool:
+        """Between windows: stop on shutdown, and re-check the lock every half lock timeout."""
+        if self._stopping.is_set():
+            return False
+        half = self.settings.scheduler.lock_timeout.total_seconds() / 2
+        if time.monotonic() - self._last_check >= half and not self._check_lock():
+            log.error("leader lock lost mid-pass: no longer computing windows")
+            self._step_down()
+            return False
+        return True
+
+    def _set_ready(self, ok: bool, detail: str) -> None:
+        if self.readiness is not None:
+            self.readiness.set("scheduler", ok, detail)
