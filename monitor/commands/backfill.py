@@ -1,0 +1,498 @@
+"""``mllm-monitor backfill``: historical traffic in, and windows (re)computed.
+
+Two forms:
+
+* ``backfill --from-jsonl FILE``: each line goes through what live traffic goes through:
+  :func:`~monitor.ingest.parsing.parse_record` (validation), :class:`IngestService.submit`
+  (sampling, the durable inbox), :meth:`EmbeddingWorkers.run_once` (embedding, kNN OOD score,
+  storage); then the windows the file touched are computed by
+  :meth:`WindowPipeline.compute`. The file is streamed in batches (memory holds one batch) and
+  split on ``\\n`` only (U+2028 inside a JSON string is valid). An invalid line is reported on
+  stderr with its line number and skipped (``--strict``: the run stops there). A line without
+  an ``id`` gets a stable one from its content (``h-`` + 32 hex digits of a SHA-256 of the
+  canonical JSON), so a rerun adds nothing twice: ids already in the inbox or stored are
+  skipped. The records go through the durable inbox, so every running replica's workers help
+  embed them; this process embeds too.
+* ``backfill --stream S --since T --until T``: computes the windows of a range from stored
+  embeddings with the current reference store, estimator and calibration, oldest first (the
+  k-of-m risk rule reads the windows before). Windows already stored are kept unless
+  ``--recompute``; an interrupted run simply runs again (each window is one idempotent upsert,
+  so there are neither duplicates nor gaps). Only windows that are due (end + lateness passed)
+  are computed: a later one is the scheduler's. ``--dry-run`` reads, writes nothing, and says
+  what it would do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from monitor.commands._common import (
+    TIME_HELP,
+    ConfigOption,
+    JsonOption,
+    Reporter,
+    Services,
+    err_console,
+    load,
+    require_stream,
+    services,
+    time_option,
+)
+from monitor.errors import InboxFullError, InvalidInputError, MonitorError
+from monitor.records import TrafficRecord, WindowKey
+from monitor.windows import is_due, iter_windows, window_start
+
+DEFAULT_BATCH = 512
+
+
+# -- the JSONL side --------------------------------------------------------------------------
+
+
+def content_id(obj: dict[str, Any]) -> str:
+    """A stable record id from the record's content (for lines without an ``id``)."""
+    canonical = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "h-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass
+class LineError:
+    line: int
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.field}:" if self.field else ""
+        return f"line {self.line}:{where} {self.message}"
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line; split on b'\\n' only, streamed."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):  # binary iteration splits on \n only
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                yield number, line
+
+
+def parse_line(
+    number: int, line: bytes, *, settings: Any, now: datetime, stream: str | None
+) -> TrafficRecord:
+    """One JSONL line to a record, by the rules of live traffic (InvalidInputError otherwise)."""
+    from monitor.ingest.parsing import parse_record
+
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInputError("a record must be a JSON object")
+    if obj.get("id") is None:
+        obj["id"] = content_id(obj)
+    if stream is not None and obj.get("stream") is None:
+        obj["stream"] = stream
+    return parse_record(obj, settings=settings, now=now)
+
+
+@dataclass
+class IngestSummary:
+    lines: int = 0
+    invalid: int = 0
+    duplicates: int = 0  # already in the inbox or stored (a rerun), or repeated in the file
+    accepted: int = 0
+    sampled: int = 0
+    embedded: int = 0
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+    spans: dict[str, list[datetime]] = field(default_factory=dict)  # stream -> [first, last]
+    errors: list[str] = field(default_factory=list)  # the first few, for --json
+
+    def note_time(self, record: TrafficRecord) -> None:
+        span = self.spans.setdefault(record.stream, [record.timestamp, record.timestamp])
+        span[0] = min(span[0], record.timestamp)
+        span[1] = max(span[1], record.timestamp)
+
+
+class JsonlBackfill:
+    """Streams a JSONL file through the live ingest path; see the module doc."""
+
+    def __init__(
+        self, found: Services, *, stream: str | None, strict: bool, batch: int = DEFAULT_BATCH
+    ) -> None:
+        from monitor.ingest.service import IngestService
+        from monitor.ingest.worker import EmbeddingWorkers
+
+        self.found = found
+        self.settings = found.settings
+        self.stream = stream
+        self.strict = strict
+        self.batch = batch
+        self.ingest = IngestService(found.settings, found.repository, found.metrics)
+        self.workers = EmbeddingWorkers(
+            found.settings, found.repository, found.encoders, found.stores, found.metrics
+        )
+        self.worker_id = f"backfill-{os.getpid()}"
+        self.summary = IngestSummary()
+
+    def run(self, path: Path, reporter: Reporter) -> IngestSummary:
+        started = time.perf_counter()
+        pending: list[tuple[int, TrafficRecord]] = []
+        now = datetime.now(UTC)
+        for number, line in read_lines(path):
+            self.summary.lines += 1
+            try:
+                record = parse_line(
+                    number, line, settings=self.settings, now=now, stream=self.stream
+                )
+            except InvalidInputError as exc:
+                self._invalid(LineError(number, exc.field, str(exc)))
+                continue
+            pending.append((number, record))
+            if len(pending) >= self.batch:
+                self._submit(pending)
+                reporter.advance(len(pending))
+                pending = []
+                now = datetime.now(UTC)
+        if pending:
+            self._submit(pending)
+            reporter.advance(len(pending))
+        self._drain(final=True)
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _invalid(self, error: LineError) -> None:
+        self.summary.invalid += 1
+        if len(self.summary.errors) < 100:
+            self.summary.errors.append(str(error))
+        err_console.print(f"invalid {error}", markup=False)
+        if self.strict:
+            raise MonitorError(f"{error} (--strict: stopped at the first invalid line)")
+
+    def _submit(self, numbered: list[tuple[int, TrafficRecord]]) -> None:
+        records = self._resolve(numbered)
+        seen: dict[str, int] = {}
+        fresh: list[TrafficRecord] = []
+        for number, record in records:
+            if record.id in seen:
+                self.summary.duplicates += 1
+                err_console.print(
+                    f"duplicate line {number}: id {record.id!r} repeats line {seen[record.id]}",
+                    markup=False,
+                )
+                continue
+            seen[record.id] = number
+            fresh.append(record)
+        known = self.found.repository.locate_records([r.id for r in fresh])
+        fresh = [r for r in fresh if r.id not in known]
+        self.summary.duplicates += len(seen) - len(fresh)
+        if not fresh:
+            return
+        while True:
+            try:
+                result = self.ingest.submit(fresh)
+                break
+            except InboxFullError:
+                if self._drain(final=False) == 0:  # the other replicas hold it: wait a little
+                    time.sleep(min(self.settings.ingest.retry_after.total_seconds(), 1.0))
+        self.summary.accepted += result.accepted
+        self.summary.sampled += result.sampled
+        for record in fresh:
+            self.summary.note_time(record)
+        self._drain(final=False)
+
+    def _resolve(
+        self, numbered: list[tuple[int, TrafficRecord]]
+    ) -> list[tuple[int, TrafficRecord]]:
+        """Fetch http(s) image URLs as the records API does; a failed fetch is an invalid
+        line."""
+        import asyncio
+
+        out: list[tuple[int, TrafficRecord]] = []
+        for number, record in numbered:
+            if record.image_url is None:
+                out.append((number, record))
+                continue
+            try:
+                resolved = asyncio.run(self.ingest.resolve_images([record], fields=["image"]))
+            except InvalidInputError as exc:
+                self._invalid(LineError(number, exc.field, str(exc)))
+                continue
+            out.append((number, resolved[0]))
+        return out
+
+    def _drain(self, *, final: bool) -> int:
+        """Embed what the inbox holds (other replicas' workers may take part of it); with
+        ``final``, also wait until what others claimed is stored (at most one lease)."""
+        settled = 0
+        while True:
+            started = time.perf_counter()
+            done = self.workers.run_once(self.worker_id)
+            self.summary.embed_seconds += time.perf_counter() - started
+            settled += done
+            if done == 0:
+                break
+        self.summary.embedded += settled
+        if final:
+            deadline = time.monotonic() + self.settings.workers.lease.total_seconds() + 5
+            while self.found.repository.inbox_depth() > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                settled += self._drain(final=False)
+        return settled
+
+
+# -- the window side -------------------------------------------------------------------------
+
+
+@dataclass
+class RangeSummary:
+    stream: str
+    planned: int = 0  # due windows in the range
+    existing: int = 0  # of those, stored before this run
+    computed: int = 0
+    ok: int = 0
+    insufficient: int = 0
+    risk: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
+    not_due: int = 0  # windows of the range left to the scheduler
+    samples: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_windows(
+    settings: Any, stream: str, since: datetime, until: datetime, now: datetime
+) -> tuple[list[WindowKey], int]:
+    """The due windows of [since, until) oldest first, and how many are not due yet."""
+    size, lateness = settings.windows.size, settings.windows.lateness
+    keys = list(iter_windows(stream, since, until, size))
+    due = [k for k in keys if is_due(k, now, lateness)]
+    return due, len(keys) - len(due)
+
+
+def backfill_range(
+    found: Services,
+    stream: str,
+    since: datetime,
+    until: datetime,
+    *,
+    recompute: bool,
+    dry_run: bool,
+    reporter_description: str = "windows",
+) -> RangeSummary:
+    """(Re)compute the due windows of [since, until) of ``stream``; see the module doc."""
+    from monitor.pipeline import WindowPipeline
+
+    repository = found.repository
+    keys, not_due = plan_windows(found.settings, stream, since, until, datetime.now(UTC))
+    summary = RangeSummary(stream=stream, planned=len(keys), not_due=not_due, dry_run=dry_run)
+    if keys:
+        stored = {
+            (w.key.start, w.key.end)
+            for w in repository.get_windows(stream, since=keys[0].start, until=keys[-1].end)
+        }
+        summary.existing = sum((k.start, k.end) in stored for k in keys)
+        summary.samples = repository.count_samples(stream, keys[0].start, keys[-1].end)
+        todo = keys if recompute else [k for k in keys if (k.start, k.end) not in stored]
+    else:
+        todo = []
+    if dry_run:
+        summary.computed = len(todo)  # what it would compute
+        return summary
+    pipeline = WindowPipeline(found.settings, repository, found.stores, found.metrics)
+    pipeline.restore(stream)  # older windows recomputed do not rewrite the risk history
+    started = time.perf_counter()
+    with Reporter(f"{reporter_description} {stream}", len(todo)) as reporter:
+        for key in todo:
+            result = pipeline.compute(key)
+            summary.computed += 1
+            if result.status == "ok":
+                summary.ok += 1
+                summary.risk[int(result.risk_level)] += 1
+            else:
+                summary.insufficient += 1
+            reporter.advance()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def windows_touched(
+    settings: Any, spans: dict[str, list[datetime]]
+) -> dict[str, tuple[datetime, datetime]]:
+    """[first window start, last window end) per stream of the event times seen."""
+    size = settings.windows.size
+    return {
+        stream: (window_start(first, size), window_start(last, size) + size)
+        for stream, (first, last) in spans.items()
+    }
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _print_range_table(summaries: list[RangeSummary]) -> None:
+    from rich.table import Table
+
+    dry = any(s.dry_run for s in summaries)
+    table = Table(title="backfill (dry run: nothing written)" if dry else "backfill")
+    for name in ("stream", "due windows", "stored before", "would compute" if dry else "computed"):
+        table.add_column(name, justify="right" if name != "stream" else "left")
+    if not dry:
+        for name in ("ok", "insufficient", "risk 0/1/2", "seconds", "windows/s"):
+            table.add_column(name, justify="right")
+    table.add_column("samples", justify="right")
+    table.add_column("not due yet", justify="right")
+    for s in summaries:
+        row = [s.stream, str(s.planned), str(s.existing), str(s.computed)]
+        if not dry:
+            row += [
+                str(s.ok),
+                str(s.insufficient),
+                f"{s.risk[0]}/{s.risk[1]}/{s.risk[2]}",
+                f"{s.seconds:.2f}",
+                f"{s.per_second:.1f}",
+            ]
+        row += [str(s.samples), str(s.not_due)]
+        table.add_row(*row)
+    from rich.console import Console
+
+    Console(soft_wrap=True, emoji=False, highlight=False).print(table)
+
+
+def _range_json(s: RangeSummary) -> dict[str, Any]:
+    data = asdict(s)
+    data["risk"] = {str(k): v for k, v in s.risk.items()}
+    data["windows_per_second"] = s.per_second
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("backfill")
+    def backfill(
+        config: ConfigOption = None,
+        from_jsonl: Annotated[
+            Path | None,
+            typer.Option(
+                "--from-jsonl",
+                help="Historical traffic, one record a line (the DESIGN record or OpenAI "
+                "messages + response), fed through validation, sampling, embedding and storage "
+                "as live traffic; then its windows are computed.",
+                dir_okay=False,
+            ),
+        ] = None,
+        stream: Annotated[
+            str | None,
+            typer.Option(
+                "--stream",
+                "-s",
+                help="With --from-jsonl: the stream of lines that name none. Otherwise: the "
+                "stream whose windows to compute (required).",
+            ),
+        ] = None,
+        since: Annotated[str | None, typer.Option(help=f"Range start. {TIME_HELP}")] = None,
+        until: Annotated[str | None, typer.Option(help=f"Range end. {TIME_HELP}")] = None,
+        recompute: Annotated[
+            bool, typer.Option("--recompute", help="Recompute windows already stored too.")
+        ] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Say what would be done; write nothing.")
+        ] = False,
+        strict: Annotated[
+            bool, typer.Option("--strict", help="Stop at the first invalid line.")
+        ] = False,
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", min=1, max=100_000, help="Lines per batch.")
+        ] = DEFAULT_BATCH,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Feed historical traffic through the live path, or (re)compute a range's windows.
+
+        Reruns add nothing twice; an interrupted run finishes when run again.
+        """
+        start, end = time_option(since, "since"), time_option(until, "until")
+        if from_jsonl is not None:
+            if since is not None or until is not None or dry_run:
+                raise typer.BadParameter(
+                    "--since/--until/--dry-run go with the range form, not with --from-jsonl",
+                    param_hint="--from-jsonl",
+                )
+            _from_jsonl(config, from_jsonl, stream, strict, batch_size, as_json)
+            return
+        if stream is None or start is None or end is None:
+            raise typer.BadParameter(
+                "give --from-jsonl FILE, or --stream S --since T --until T",
+                param_hint="--stream",
+            )
+        if end <= start:
+            raise typer.BadParameter("--until must be after --since", param_hint="--until")
+        settings = load(config, compute=True)
+        require_stream(settings, stream)
+        with services(settings, encoders=False) as found:
+            summary = backfill_range(
+                found, stream, start, end, recompute=recompute, dry_run=dry_run
+            )
+        if as_json:
+            typer.echo(json.dumps({"windows": [_range_json(summary)]}, indent=2, default=str))
+        else:
+            _print_range_table([summary])
+
+
+def _from_jsonl(
+    config: Path | None,
+    path: Path,
+    stream: str | None,
+    strict: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    settings = load(config, compute=True)
+    if stream is not None:
+        require_stream(settings, stream)
+    if not path.is_file():
+        raise MonitorError(f"no such file: {path}")
+    with services(settings, encoders=True) as found:
+        job = JsonlBackfill(found, stream=stream, strict=strict, batch=batch_size)
+        with Reporter(f"records from {path.name}", None) as reporter:
+            ingested = job.run(path, reporter)
+        ranges: list[RangeSummary] = []
+        for name, (first, last) in windows_touched(settings, ingested.spans).items():
+            ranges.append(
+                backfill_range(
+                    found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
+                )
+            )
+    data = asdict(ingested)
+    data.pop("spans")
+    data["records_per_second"] = ingested.lines / ingested.seconds if ingested.seconds else 0.0
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"records": data, "windows": [_range_json(r) for r in ranges]},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    typer.echo(
+        f"{ingested.lines:,} lines: {ingested.accepted:,} accepted, {ingested.sampled:,} sampled, "
+        f"{ingested.embedded:,} embedded here, {ingested.duplicates:,} already there, "
+        f"{ingested.invalid:,} invalid ({ingested.seconds:.1f} s, "
+        f"{data['records_per_second']:.0f} lines/s, embedding {ingested.embed_seconds:.1f} s)"
+    )
+    if ranges:
+        _print_range_table(ranges)
+    if ingested.invalid:
+        raise typer.Exit(1)

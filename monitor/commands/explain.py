@@ -1,0 +1,313 @@
+"""``mllm-monitor windows explain ID``: why a window got its risk level.
+
+* Each term as stored: value, null threshold, p-value, and its share of the scale-adjusted
+  bound (the bound is a sum of per-term contributions, :func:`emid_upper_bound`).
+* The risk decision, re-derived with the daemon's own code: the window's embeddings read as the
+  pipeline reads them (:func:`monitor.pipeline.read_window`), its terms judged by the stream's
+  current calibration (:meth:`StreamModel.estimate`) and the k-of-m rule applied to the
+  windows before it (:func:`monitor.risk.assess_risk`); the history is listed.
+* The top-k most out-of-distribution samples of the window, most shifted first: sample id, kNN
+  distance (the OOD score the workers stored), whether it is over the store's threshold, the
+  ids of its nearest ID records in the reference store, and the raw prompt / answer only where
+  raw retention kept them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from monitor.commands._common import ConfigOption, JsonOption, load, services
+from monitor.errors import MonitorError
+from monitor.records import WINDOW_TERMS, WindowResult
+
+DEFAULT_TOP_K = 10
+NEIGHBOURS = 3
+RAW_CHARS = 200
+
+
+@dataclass(frozen=True)
+class OODSample:
+    id: str
+    event_time: str
+    ood_score: float
+    over_threshold: bool
+    nearest_id: list[str]
+    nearest_similarity: list[float]
+    prompt: str | None = None
+    response: str | None = None
+
+
+def term_table(window: WindowResult) -> list[dict[str, Any]]:
+    """Per term: value, threshold, p-value, contribution to the bound and share of it."""
+    from monitor.estimators.emi import emid_upper_bound
+
+    jsd, thresholds, p_values = window.jsd, window.thresholds, window.p_values
+    contributions: dict[str, float | None] = {}
+    if window.status == "ok":
+        bound = emid_upper_bound(jsd.visual, jsd.text, jsd.output_id, jsd.output_live)
+        contributions = dict(bound.terms)
+    total = sum(v for v in contributions.values() if v is not None)
+    rows = []
+    for term in WINDOW_TERMS:
+        part = contributions.get(term)
+        rows.append(
+            {
+                "term": term,
+                "value": getattr(jsd, term),
+                "threshold": getattr(thresholds, term),
+                "p_value": getattr(p_values, term),
+                "bound_contribution": part,
+                "bound_share": part / total if part is not None and total > 0 else None,
+                "in_bound": term != "response",
+            }
+        )
+    return rows
+
+
+def top_ood_samples(
+    repository: Any, store: Any, window: WindowResult, k: int, fusion: str
+) -> list[OODSample]:
+    """The k samples of the window with the largest kNN OOD score, largest first."""
+    from monitor.embedding.fusion import fuse
+    from monitor.estimators._arrays import l2_normalise
+    from monitor.reference.index import search
+
+    key = window.key
+    mode: Any = fusion
+    heap: list[tuple[float, int, str, str, np.ndarray]] = []
+    counter = 0
+    for chunk in repository.iter_embeddings(
+        key.stream, key.start, key.end, kinds=("prompt", "image")
+    ):
+        prompt_at = {int(pos): row for row, pos in enumerate(chunk.index["prompt"])}
+        image_at = {int(pos): row for row, pos in enumerate(chunk.index["image"])}
+        for pos, score in enumerate(chunk.ood_scores):
+            if np.isnan(score) or pos not in prompt_at:
+                continue
+            if len(heap) == k and score <= heap[0][0]:
+                continue
+            prompt = chunk.vectors["prompt"][prompt_at[pos]].astype(np.float32)
+            has_image = pos in image_at
+            image = chunk.vectors["image"][image_at[pos]][None, :] if has_image else None
+            if image is None and fusion == "concat":  # x of a text-only record: zero image
+                width = int(store.manifest["dims"]["query"]) - len(prompt)
+                image = np.zeros((1, width), dtype=np.float32)
+            x = fuse(prompt[None, :], image, np.array([has_image]), mode)[0]
+            item = (float(score), counter, chunk.sample_ids[pos], str(chunk.event_times[pos]), x)
+            counter += 1
+            if len(heap) < k:
+                heapq.heappush(heap, item)
+            else:
+                heapq.heapreplace(heap, item)
+    chosen = sorted(heap, key=lambda item: (-item[0], item[2]))
+    if not chosen:
+        return []
+    threshold = float(store.ood["threshold"]) if store.ood else float("inf")
+    neighbours: list[list[str]] = [[] for _ in chosen]
+    similarities: list[list[float]] = [[] for _ in chosen]
+    if "query" in store.kinds:
+        queries = l2_normalise(np.stack([item[4] for item in chosen]))
+        sims, rows = search(store.index("query"), queries, NEIGHBOURS)
+        for i in range(len(chosen)):
+            pairs = [(int(r), float(s)) for r, s in zip(rows[i], sims[i], strict=True) if r >= 0]
+            neighbours[i] = [store.ids[r] for r, _ in pairs]
+            similarities[i] = [round(s, 6) for _, s in pairs]
+    out = []
+    for i, (score, _, sample_id, moment, _) in enumerate(chosen):
+        raw = repository.get_raw(sample_id)
+        out.append(
+            OODSample(
+                id=sample_id,
+                event_time=moment,
+                ood_score=score,
+                over_threshold=score > threshold,
+                nearest_id=neighbours[i],
+                nearest_similarity=similarities[i],
+                prompt=_cut(raw.prompt) if raw is not None else None,
+                response=_cut(raw.response) if raw is not None else None,
+            )
+        )
+    return out
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= RAW_CHARS else text[:RAW_CHARS] + "..."
+
+
+def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
+    """The risk decision re-derived by the daemon's code, with the k-of-m history."""
+    from monitor.pipeline import WindowPipeline, read_window
+    from monitor.risk import WindowSignals, assess_risk
+
+    settings = found.settings
+    key = window.key
+    pipeline = WindowPipeline(settings, found.repository, found.stores, found.metrics)
+    policy = pipeline.policy
+    previous = found.repository.recent_windows(key.stream, key.start, policy.m - 1)
+    history = [
+        {
+            "id": w.id,
+            "start": w.to_dict()["start"],
+            "risk_level": int(w.risk_level),
+            "bound": w.bound_scale_adjusted,
+            "bound_significant": w.bound_significant,
+        }
+        for w in previous
+    ]
+    out: dict[str, Any] = {
+        "stored_risk_level": int(window.risk_level),
+        "rule": f"critical: bound significant in {policy.k} of the last {policy.m} sufficient "
+        "windows, or the EMID interval above budget; warning: a term significant after the "
+        "correction for the terms tested, the OOD fraction over its threshold, or the bound "
+        "significant in this window",
+        "history": history,
+    }
+    if window.status != "ok":
+        out.update(
+            recomputed_risk_level=0,
+            reasons=[f"insufficient window: n = {window.n} < min_samples"],
+        )
+        return out
+    model = pipeline.model(key.stream)
+    data = read_window(
+        found.repository,
+        key,
+        max_samples=settings.windows.max_compute_samples,
+        ood_threshold=model.ood_threshold,
+    )
+    if data is None:
+        out.update(recomputed_risk_level=None, reasons=["the window's samples are gone"])
+        return out
+    from monitor.pipeline import _window_seed
+
+    estimate = model.estimate(data, seed=_window_seed(key))
+    assessment = estimate.assessment
+    signals = WindowSignals(
+        sufficient=True,
+        warning=assessment.warning,
+        bound_significant=assessment.bound_significant,
+        bound=estimate.values["bound_scale_adjusted"],
+        emid_interval=estimate.emid_interval,
+        reasons=estimate.reasons,
+    )
+    before = [
+        WindowSignals(
+            sufficient=True, bound_significant=w.bound_significant, bound=w.bound_scale_adjusted
+        )
+        for w in previous
+    ]
+    decision = assess_risk(signals, before, policy)
+    out.update(
+        recomputed_risk_level=int(decision.level),
+        reasons=list(decision.reasons) or ["nothing significant"],
+        calibrated=assessment.calibrated,
+        tests=assessment.tests,
+        term_level=assessment.term_level,
+        significant_terms=list(assessment.significant_terms),
+        bound_significant=assessment.bound_significant,
+        ood_fraction=data.ood_fraction,
+        ood_threshold=assessment.ood_threshold,
+    )
+    return out
+
+
+def explain_window(found: Any, window_id: str, top_k: int) -> dict[str, Any]:
+    window = found.repository.get_window(window_id)
+    if window is None:
+        raise MonitorError(f"no window with id {window_id!r} (see `mllm-monitor windows list`)")
+    store = found.stores.get(window.key.stream)
+    if store is None:
+        raise MonitorError(f"stream {window.key.stream!r} is not configured")
+    fusion = store.manifest.get("fusion", "mean")
+    samples = top_ood_samples(found.repository, store, window, top_k, fusion)
+    return {
+        "window": window.to_dict(),
+        "terms": term_table(window),
+        "risk": risk_explanation(found, window),
+        "top_ood_samples": [vars(s) for s in samples],
+    }
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print(data: dict[str, Any]) -> None:
+    w = data["window"]
+    echo = typer.echo
+    echo(
+        f"window {w['id']}  stream {w['stream']}  {w['start']} .. {w['end']}  n={w['n']} "
+        f"({w['status']}), risk level {w['risk_level']}"
+    )
+    bound = w["upper_bound"]
+    echo(
+        f"bound (scale-adjusted) {_fmt(bound['scale_adjusted'])}, threshold "
+        f"{_fmt(bound.get('threshold'))}, p {_fmt(bound.get('p_value'), '.3g')}; "
+        f"OOD fraction {_fmt(w['ood_fraction'])} (threshold {_fmt(w.get('ood_threshold'))})"
+    )
+    echo("")
+    echo(f"{'term':<12} {'value':>9} {'threshold':>10} {'p-value':>9} {'share of bound':>15}")
+    for row in data["terms"]:
+        share = row["bound_share"]
+        echo(
+            f"{row['term']:<12} {_fmt(row['value']):>9} {_fmt(row['threshold']):>10} "
+            f"{_fmt(row['p_value'], '.3g'):>9} "
+            f"{'-' if share is None else f'{100 * share:.0f}%':>15}"
+            + ("" if row["in_bound"] else "  (not in the bound)")
+        )
+    risk = data["risk"]
+    echo("")
+    echo(
+        f"risk: stored level {risk['stored_risk_level']}, recomputed now "
+        f"{risk.get('recomputed_risk_level')}"
+    )
+    for reason in risk["reasons"]:
+        echo(f"  - {reason}")
+    echo(f"  rule: {risk['rule']}")
+    if risk["history"]:
+        echo("  windows before (k-of-m history):")
+        for h in risk["history"]:
+            echo(
+                f"    {h['start']}  level {h['risk_level']}  bound {_fmt(h['bound'])}  "
+                f"significant {h['bound_significant']}"
+            )
+    echo("")
+    samples = data["top_ood_samples"]
+    echo(f"most out-of-distribution samples ({len(samples)}):")
+    for s in samples:
+        flag = " OOD" if s["over_threshold"] else ""
+        echo(
+            f"  {s['id']}  kNN distance {s['ood_score']:.4f}{flag}  nearest ID: "
+            + ", ".join(s["nearest_id"])
+        )
+        if s["prompt"] is not None:
+            echo(f"      prompt: {json.dumps(s['prompt'], ensure_ascii=False)}")
+
+
+def register(windows_app: typer.Typer) -> None:
+    @windows_app.command("explain")
+    def windows_explain(
+        window_id: Annotated[str, typer.Argument(help="Window id (from `windows list`).")],
+        config: ConfigOption = None,
+        top_k: Annotated[
+            int, typer.Option("--top-k", "-k", min=1, max=1000, help="OOD samples to list.")
+        ] = DEFAULT_TOP_K,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Why a window has its risk level: terms against thresholds, the rule that fired
+        (with the k-of-m history), and its most out-of-distribution samples."""
+        settings = load(config, compute=True)
+        with services(settings, encoders=False) as found:
+            data = explain_window(found, window_id, top_k)
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, default=str))
+        else:
+            _print(data)
