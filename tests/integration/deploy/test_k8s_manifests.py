@@ -1,0 +1,283 @@
+"""deploy/k8s/: the overlays render, and every object refers only to what the project has.
+
+Rendering: tests/integration/deploy/kustomize_lite.py (the subset of kustomize the manifests
+use; anything else is refused), compared with the real ``kustomize build`` / ``kubectl
+kustomize`` wherever one is installed. Cross-checks: MLLM_MONITOR_* variables against the
+settings model, the ConfigMap's TOML loaded through monitor.config.load_settings (with the
+containers' environment), probe and scrape paths against the app's routes, ports against
+[server] port, CLI invocations against the CLI, volumes and Secret keys against what exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.deploy.kustomize_lite import (
+    UnsupportedKustomizationError,
+    build,
+    containers,
+    key,
+    kustomize_binary,
+    pod_spec,
+)
+from tests.integration.deploy.project_facts import (
+    DEPLOY,
+    SECRET_STANDINS,
+    assert_settings_variables,
+    cli_command,
+    daemon_app,
+    load_with_environment,
+    route_exists,
+)
+
+K8S = DEPLOY / "k8s"
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+MONITOR_IMAGE = "registry.example.com/mllm-monitor"
+CONFIG_FILE = "mllm-monitor.toml"  # the ConfigMap key, and the file MLLM_MONITOR_CONFIG names
+
+
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {overlay.name: build(overlay) for overlay in OVERLAYS}
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def monitor_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in containers(objects) if c["image"].startswith(MONITOR_IMAGE)]
+
+
+def container_env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's environment, Secret references replaced by stand-in values."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["key"] in secret_keys(), f"{item['name']}: no key {ref['key']!r}"
+            env[item["name"]] = SECRET_STANDINS[item["name"]]
+    return env
+
+
+def secret_keys() -> set[str]:
+    """Keys of the Secret the workloads read (documented in secret.example.yaml)."""
+    secret = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
+    return set(secret["stringData"])
+
+
+def config_toml(objects: list[dict[str, Any]]) -> str:
+    (config_map,) = [o for o in by_kind(objects, "ConfigMap") if CONFIG_FILE in o["data"]]
+    text: str = config_map["data"][CONFIG_FILE]
+    return text
+
+
+def test_there_are_the_two_overlays() -> None:
+    assert {overlay.name for overlay in OVERLAYS} == {"sidecar", "standalone"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlay_renders_the_whole_deployment(overlay: Path) -> None:
+    objects = build(overlay)
+    kinds = {obj["kind"] for obj in objects}
+    assert kinds >= {
+        "ConfigMap",
+        "Service",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Job",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Deployment",
+    }
+    assert len({key(obj) for obj in objects}) == len(objects), "duplicate objects"
+    namespaces = {obj["metadata"].get("namespace") for obj in objects}
+    assert len(namespaces) == 1 and None not in namespaces
+    # The images transformer reached every monitor container (none left on the bare name).
+    images = {c["image"] for c in containers(objects)}
+    assert "mllm-monitor" not in images
+    assert any(image.startswith(MONITOR_IMAGE + ":") for image in images)
+
+
+def test_rendering_agrees_with_kustomize_where_installed(tmp_path: Path) -> None:
+    """Where a kustomize binary exists (kubectl kustomize here), its output is the same set of
+    objects; everywhere, the renderer refuses kustomize features it does not implement."""
+    command = kustomize_binary()
+    if command is not None:
+        for overlay in OVERLAYS:
+            result = subprocess.run(
+                [*command, str(overlay)], capture_output=True, text=True, timeout=120, check=False
+            )
+            assert result.returncode == 0, result.stderr
+            real = {key(o): o for o in yaml.safe_load_all(result.stdout) if o}
+            ours = {key(o): o for o in build(overlay)}
+            assert ours == real, overlay.name
+    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
+    with pytest.raises(UnsupportedKustomizationError, match="commonLabels"):
+        build(tmp_path)
+
+
+def test_prometheusrule_holds_exactly_the_alert_rules() -> None:
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rule = yaml.safe_load((K8S / "base" / "prometheusrule.yaml").read_text())
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == alerts["groups"]
+    # And the file is what the generator writes now (it was regenerated after the last edit).
+    spec = importlib.util.spec_from_file_location(
+        "generate_prometheusrule", K8S / "generate_prometheusrule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.render() == (K8S / "base" / "prometheusrule.yaml").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_environment_variables_are_settings(overlay: Path) -> None:
+    objects = build(overlay)
+    for container in monitor_containers(objects):
+        names = {item["name"] for item in container.get("env", [])}
+        monitor_names = {n for n in names if n.startswith("MLLM_MONITOR_")}
+        assert monitor_names, container["name"]
+        assert_settings_variables(monitor_names, f"{overlay.name}/{container['name']}")
+        assert names - monitor_names <= {"HF_HUB_OFFLINE"}, container["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_config_loads_with_each_container_environment(overlay: Path, tmp_path: Path) -> None:
+    objects = build(overlay)
+    config = tmp_path / CONFIG_FILE
+    config.write_text(config_toml(objects))
+    assert tomllib.loads(config.read_text())  # plain TOML first
+    for container in monitor_containers(objects):
+        settings = load_with_environment(config, container_env(container, objects))
+        assert settings.database.url.startswith("postgresql+psycopg://"), "replicas need PG"
+        assert settings.server.host == "0.0.0.0" and settings.server.token
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        # The image reads /etc/mllm-monitor/mllm-monitor.toml (MLLM_MONITOR_CONFIG).
+        assert mounts["/etc/mllm-monitor"]["readOnly"] is True
+        if container["name"] == "mllm-monitor":  # the serving container
+            assert mounts[str(settings.reference.root)]["readOnly"] is True
+            assert mounts["/var/cache/huggingface"]["readOnly"] is True
+            assert settings.encoders.local_files_only, "read-only model cache: no downloads"
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert ports == {"http": settings.server.port}
+            if overlay.name == "sidecar":
+                assert settings.proxy.upstream == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_probes_and_scrapes_hit_routes_the_app_serves(overlay: Path, tmp_path: Path) -> None:
+    objects = build(overlay)
+    paths: list[tuple[str, str]] = []
+    for container in monitor_containers(objects):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe in container:
+                assert container[probe]["httpGet"]["port"] == "http"
+                paths.append((probe, container[probe]["httpGet"]["path"]))
+    (monitor,) = [c for c in monitor_containers(objects) if c["name"] == "mllm-monitor"]
+    assert monitor["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert monitor["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (service_monitor,) = by_kind(objects, "ServiceMonitor")
+    for endpoint in service_monitor["spec"]["endpoints"]:
+        paths.append(("scrape", endpoint["path"]))
+    with daemon_app(tmp_path) as client:
+        for what, path in paths:
+            assert route_exists(client, "GET", path), f"{what}: no GET {path}"
+        assert route_exists(client, "POST", "/v1/chat/completions")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_service_ports_and_selectors_reach_the_monitor(overlay: Path) -> None:
+    objects = build(overlay)
+    (service,) = by_kind(objects, "Service")
+    (service_monitor,) = by_kind(objects, "ServiceMonitor")
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    (deployment,) = by_kind(objects, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    settings_port = tomllib.loads(config_toml(objects))["server"]["port"]
+    (monitor,) = [c for c in monitor_containers(objects) if c["name"] == "mllm-monitor"]
+    named = {p["name"]: p["containerPort"] for p in monitor["ports"]}
+    for port in service["spec"]["ports"]:
+        assert named[port["targetPort"]] == settings_port
+    assert {p["name"] for p in service["spec"]["ports"]} >= {
+        e["port"] for e in service_monitor["spec"]["endpoints"]
+    }
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [
+        settings_port
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_volumes_config_maps_and_claims_exist(overlay: Path) -> None:
+    objects = build(overlay)
+    names = {key(obj) for obj in objects}
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, f"{container['name']}: {mount['name']}"
+        for volume in volumes.values():
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_commands_are_cli_commands(overlay: Path) -> None:
+    """The Job runs `db upgrade`, the init container waits on `db current`, the workload
+    serves; each is a command of this CLI with these options."""
+    objects = build(overlay)
+    (job,) = by_kind(objects, "Job")
+    (upgrade,) = job["spec"]["template"]["spec"]["containers"]
+    assert upgrade["args"] == ["db", "upgrade"]
+    cli_command(upgrade["args"])
+    seen = set()
+    for container in monitor_containers(objects):
+        if "args" in container:
+            cli_command(container["args"])
+            seen.add(tuple(container["args"]))
+        if "command" in container:
+            script = container["command"][-1]
+            assert "mllm-monitor db current" in script
+            cli_command(["db", "current"])
+            seen.add(("db", "current"))
+    assert seen >= {("serve",), ("db", "upgrade"), ("db", "current")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_containers_run_unprivileged_with_resources(overlay: Path) -> None:
+    objects = build(overlay)
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            if not container["image"].startswith(MONITOR_IMAGE):
+                continue
+            security = {**spec.get("securityContext", {}), **container["securityContext"]}
+            assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["readOnlyRootFilesystem"] is True
+            resources = container["resources"]
+            assert resources["requests"]["memory"] and resources["limits"]["memory"]
