@@ -1,12 +1,22 @@
 """Reading a window against its calibration: p-values, thresholds, the warning and the bound.
 
-* Each tested term (:data:`TESTED_TERMS`) reads the null of the largest calibrated count that
-  is <= the count entering that term (records for text and response, images for visual,
-  reference pairs for output_live). JSD shrinks as n grows, so a smaller count's null is
-  conservative for a larger window (measured: see ``tests/integration/reference/
-  test_false_alarm_matrix.py``). A count below the smallest calibrated one gets no p-value: a
-  larger count's null would be far too narrow for it (a window of 30 read against the 50-null
-  alarmed 97% of the time).
+* Each tested term (:data:`TESTED_TERMS`) reads a null for the count of rows entering it
+  (records for text and response, images for visual, reference pairs for output_live):
+  - a calibrated count: its null;
+  - a count between two calibrated ones, from 20 on: each quantile interpolated linearly in
+    1/sqrt(n) between the two. Measured on synthetic ID data (1,000 trials, 95% and 99%
+    quantiles, every term, counts 28, 70, 140 between the doubled ones): within -3% (noise of
+    the 99% quantile) to +6% of the directly calibrated quantile, where the smaller count's
+    null alone sat 5-40% higher and never alarmed. Linear in 1/n fits at n >= 20 too (within
+    2%) but comes out 2-6% low below 20, where quantiles bend; even in 1/sqrt(n), 7 reference
+    pairs read between 5 and 10 alarmed 0.069 of the time at alpha = 0.05 (the output term's
+    null is narrow around a large offset). Each trial keeps its rank in the smaller count's
+    null, so the bound's null keeps the terms' dependence;
+  - a count between two calibrated ones below 20: the smaller count's null (conservative:
+    JSD shrinks with n); small counts are calibrated sqrt(2) apart (5, 7, 10, 14) for that;
+  - above the largest count: the largest count's null (conservative, JSD shrinks with n);
+  - below the smallest: no p-value. A larger count's null is far too narrow for it (a window
+    of 30 read against the 50-null alarmed 97% of the time).
 * The warning corrects for the number of tests with Bonferroni: each term with a p-value, and
   the OOD fraction when it is tested, at ``alpha / tests``. Bonferroni holds whatever the
   dependence between the terms; a min-p null over the shared pseudo-windows would lose less
@@ -25,11 +35,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import NullDistribution, binomial_count_threshold
 from monitor.estimators.emi import emid_upper_bound
-from monitor.reference.window_stats import TESTED_TERMS, check_calibration
+from monitor.reference.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 
 ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
 
@@ -51,17 +62,17 @@ class WindowAssessment:
 
 
 def null_for(calibration: dict[str, Any], statistic: str, n: int) -> NullDistribution | None:
-    """The null of ``statistic`` (a tested term) for n rows entering it.
+    """The null of ``statistic`` (a tested term) for n rows entering it (module docstring).
 
-    The largest calibrated count <= n, which is conservative for n above it since the JSD
-    shrinks with n; None when n is below every calibrated count or the term has no null.
+    None when n is below every calibrated count or the term has no null. ``window_size`` of
+    the result is n for an interpolated null, else the calibrated count read.
     """
     check_calibration(calibration)
-    by_size = calibration["nulls"].get(statistic)
-    size = _bucket(by_size, n)
-    if size is None:
+    found = _term_values(calibration["nulls"].get(statistic), n)
+    if found is None:
         return None
-    return NullDistribution(size, np.asarray(by_size[str(size)], dtype=np.float64))
+    size, values = found
+    return NullDistribution(size, values)
 
 
 def bound_null(
@@ -78,32 +89,29 @@ def bound_null(
     """
     check_calibration(calibration)
     nulls = calibration["nulls"]
-    text_size = _bucket(nulls.get("text"), n)
-    if text_size is None:
+    text = _term_values(nulls.get("text"), n)
+    if text is None:
         return None
-    text = nulls["text"][str(text_size)]
     visual = live = None
     if n_images is not None:
-        size = _bucket(nulls.get("visual"), n_images)
-        if size is None:
+        visual = _term_values(nulls.get("visual"), n_images)
+        if visual is None:
             return None
-        visual = nulls["visual"][str(size)]
     if n_references is not None:
-        size = _bucket(nulls.get("output_live"), n_references)
-        if size is None:
+        live = _term_values(nulls.get("output_live"), n_references)
+        if live is None:
             return None
-        live = nulls["output_live"][str(size)]
     out_id = calibration.get("output_id")
     values = [
         emid_upper_bound(
-            visual[i] if visual is not None else None,
-            text[i],
+            visual[1][i] if visual is not None else None,
+            text[1][i],
             out_id,
-            live[i] if live is not None else None,
+            live[1][i] if live is not None else None,
         ).value
-        for i in range(len(text))
+        for i in range(len(text[1]))
     ]
-    return NullDistribution(text_size, np.asarray(values, dtype=np.float64))
+    return NullDistribution(text[0], np.asarray(values, dtype=np.float64))
 
 
 def assess_window(
@@ -190,8 +198,28 @@ def _below(p_value: float | None, level: float) -> bool:
     return p_value is not None and p_value < level
 
 
-def _bucket(by_size: Mapping[str, Any] | None, n: int) -> int | None:
+def _term_values(
+    by_size: Mapping[str, Any] | None, n: int
+) -> tuple[int, npt.NDArray[np.float64]] | None:
+    """(size, values in trial order) of a term's null for n rows; None below every count."""
     if not by_size:
         return None
-    fitting = [int(s) for s in by_size if int(s) <= n]
-    return max(fitting) if fitting else None
+    sizes = sorted(int(s) for s in by_size)
+    below = [s for s in sizes if s <= n]
+    if not below:
+        return None
+    low = below[-1]
+    low_values = np.asarray(by_size[str(low)], dtype=np.float64)
+    above = [s for s in sizes if s > n]
+    if low == n or not above:
+        return low, low_values
+    high = above[0]
+    if low < INTERPOLATE_FROM:
+        return low, low_values
+    high_values = np.asarray(by_size[str(high)], dtype=np.float64)
+    weight = (low**-0.5 - n**-0.5) / (low**-0.5 - high**-0.5)
+    low_sorted, high_sorted = np.sort(low_values), np.sort(high_values)
+    quantiles = low_sorted + weight * (high_sorted - low_sorted)
+    # Each trial takes the interpolated quantile of its rank in the smaller count's null.
+    ranks = np.argsort(np.argsort(low_values, kind="stable"), kind="stable")
+    return n, quantiles[ranks]

@@ -49,6 +49,10 @@ DEFAULT_WINDOW_SIZES = (50, 100, 200, 500)
 # Smallest image / reference count calibrated: fewer rows give a JSD too noisy to test, and
 # such windows get no p-value for that term (nor for the bound that includes it).
 MIN_TERM_COUNT = 5
+SMALL_COUNTS = (5, 7, 10, 14)
+# From this count on, a count between two calibrated ones reads a null interpolated between
+# them; below it, the smaller count's null (monitor.reference.assess says why).
+INTERPOLATE_FROM = 20
 # Tests in a warning's Bonferroni family: the four tested terms and the OOD fraction.
 WARNING_TESTS = len(TESTED_TERMS) + 1
 
@@ -386,13 +390,15 @@ def _record_sizes(
 
 
 def _count_ladder(sizes: Sequence[int], limit: int) -> list[int]:
-    """Image / reference count buckets: doubling from MIN_TERM_COUNT, plus the window sizes."""
-    ladder = set(sizes)
-    count = MIN_TERM_COUNT
+    """Image / reference count buckets: 5, 7, 10, 14, then doubling from 20, plus the window
+    sizes. Between small counts a window reads the smaller count's null (conservative; see
+    :mod:`monitor.reference.assess`), so they are spaced by sqrt(2) to lose little power."""
+    ladder = set(sizes) | set(SMALL_COUNTS)
+    count = INTERPOLATE_FROM
     while count < max(sizes):
         ladder.add(count)
         count *= 2
-    return sorted(c for c in ladder if MIN_TERM_COUNT <= c <= limit)
+    return sorted(c for c in ladder if MIN_TERM_COUNT <= c <= min(limit, max(sizes)))
 
 
 def _reference_or_none(rows: Rows | None, mode: JSDMode) -> ReferenceJSD | None:

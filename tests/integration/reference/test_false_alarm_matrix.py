@@ -126,9 +126,13 @@ CASES = [
     Case("visual, 25 images of 100 (between 20 / 40)", 100, 25, 0, ("visual",), exact=False),
     Case("output_live, 5 references of 100 (5%)", 100, 0, 5, ("output_live",), exact=True),
     Case("output_live, 10 references of 200 (5%)", 200, 0, 10, ("output_live",), exact=True),
-    Case("output_live, 7 references of 100", 100, 0, 7, ("output_live",), exact=False),
+    Case("output_live, 7 references of 100 (bucket)", 100, 0, 7, ("output_live",), exact=True),
+    Case(
+        "output_live, 12 references of 100 (between 10 / 14)", 100, 0, 12, ("output_live",), False
+    ),
     Case("bound, n = 100, 40 images, 5 references", 100, 40, 5, ("bound", *TESTED_TERMS), True),
-    Case("bound, n = 150, 25 images, 7 references", 150, 25, 7, ("bound", *TESTED_TERMS), False),
+    Case("bound, n = 70, 25 images, 12 references", 70, 25, 12, ("bound", *TESTED_TERMS), False),
+    Case("bound, n = 150 (above the largest bucket)", 150, 40, 10, ("bound", *TESTED_TERMS), False),
     Case("OOD fraction alone, n = 100 (binomial tail)", 100, 0, 0, (), exact=False, ood=True),
     Case("warning: 4 terms + OOD, Bonferroni", 100, 40, 10, TESTED_TERMS, False, ood=True),
 ]

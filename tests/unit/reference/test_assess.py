@@ -83,7 +83,7 @@ def test_nulls_are_the_live_statistics_of_pool_pseudo_windows(
     assert values["output_live"] == nulls["output_live"]["10"][0]
     assert values["output_id"] == calibration["output_id"]
     # About 500 pool records have a reference: pairs up to 25 (5% of them) are calibrated.
-    assert calibration["count_buckets"]["output_live"] == [5, 10, 20]
+    assert calibration["count_buckets"]["output_live"] == [5, 7, 10, 14, 20]
 
 
 def test_bounds_record_their_jsd_mode_and_entropy_scale(
@@ -198,10 +198,18 @@ def test_null_lookup_keys_each_term_by_its_own_count(
     calibrated: tuple[IDArrays, dict[str, Any]],
 ) -> None:
     _, calibration = calibrated
-    assert null_for(calibration, "text", 19) is None
-    text = null_for(calibration, "text", 35)
-    assert text is not None and text.window_size == 20  # the conservative bucket below
-    visual = null_for(calibration, "visual", 12)
+    assert null_for(calibration, "text", 19) is None  # below every count
+    text_20, text_50 = null_for(calibration, "text", 20), null_for(calibration, "text", 50)
+    above = null_for(calibration, "text", 80)
+    assert text_20 is not None and text_50 is not None and above is not None
+    assert above.window_size == 50 and np.array_equal(above.values, text_50.values)
+    # Between counts from 20 on: every quantile interpolated linearly in 1/sqrt(n).
+    between = null_for(calibration, "text", 35)
+    assert between is not None and between.window_size == 35
+    weight = (20**-0.5 - 35**-0.5) / (20**-0.5 - 50**-0.5)
+    expected = text_20.values + weight * (text_50.values - text_20.values)  # sorted arrays
+    np.testing.assert_allclose(between.values, expected)
+    visual = null_for(calibration, "visual", 12)  # below 20: the smaller count's null
     assert visual is not None and visual.window_size == 10
     assert null_for(calibration, "output_live", 4) is None
 
