@@ -4,6 +4,7 @@ otherwise)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -45,6 +46,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 err_console = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
 
+
+def out_console() -> Console:
+    """stdout for tables: wide enough for a summary table when stdout is a pipe or a file."""
+    return Console(
+        width=None if sys.stdout.isatty() else 200, soft_wrap=True, emoji=False, highlight=False
+    )
+
+
 _RELATIVE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -85,7 +94,11 @@ TIME_HELP = "RFC 3339, epoch seconds, 'now', or relative like -6h / -30m."
 
 def load(config: Path | None, *, compute: bool = False) -> Settings:
     """The settings; with ``compute``, [compute] applied (before encoders or estimators run)."""
+    from monitor.daemon import configure_logging
+
     settings = load_settings(config)
+    # The services log as in the daemon; a command shows warnings and errors only, as text.
+    configure_logging(logging.WARNING, json_logs=False)
     if compute:
         from monitor.compute import apply_compute_settings
 
@@ -160,6 +173,7 @@ class Reporter:
         self.done = 0
         self._every = every
         self._last = 0.0
+        self._shown = -1
         self._started = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
@@ -183,7 +197,7 @@ class Reporter:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
-        elif self.done:
+        elif self.done and self._shown != self.done:
             self._line()
 
     def advance(self, count: int = 1, *, total: int | None = None) -> None:
@@ -199,6 +213,7 @@ class Reporter:
             self._line()
 
     def _line(self) -> None:
+        self._shown = self.done
         elapsed = time.monotonic() - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         line = f"{self.description}: {self.done:,}"

@@ -44,6 +44,7 @@ from monitor.commands._common import (
     Services,
     err_console,
     load,
+    out_console,
     require_stream,
     services,
     time_option,
@@ -367,9 +368,7 @@ def _print_range_table(summaries: list[RangeSummary]) -> None:
             ]
         row += [str(s.samples), str(s.not_due)]
         table.add_row(*row)
-    from rich.console import Console
-
-    Console(soft_wrap=True, emoji=False, highlight=False).print(table)
+    out_console().print(table)
 
 
 def _range_json(s: RangeSummary) -> dict[str, Any]:
