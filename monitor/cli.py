@@ -598,7 +598,7 @@ def calibrate(
         int | None,
         typer.Option(
             min=1,
-            help="Pseudo-windows per size. Default: the minimum that [alerts] false_alarm_rate "
+            help="Pseudo-windows per size. Default: the minimum that alerts.false_alarm_rate "
             "needs over the 5 warning tests (500 at 0.01); fewer are refused.",
         ),
     ] = None,

@@ -75,3 +75,13 @@ def test_emi_is_model_mi_minus_reference_mi_and_emid_their_drop() -> None:
     assert emid(model, x, y_hat, y, x2, y_hat2, y2) == pytest.approx(
         emi(model, x, y_hat, y) - emi(model, x2, y_hat2, y2)
     )
+
+
+def test_the_bound_records_the_jsd_mode_of_its_terms() -> None:
+    assert emid_upper_bound(0.04, 0.09, 0.0016, 0.0081).jsd_mode is None  # not stated
+    bound = emid_upper_bound(0.04, 0.09, 0.0016, None, jsd_mode="balanced")
+    assert bound.jsd_mode == "balanced" and not bound.complete
+    scaled = emid_upper_bound(
+        0.04, 0.09, 0.0016, 0.0081, form="entropy_scaled", entropy_scale=2.0, jsd_mode="paper"
+    )
+    assert scaled.jsd_mode == "paper"
