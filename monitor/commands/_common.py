@@ -73,6 +73,8 @@ def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
         if not math.isfinite(seconds) or seconds > 3650 * 86400:
             raise ValueError(f"relative time out of range: {value!r}")
         return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
+    if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
+        raise ValueError(f"relative time {value!r} needs a unit: ms, s, m, h, d or w (like -6h)")
     return parse_time(text, "time")
 
 

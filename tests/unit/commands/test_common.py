@@ -1,0 +1,57 @@
+"""Time arguments, content ids and line splitting of the SRE commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.commands._common import parse_time_arg
+from monitor.commands.backfill import content_id, read_lines
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("NOW", NOW),
+        ("-6h", NOW - timedelta(hours=6)),
+        ("-30m", NOW - timedelta(minutes=30)),
+        ("- 2d", NOW - timedelta(days=2)),
+        ("+1w", NOW + timedelta(weeks=1)),
+        ("-1.5s", NOW - timedelta(seconds=1.5)),
+        ("2026-02-01T00:00:00Z", datetime(2026, 2, 1, tzinfo=UTC)),
+        ("2026-02-01T02:00:00+02:00", datetime(2026, 2, 1, tzinfo=UTC)),
+        ("1700000000", datetime.fromtimestamp(1700000000, UTC)),
+    ],
+)
+def test_time_arguments(text: str, expected: datetime) -> None:
+    assert parse_time_arg(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "-6", "6h", "-6y", "2026-13-01T00:00:00Z", ""])
+def test_bad_time_arguments_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"time|unit|RFC 3339"):
+        parse_time_arg(text, now=NOW)
+
+
+def test_content_id_is_stable_and_ignores_key_order() -> None:
+    a = content_id({"prompt": "p", "response": "r", "timestamp": 1})
+    assert a == content_id({"timestamp": 1, "response": "r", "prompt": "p"})
+    assert a != content_id({"prompt": "p", "response": "r2", "timestamp": 1})
+    assert a.startswith("h-") and len(a) == 34
+
+
+def test_lines_split_on_newline_only(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    # U+2028 / U+2029 and a lone \r inside a string are valid JSON text, not line ends.
+    path.write_bytes(
+        '{"prompt": "a\u2028b"}\n\n{"prompt": "c\u2029d\rx"}\r\n   \n{"prompt": "e"}'.encode()
+    )
+    lines = list(read_lines(path))
+    assert [n for n, _ in lines] == [1, 3, 5]
+    assert lines[0][1].decode() == '{"prompt": "a\u2028b"}'
+    assert lines[1][1].decode() == '{"prompt": "c\u2029d\rx"}'
