@@ -6,6 +6,7 @@ commands and options, the settings model, the console scripts. Used by the packa
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -102,7 +103,7 @@ def cli_command(argv: list[str]) -> Any:
     assert not hasattr(command, "commands"), f"`mllm-monitor {' '.join(argv)}` is a group"
     known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     for word in words:
-        if word.startswith("-"):
+        if word.startswith("-") and not re.match(r"-\d", word):  # -1, -24h are values
             option = word.split("=", 1)[0]
             assert option in known, f"`mllm-monitor {' '.join(argv)}`: no option {option}"
     return command
