@@ -100,7 +100,8 @@ def load(config: Path | None, *, compute: bool = False) -> Settings:
 
     settings = load_settings(config)
     # The services log as in the daemon; a command shows warnings and errors only, as text.
-    configure_logging(logging.WARNING, json_logs=False)
+    if not logging.getLogger().handlers:  # not when embedded (tests, a host application)
+        configure_logging(logging.WARNING, json_logs=False)
     if compute:
         from monitor.compute import apply_compute_settings
 
