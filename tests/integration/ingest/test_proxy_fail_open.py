@@ -18,8 +18,9 @@ import numpy as np
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from monitor.config import Settings
 from monitor.embedding import EncoderSet
@@ -114,6 +115,21 @@ def test_a_full_inbox_loses_the_sample_not_the_answer(tmp_path: Path) -> None:
     assert repo.inbox_depth() == 1
 
 
+def drop_database(admin: Engine, name: str, *, if_exists: bool = False) -> None:
+    """DROP DATABASE ... WITH (FORCE), retried: an autovacuum worker on it (which this role may
+    not terminate) makes a drop fail for a moment."""
+    exists = "IF EXISTS " if if_exists else ""
+    for attempt in range(20):
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE {exists}"{name}" WITH (FORCE)')
+            return
+        except DBAPIError:
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+
+
 def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
     """A real PostgreSQL database is dropped (its connections killed) under the sidecar."""
     admin_url = os.environ.get(POSTGRES_ENV)
@@ -134,8 +150,7 @@ def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
             assert answers(proxied, "before") == answers(direct, "before")
             wait_for(lambda: repo.inbox_depth() == 2, what="both exchanges sampled")
 
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            drop_database(admin, name)
             started = time.perf_counter()
             for n in range(3):
                 assert answers(proxied, f"during {n}") == answers(direct, f"during {n}")
@@ -144,8 +159,7 @@ def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
             assert dropped(metrics) >= 6
     finally:
         repo.close()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name, if_exists=True)
         admin.dispose()
 
 
