@@ -137,22 +137,26 @@ def plan_windows(
     return windows
 
 
-def record_json(record: ManifestRecord, at: datetime, record_id: str) -> dict[str, Any]:
+def record_json(
+    record: ManifestRecord, at: datetime, record_id: str, stream: str = STREAM
+) -> dict[str, Any]:
     return {
         "id": record_id,
         "timestamp": at.isoformat().replace("+00:00", "Z"),
-        "stream": STREAM,
+        "stream": stream,
         "model": record.model,
         "prompt": record.prompt,
         "response": record.response,
     }
 
 
-def window_payload(window: PlannedWindow, run_id: str) -> list[dict[str, Any]]:
+def window_payload(
+    window: PlannedWindow, run_id: str, stream: str = STREAM
+) -> list[dict[str, Any]]:
     """The window's records spread evenly over it; ids carry the run and the window."""
     step = WINDOW / len(window.records)
     return [
-        record_json(r, window.start + (i + 0.5) * step, f"qs-{run_id}-{window.index}-{i}")
+        record_json(r, window.start + (i + 0.5) * step, f"qs-{run_id}-{window.index}-{i}", stream)
         for i, r in enumerate(window.records)
     ]
 
@@ -185,9 +189,23 @@ def prepare_workspace(directory: Path) -> None:
     (directory / MARKER).write_text("made by `mllm-monitor quickstart`; a rerun cleans it\n")
 
 
-def config_text(directory: Path, *, port: int, model_dir: Path) -> str:
-    """The workspace's settings: embedded defaults plus the quickstart's encoder and windows."""
+def config_text(
+    directory: Path,
+    *,
+    port: int,
+    model_dir: Path,
+    streams: Sequence[str] = (STREAM,),
+    database: str = "mllm-monitor.db",
+) -> str:
+    """The workspace's settings: embedded defaults plus the quickstart's encoder and windows.
+
+    ``streams`` all read the store ``default``; ``database`` is a file name in ``directory``.
+    """
     root = directory.resolve()
+    stream_tables = "\n".join(
+        f'[[streams]]\nname = "{name}"\nreference = "default"\nsample_rate = 1.0\n'
+        for name in streams
+    )
     return f"""\
 # Written by `mllm-monitor quickstart`. The embedded defaults (SQLite, local FAISS files,
 # in-process scheduler) with a small text encoder that ships inside a Python package.
@@ -195,7 +213,7 @@ def config_text(directory: Path, *, port: int, model_dir: Path) -> str:
 # PostgreSQL).
 
 [database]
-url = {json.dumps(f"sqlite:///{root / 'mllm-monitor.db'}")}
+url = {json.dumps(f"sqlite:///{root / database}")}
 
 [server]
 host = "127.0.0.1"
@@ -215,11 +233,7 @@ model = {json.dumps(str(model_dir))}
 [reference]
 root = {json.dumps(str(root / "references"))}
 
-[[streams]]
-name = "{STREAM}"
-reference = "default"
-sample_rate = 1.0
-
+{stream_tables}
 [windows]
 size = "1m"
 lateness = "10s"
@@ -333,10 +347,12 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def post_records(client: httpx.Client, windows: Sequence[PlannedWindow], run_id: str) -> int:
+def post_records(
+    client: httpx.Client, windows: Sequence[PlannedWindow], run_id: str, stream: str = STREAM
+) -> int:
     sent = 0
     for window in windows:
-        payload = window_payload(window, run_id)
+        payload = window_payload(window, run_id, stream)
         response = client.post("/v1/records", json={"records": payload})
         if response.status_code != 202:
             raise QuickstartError(
@@ -352,6 +368,7 @@ def final_windows(
     *,
     timeout: float,
     alive: Callable[[], bool],
+    stream: str = STREAM,
 ) -> Iterator[WindowReport]:
     """Each planned window, in order, once computed with every record of it embedded."""
     by_start = {w.start: w for w in windows}
@@ -367,7 +384,7 @@ def final_windows(
         if not alive():
             raise QuickstartError("serve stopped while the windows were being computed")
         response = client.get(
-            "/v1/windows", params={"stream": STREAM, "since": since, "until": until}
+            "/v1/windows", params={"stream": stream, "since": since, "until": until}
         )
         if response.status_code != 200:
             raise QuickstartError(f"GET /v1/windows answered {response.status_code}")
