@@ -81,5 +81,6 @@ def test_dashboard_uses_exported_metrics(exported: set[str]) -> None:
 )
 def test_deploy_files_parse(path: Path) -> None:
     text = path.read_text()
-    doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    assert isinstance(doc, dict)
+    # A YAML file may hold several documents (Kubernetes manifests); each must be a mapping.
+    docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
+    assert docs and all(isinstance(doc, dict) for doc in docs if doc is not None)
