@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
-from monitor.commands._common import JsonOption, Reporter, err_console
+from monitor.commands._common import ConfigOption, JsonOption, Reporter, err_console, load
 from monitor.commands.backfill import content_id, read_lines
 from monitor.errors import MonitorError
 
@@ -200,9 +200,14 @@ def register(app: typer.Typer) -> None:
             Path, typer.Argument(help="JSONL traffic, one record a line.", dir_okay=False)
         ],
         url: Annotated[
-            str,
-            typer.Option("--url", "-u", help="The monitor's base URL, like http://127.0.0.1:8080."),
-        ],
+            str | None,
+            typer.Option(
+                "--url",
+                "-u",
+                help="The monitor's base URL, like http://127.0.0.1:8080 (default: [server] "
+                "host and port of the settings).",
+            ),
+        ] = None,
         rate: Annotated[
             float,
             typer.Option(min=0.0, help="Records per second (0: as fast as the monitor accepts)."),
@@ -215,8 +220,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--shift-time", help="Set each record's timestamp to when it is sent."),
         ] = False,
         token: Annotated[
-            str, typer.Option("--token", help="Bearer token of the monitor ([server] token).")
-        ] = "",
+            str | None,
+            typer.Option("--token", help="Bearer token (default: [server] token of the settings)."),
+        ] = None,
+        config: ConfigOption = None,
         batch_size: Annotated[
             int, typer.Option("--batch-size", min=1, max=1000, help="Records per request.")
         ] = 100,
@@ -227,6 +234,12 @@ def register(app: typer.Typer) -> None:
         429 / Retry-After are honoured (the same batch is sent again); invalid lines are
         reported with their line number and skipped (exit 1 at the end).
         """
+        settings = load(config)
+        if url is None:
+            host, port = settings.server.host, settings.server.port
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if token is None:
+            token = settings.server.token
         if not url.startswith(("http://", "https://")):
             raise typer.BadParameter("must start with http:// or https://", param_hint="--url")
         if not file.is_file():

@@ -78,7 +78,7 @@ class Workspace:
         return open_repository(load_settings(self.config))
 
 
-def write_config(root: Path, **extra: str) -> Path:
+def write_config(root: Path, name: str = "mllm-monitor.toml", **extra: str) -> Path:
     sections = {
         "database": f'url = "sqlite:///{root / "monitor.db"}"',
         "encoders": "local_files_only = true",
@@ -96,7 +96,7 @@ def write_config(root: Path, **extra: str) -> Path:
     text = "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
     for stream in ("default", "drill", "replay"):
         text += f'[[streams]]\nname = "{stream}"\nreference = "default"\n'
-    path = root / "mllm-monitor.toml"
+    path = root / name
     path.write_text(text)
     return path
 
