@@ -10,8 +10,9 @@ to the upstream, which decides):
 * ``POST /v1/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``: forwarded, not sampled.
 
 What the client gets is what the upstream sent: status, headers (less the hop-by-hop ones,
-which belong to each connection) and body bytes, relayed chunk by chunk as they arrive (an SSE
-stream is never buffered), upstream errors included. The sidecar answers by itself only when
+which belong to each connection) and body bytes, upstream errors included. An SSE stream is
+relayed chunk by chunk as it arrives, never buffered; a whole answer (JSON) is read and sent in
+one piece. The sidecar answers by itself only when
 it cannot reach the upstream at all: 502 (or 504 on a timeout) with an OpenAI-style error.
 
 Sampling is off the request path and fails open. The complete exchange (request body, answer
@@ -183,12 +184,30 @@ class SidecarProxy:
             return _upstream_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
         answered = time.perf_counter()
         received_at = datetime.now(UTC)
-        sampled = sample and upstream.status_code == 200
-        response = StreamingResponse(
-            self._relay(upstream, body if sampled else None, received_at),
-            status_code=upstream.status_code,
-        )
-        response.raw_headers = _forwardable(upstream.headers.raw, HOP_BY_HOP)
+        request_body = body if sample and upstream.status_code == 200 else None
+        headers = _forwardable(upstream.headers.raw, HOP_BY_HOP)
+        response: Response
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            # A stream is relayed chunk by chunk as it arrives.
+            response = StreamingResponse(
+                self._relay(upstream, request_body, received_at), status_code=upstream.status_code
+            )
+        else:
+            # A whole answer (JSON, an error) is read and sent in one piece: the client cannot
+            # use half of it, and one piece costs the sidecar less than a relay.
+            try:
+                content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+            except httpx.HTTPError as exc:
+                return _upstream_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
+            finally:
+                await upstream.aclose()
+            answered = time.perf_counter()
+            if not any(key.lower() == b"content-length" for key, _ in headers):
+                headers.append((b"content-length", str(len(content)).encode()))
+            response = Response(content, status_code=upstream.status_code)
+            if request_body is not None:
+                self._offer_answer(upstream, request_body, content, received_at)
+        response.raw_headers = headers
         self.metrics.proxy_added_latency_seconds.observe(
             (sent - started) + (time.perf_counter() - answered)
         )
@@ -214,15 +233,23 @@ class SidecarProxy:
         finally:
             await upstream.aclose()
         if complete and collected is not None and request_body is not None:
-            self._offer(
-                Exchange(
-                    request_body=request_body,
-                    response_body=bytes(collected),
-                    content_type=upstream.headers.get("content-type", ""),
-                    content_encoding=upstream.headers.get("content-encoding", "identity"),
-                    received_at=received_at,
-                )
+            self._offer_answer(upstream, request_body, bytes(collected), received_at)
+
+    def _offer_answer(
+        self, upstream: httpx.Response, request_body: bytes, answer: bytes, received_at: datetime
+    ) -> None:
+        if len(answer) > self._max_sample_bytes:
+            self._lose("invalid", "answer larger than [proxy] max_sample_bytes")
+            return
+        self._offer(
+            Exchange(
+                request_body=request_body,
+                response_body=answer,
+                content_type=upstream.headers.get("content-type", ""),
+                content_encoding=upstream.headers.get("content-encoding", "identity"),
+                received_at=received_at,
             )
+        )
 
     def _url(self, path: str, query: str) -> str:
         return f"{self._base}{path}?{query}" if query else f"{self._base}{path}"
