@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
 from monitor.config import Settings
 from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
@@ -134,6 +135,8 @@ class SidecarProxy:
     # -- routes ----------------------------------------------------------------------------
 
     def _build_router(self) -> APIRouter:
+        # Plain Starlette routes: the request goes to the handler as it is (no FastAPI
+        # parameter parsing or validation on the hot path).
         router = APIRouter(lifespan=self._lifespan)
 
         async def chat_completions(request: Request) -> Response:
@@ -145,15 +148,13 @@ class SidecarProxy:
         async def models(request: Request) -> Response:
             return await self.forward(request, route="models", sample=False)
 
-        router.add_api_route(
-            "/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False
-        )
-        router.add_api_route(
-            "/v1/completions", completions, methods=["POST"], include_in_schema=False
-        )
-        router.add_api_route("/v1/models", models, methods=["GET"], include_in_schema=False)
-        router.add_api_route(
-            "/v1/models/{model_id:path}", models, methods=["GET"], include_in_schema=False
+        router.routes.extend(
+            [
+                Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                Route("/v1/completions", completions, methods=["POST"]),
+                Route("/v1/models", models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", models, methods=["GET"]),
+            ]
         )
         return router
 
