@@ -41,6 +41,14 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError, MonitorError
@@ -279,19 +287,43 @@ def upgrade_database(settings: Settings) -> None:
         engine.dispose()
 
 
-def build_reference(settings: Settings, records: Sequence[ManifestRecord]) -> dict[str, Any]:
-    """Build and calibrate the store ``default``; returns the calibration."""
+def build_reference(
+    settings: Settings, records: Sequence[ManifestRecord], console: Console
+) -> dict[str, Any]:
+    """Build and calibrate the store ``default`` (with progress bars); returns the calibration."""
     from monitor.embedding import encoders_from_settings
     from monitor.reference import build_store, calibrate_store
 
     encoders = encoders_from_settings(settings.encoders)
-    store = build_store(records, root=settings.reference.root, name="default", encoders=encoders)
-    return calibrate_store(
-        store,
-        window_sizes=[WINDOW_RECORDS],
-        false_alarm_rate=settings.alerts.false_alarm_rate,
-        hysteresis=settings.alerts.hysteresis_k_of_m,
-    )
+    with Progress(
+        TextColumn("   {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        store = build_store(
+            records,
+            root=settings.reference.root,
+            name="default",
+            encoders=encoders,
+            progress=report,
+        )
+        return calibrate_store(
+            store,
+            window_sizes=[WINDOW_RECORDS],
+            false_alarm_rate=settings.alerts.false_alarm_rate,
+            hysteresis=settings.alerts.hysteresis_k_of_m,
+            progress=lambda done, total: report("calibrating (null trials)", done, total),
+        )
 
 
 class Server:
@@ -522,7 +554,7 @@ def run_quickstart(
 
     upgrade_database(settings)
     step("database schema created (mllm-monitor db upgrade)")
-    calibration = build_reference(settings, id_records)
+    calibration = build_reference(settings, id_records, out)
     step(
         f"reference store 'default' built from {len(id_records)} MMBench records and "
         f"calibrated ({calibration['trials']} null trials, windows of {WINDOW_RECORDS})"
