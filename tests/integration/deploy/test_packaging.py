@@ -375,6 +375,11 @@ def test_reference_init_runs_cli_commands_on_the_example_data() -> None:
     mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
     host_dir = DEPLOY / mounts[str(Path(manifest).parent)]
     assert (host_dir / Path(manifest).name).is_file()
+    # "Already built" is the store's manifest file under the configured root.
+    from monitor.reference.store import MANIFEST
+
+    settings = load_with_environment(DEPLOY / "compose" / "mllm-monitor.toml", SECRET_STANDINS)
+    assert f"-f {settings.reference.root}/default/{MANIFEST} ]" in script
 
 
 def test_compose_monitor_config_loads_and_fits_the_image(tmp_path: Path) -> None:
