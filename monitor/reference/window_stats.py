@@ -50,6 +50,14 @@ DEFAULT_WINDOW_SIZES = (50, 100, 200, 500)
 # such windows get no p-value for that term (nor for the bound that includes it).
 MIN_TERM_COUNT = 5
 SMALL_COUNTS = (5, 7, 10, 14)
+# The live output term (model vs reference answers of the same records) has a narrow null far
+# from 0, so the pool's own sampling deviation, shared by all its pseudo-windows, weighs more
+# than for the terms against the comparison set: measured (alpha = 0.05, 4-6 calibrations of
+# 150-300 fresh windows), 5 to 7 pairs of a 1,000-pair pool (0.5-0.7%) -> 0.049-0.051, 10 of
+# 1,000 (1%) -> 0.062, 50 of 4,000 (1.25%) -> 0.084. Reference counts are calibrated up to
+# 0.5% of the pool's pairs (a pool of 1,000 pairs for the smallest count, 5); larger counts
+# read the largest calibrated count's null, which is conservative.
+OUTPUT_POOL_FRACTION = 0.005
 # From this count on, a count between two calibrated ones reads a null interpolated between
 # them; below it, the smaller count's null (monitor.reference.assess says why).
 INTERPOLATE_FROM = 20
@@ -298,7 +306,10 @@ def calibrate_arrays(
         "visual": _count_ladder(sizes, int(max_pool_fraction * data.has_image[pool].sum()))
         if data.images is not None
         else [],
-        "output_live": _count_ladder(sizes, int(max_pool_fraction * data.has_reference[pool].sum()))
+        "output_live": _count_ladder(
+            sizes,
+            int(min(max_pool_fraction, OUTPUT_POOL_FRACTION) * data.has_reference[pool].sum()),
+        )
         if data.references is not None and data.responses is not None
         else [],
     }

@@ -27,7 +27,7 @@ def id_data(seed: int = 0, *, image_share: float = 0.5) -> IDArrays:
     rng = np.random.default_rng(seed)
     rows = MODEL.draw(rng, N)
     has_image = rng.random(N) < image_share
-    has_reference = rng.random(N) < 0.5
+    has_reference = np.ones(N, dtype=bool)
     return IDArrays.from_compact(
         rows["prompt"],
         responses=rows["response"],
@@ -72,18 +72,18 @@ def test_nulls_are_the_live_statistics_of_pool_pseudo_windows(
         images=data.images[with_image[:20]],
         responses=data.responses[order[:50]],
         reference_pairs=(
-            data.responses[with_reference[:10]],
-            data.references[with_reference[:10]],
+            data.responses[with_reference[:5]],
+            data.references[with_reference[:5]],
         ),
     )
     nulls = calibration["nulls"]
     assert values["text"] == nulls["text"]["50"][0]
     assert values["response"] == nulls["response"]["50"][0]
     assert values["visual"] == nulls["visual"]["20"][0]
-    assert values["output_live"] == nulls["output_live"]["10"][0]
+    assert values["output_live"] == nulls["output_live"]["5"][0]
     assert values["output_id"] == calibration["output_id"]
-    # About 500 pool records have a reference: pairs up to 25 (5% of them) are calibrated.
-    assert calibration["count_buckets"]["output_live"] == [5, 7, 10, 14, 20]
+    # 1,000 pool records have a reference: pairs up to 5 (0.5% of them) are calibrated.
+    assert calibration["count_buckets"]["output_live"] == [5]
 
 
 def test_bounds_record_their_jsd_mode_and_entropy_scale(

@@ -270,7 +270,7 @@ def test_calibration_covers_terms_and_bound_variants(tmp_path: Path) -> None:
     largest = null_for(calibration, "text", 70)
     assert largest is not None and largest.window_size == 50  # the largest bucket <= n
     live = null_for(calibration, "output_live", 10)  # keyed by reference pairs, not records
-    assert live is not None and live.window_size == 10
+    assert live is not None and live.window_size == 5  # 0.5% of 1,000 pool pairs
     with_live = bound_null(calibration, n=50, n_images=None, n_references=10)
     without = bound_null(calibration, n=50, n_images=None, n_references=None)
     assert with_live is not None and without is not None
