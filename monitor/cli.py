@@ -635,6 +635,8 @@ def calibrate(
         f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
         f"{data['trials']} trials each, {data['jsd_mode']} JSD"
     )
+    for term, reason in data.get("uncalibrated", {}).items():
+        typer.echo(f"  {term}: not calibrated ({reason})")
 
 
 @app.command("quickstart")

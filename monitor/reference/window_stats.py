@@ -17,6 +17,7 @@ of each trial's term values (:func:`monitor.reference.assess.bound_null`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +314,7 @@ def calibrate_arrays(
         if data.references is not None and data.responses is not None
         else [],
     }
+    uncalibrated = _uncalibrated(data, pool, ladders, max_pool_fraction)
     collected: dict[str, dict[int, list[float | None]]] = {
         term: {size: [] for size in ladder} for term, ladder in ladders.items()
     }
@@ -351,6 +353,7 @@ def calibrate_arrays(
         "hysteresis": f"{hysteresis[0]}/{hysteresis[1]}",
         "window_sizes": sizes,
         "count_buckets": {term: list(ladder) for term, ladder in ladders.items()},
+        "uncalibrated": uncalibrated,
         "max_pool_fraction": max_pool_fraction,
         "pool": {
             "records": len(pool),
@@ -363,6 +366,32 @@ def calibrate_arrays(
         "output_id": stats.output_id,
         "nulls": nulls,
     }
+
+
+def _uncalibrated(
+    data: IDArrays,
+    pool: npt.NDArray[np.integer[Any]],
+    ladders: dict[str, list[int]],
+    max_pool_fraction: float,
+) -> dict[str, str]:
+    """Why a term the store has data for got no null (too few pool rows for its smallest count)."""
+    have = {
+        "visual": (data.images is not None, int(data.has_image[pool].sum()), max_pool_fraction),
+        "output_live": (
+            data.references is not None and data.responses is not None,
+            int(data.has_reference[pool].sum()),
+            min(max_pool_fraction, OUTPUT_POOL_FRACTION),
+        ),
+    }
+    reasons = {}
+    for term, (present, rows, fraction) in have.items():
+        if present and not ladders[term]:
+            reasons[term] = (
+                f"the pool has {rows} rows for it; its smallest count, {MIN_TERM_COUNT}, needs "
+                f"{math.ceil(MIN_TERM_COUNT / fraction)}: windows get no p-value for this term "
+                "nor for a bound that includes it"
+            )
+    return reasons
 
 
 def check_calibration(calibration: dict[str, Any]) -> None:

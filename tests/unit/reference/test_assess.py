@@ -222,3 +222,19 @@ def test_old_calibrations_are_refused_with_the_command_to_run() -> None:
         )
     with pytest.raises(CalibrationError, match="older version"):
         WindowStatistics.for_calibration(id_data(), old)
+
+
+def test_terms_without_enough_pool_rows_are_reported_not_faked() -> None:
+    rows = MODEL.draw(np.random.default_rng(4), N)
+    has_reference = np.zeros(N, dtype=bool)
+    has_reference[:300] = True  # about 150 pool pairs: the smallest count needs 1,000
+    data = IDArrays.from_compact(
+        rows["prompt"],
+        responses=rows["response"],
+        references=rows["reference"][has_reference],
+        has_reference=has_reference,
+    )
+    calibration = calibrate_arrays(data, window_sizes=[20], trials=100, false_alarm_rate=ALPHA)
+    assert "output_live" not in calibration["nulls"]
+    assert "needs 1000" in calibration["uncalibrated"]["output_live"]
+    assert null_for(calibration, "output_live", 50) is None
