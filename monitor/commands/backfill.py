@@ -145,6 +145,7 @@ class JsonlBackfill:
         )
         self.worker_id = f"backfill-{os.getpid()}"
         self.summary = IngestSummary()
+        self._outstanding: set[str] = set()
 
     def run(self, path: Path, reporter: Reporter) -> IngestSummary:
         started = time.perf_counter()
@@ -211,6 +212,7 @@ class JsonlBackfill:
         for record in fresh:
             self.summary.note_time(record)
         self._drain(final=False)
+        self._note_outstanding([r.id for r in fresh])
 
     def _resolve(
         self, numbered: list[tuple[int, TrafficRecord]]
@@ -234,7 +236,8 @@ class JsonlBackfill:
 
     def _drain(self, *, final: bool) -> int:
         """Embed what the inbox holds (other replicas' workers may take part of it); with
-        ``final``, also wait until what others claimed is stored (at most one lease)."""
+        ``final``, also wait until this run's records that others claimed are stored (at most
+        one lease: a replica that died lets its lease run out, and this process takes them)."""
         settled = 0
         while True:
             started = time.perf_counter()
@@ -246,10 +249,23 @@ class JsonlBackfill:
         self.summary.embedded += settled
         if final:
             deadline = time.monotonic() + self.settings.workers.lease.total_seconds() + 5
-            while self.found.repository.inbox_depth() > 0 and time.monotonic() < deadline:
+            while self._still_waiting() and time.monotonic() < deadline:
                 time.sleep(0.5)
                 settled += self._drain(final=False)
         return settled
+
+    def _note_outstanding(self, ids: list[str]) -> None:
+        """Remember this run's records still in the inbox after a drain: other replicas hold
+        them (only those ids are kept, so memory stays bounded)."""
+        located = self.found.repository.locate_records(ids)
+        self._outstanding.update(i for i, where in located.items() if where == "inbox")
+
+    def _still_waiting(self) -> bool:
+        if not self._outstanding:
+            return False
+        located = self.found.repository.locate_records(sorted(self._outstanding))
+        self._outstanding = {i for i, where in located.items() if where == "inbox"}
+        return bool(self._outstanding)
 
 
 # -- the window side -------------------------------------------------------------------------
@@ -419,7 +435,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Feed historical traffic through the live path, or (re)compute a range's windows.
 
-        Reruns add nothing twice; an interrupted run finishes when run again.
+        Reruns add nothing twice; an interrupted run finishes when run again. With
+        --from-jsonl, invalid lines are reported (line number, field, reason) and skipped, and
+        the exit code is then 1.
         """
         start, end = time_option(since, "since"), time_option(until, "until")
         if from_jsonl is not None:
