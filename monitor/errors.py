@@ -24,6 +24,9 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
 
 Exceptions carry context as attributes (``field``, ``path``) besides their message, and code that
 wraps a lower-level exception chains it with ``raise ... from exc``.
+
+The CLI turns any of them into one error line and an exit code by class: ConfigError 2, every
+other MonitorError 1 (an OSError too); anything else is a bug, exit 3 (monitor/cli.py).
 """
 
 from __future__ import annotations
