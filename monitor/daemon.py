@@ -100,6 +100,7 @@ def configure_logging(level: int = logging.INFO, *, json_logs: bool | None = Non
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin set-up chatter
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
     # uvicorn's own loggers go through the root handler (uvicorn is given log_config=None).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
@@ -261,7 +262,9 @@ class Daemon:
         except OSError as exc:
             sock.close()
             raise MonitorError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        sock.set_inheritable(True)
+        # Listen now: connections made while uvicorn starts wait in the backlog instead of
+        # being refused, so "listening" in the log is true when it is written.
+        sock.listen(2048)
         return sock
 
     def run(self) -> None:
