@@ -568,3 +568,25 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
         check=False,
     )
     assert worse.returncode != 0
+
+
+# -- every file ---------------------------------------------------------------------------------
+
+
+def test_every_deploy_file_parses() -> None:
+    """YAML (every document of multi-document files), JSON and TOML under deploy/."""
+    counted = 0
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.suffix in {".yml", ".yaml"}:
+            documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+            assert documents and all(isinstance(d, dict) for d in documents), path
+        elif path.suffix == ".json":
+            assert isinstance(json.loads(path.read_text()), dict), path
+        elif path.suffix == ".toml":
+            import tomllib
+
+            assert tomllib.loads(path.read_text()), path
+        else:
+            continue
+        counted += 1
+    assert counted >= 25
