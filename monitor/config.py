@@ -53,8 +53,11 @@ ENV_PREFIX = "MLLM_MONITOR_"
 CONFIG_PATH_ENV = "MLLM_MONITOR_CONFIG"
 DEFAULT_CONFIG_FILE = Path("mllm-monitor.toml")
 # MLLM_MONITOR_* variables that are not settings, so the unknown-variable check lets them be:
-# the config file's path, and the PostgreSQL URL the test suite uses.
-NON_SETTING_VARIABLES = frozenset({CONFIG_PATH_ENV, "MLLM_MONITOR_TEST_POSTGRES_URL"})
+# the config file's path, the PostgreSQL URL the test suite uses, and the demo token that
+# deploy/compose.yaml reads on the host (often exported in the shell that runs the CLI too).
+NON_SETTING_VARIABLES = frozenset(
+    {CONFIG_PATH_ENV, "MLLM_MONITOR_TEST_POSTGRES_URL", "MLLM_MONITOR_TOKEN"}
+)
 # Names of reference stores and streams: they become directory names, metric labels and log
 # fields, so no separators, no control characters, no leading dot.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"

@@ -207,7 +207,11 @@ def test_unknown_environment_variables_are_named_with_a_hint() -> None:
     assert problems[0].startswith("MLLM_MONITOR_ALERTS__HYSTERESYS: unknown setting 'hysteresys'")
     assert "did you mean 'hysteresis'?" in problems[0]
     assert "'kinds' in encoders.image" in problems[1]
-    assert {"MLLM_MONITOR_CONFIG", "MLLM_MONITOR_TEST_POSTGRES_URL"} == NON_SETTING_VARIABLES
+    assert {
+        "MLLM_MONITOR_CONFIG",
+        "MLLM_MONITOR_TEST_POSTGRES_URL",
+        "MLLM_MONITOR_TOKEN",
+    } == NON_SETTING_VARIABLES
 
 
 def test_a_typo_in_a_variable_name_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
