@@ -58,6 +58,11 @@ DEFAULT_CONFIG_FILE = Path("mllm-monitor.toml")
 NON_SETTING_VARIABLES = frozenset(
     {CONFIG_PATH_ENV, "MLLM_MONITOR_TEST_POSTGRES_URL", "MLLM_MONITOR_TOKEN"}
 )
+# Kubernetes injects service links for a Service named mllm-monitor (deploy/k8s) into every
+# pod of its namespace: MLLM_MONITOR_SERVICE_HOST, MLLM_MONITOR_PORT_8080_TCP_ADDR, ...
+KUBERNETES_SERVICE_VARIABLE = re.compile(
+    r"MLLM_MONITOR_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
 # Names of reference stores and streams: they become directory names, metric labels and log
 # fields, so no separators, no control characters, no leading dot.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
@@ -525,13 +530,15 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
     """One problem line per ``MLLM_MONITOR_*`` variable that names no setting.
 
     Names are matched as pydantic-settings matches them (case-insensitive, sections joined by
-    ``__``); :data:`NON_SETTING_VARIABLES` are allowed.
+    ``__``); :data:`NON_SETTING_VARIABLES` and Kubernetes service links are allowed.
     """
     allowed = {name.upper() for name in NON_SETTING_VARIABLES}
     problems = []
     for variable in sorted(environ):
         upper = variable.upper()
         if not upper.startswith(ENV_PREFIX) or upper in allowed:
+            continue
+        if KUBERNETES_SERVICE_VARIABLE.fullmatch(upper):
             continue
         path = upper[len(ENV_PREFIX) :].lower().split("__")
         fields: dict[str, Any] | None = Settings.model_fields

@@ -201,6 +201,15 @@ def test_unknown_environment_variables_are_named_with_a_hint() -> None:
             "MLLM_MONITOR_ALERTS__HYSTERESYS": "2/3",
             "MLLM_MONITOR_ENCODERS__IMAGE__KINDS": "none",
             "OTHER_VARIABLE": "ignored",
+            # Kubernetes service links of a Service named mllm-monitor, allowed:
+            "MLLM_MONITOR_SERVICE_HOST": "10.0.0.7",
+            "MLLM_MONITOR_SERVICE_PORT": "8080",
+            "MLLM_MONITOR_SERVICE_PORT_HTTP": "8080",
+            "MLLM_MONITOR_PORT": "tcp://10.0.0.7:8080",
+            "MLLM_MONITOR_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+            "MLLM_MONITOR_PORT_8080_TCP_ADDR": "10.0.0.7",
+            "MLLM_MONITOR_PORT_8080_TCP_PORT": "8080",
+            "MLLM_MONITOR_PORT_8080_TCP_PROTO": "tcp",
         }
     )
     assert len(problems) == 2, problems
