@@ -10,8 +10,9 @@
   calibration, so live values and their nulls are computed the same way, in the calibration's
   JSD mode): visual (when the window has images), text, output on the ID side (from the store),
   output on the live side (when references exist), response (answer drift), both bound forms.
-* EMI of the window and of the ID data, EMID with a bootstrap interval, when the window has
-  references and the store has a CLUB estimator.
+* EMI of the window and of the ID data, EMID with a bootstrap interval (m-out-of-n beyond
+  1,000 live pairs, so its cost stays bounded), when the window has references and the store
+  has a CLUB estimator.
 * OOD fraction: samples whose kNN score (computed by the embedding workers) is over the store's
   threshold.
 * Judgement: :func:`monitor.reference.assess_window` (p-values, thresholds, the corrected
@@ -31,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +58,8 @@ KINDS = ("image", "prompt", "response", "reference")
 # ID records used for EMI(ID) and the ID side of the EMID bootstrap (a seeded subset beyond).
 MAX_ID_EMI_RECORDS = 5_000
 BOOTSTRAP_RESAMPLES = 200
+# Live pairs a window's EMID bootstrap resamples; larger windows use an m-out-of-n bootstrap.
+BOOTSTRAP_ROWS = 1_000
 
 
 def utcnow() -> datetime:
@@ -172,6 +175,12 @@ class StreamModel:
             alpha=self.alpha,
             ood_flag_rate=self.ood_flag_rate,
         )
+        if (
+            self.calibration is not None
+            and assessment.bound_significant is None
+            and values["output_live"] is not None
+        ):
+            assessment = self._bound_without_live_output(data, values, assessment)
         result = Estimate(values=values, assessment=assessment, emi_id=self.emi_id)
         if self.club is not None and self.id_emi is not None and pairs is not None:
             self._emi(data, result, seed)
@@ -182,6 +191,31 @@ class StreamModel:
             reasons.append(f"OOD fraction {data.ood_fraction:.3f} > {assessment.ood_threshold:.3f}")
         result.reasons = tuple(reasons)
         return result
+
+    def _bound_without_live_output(
+        self, data: WindowData, values: dict[str, float | None], assessment: Any
+    ) -> Any:
+        """When the live output term has no null at this window's reference count (a store
+        with few references), judge the bound on the terms that have one: the bound without
+        the live output term, against its own null. The stored bound values keep every term."""
+        reduced = dict(values, output_live=None)
+        scale_adjusted, _ = self.stats.bounds(reduced)
+        reduced["bound_scale_adjusted"] = scale_adjusted.value
+        partial = assess_window(
+            self.calibration,
+            reduced,
+            n=data.n,
+            n_images=data.n_images,
+            n_references=0,
+            ood_fraction=None,
+            alpha=self.alpha,
+        )
+        return replace(
+            assessment,
+            p_values={**assessment.p_values, "bound": partial.p_values.get("bound")},
+            thresholds={**assessment.thresholds, "bound": partial.thresholds.get("bound")},
+            bound_significant=partial.bound_significant,
+        )
 
     def _emi(self, data: WindowData, result: Estimate, seed: int) -> None:
         assert self.club is not None and self.id_emi is not None
@@ -200,10 +234,35 @@ class StreamModel:
         result.emi_live = emi(self.club, x, y_hat, y)
         if result.emi_id is not None:
             result.emid = result.emi_id - result.emi_live
+        result.emid_interval = self._emid_interval(x, y_hat, y, result.emid, seed)
+
+    def _emid_interval(
+        self, x: Rows, y_hat: Rows, y: Rows, emid: float | None, seed: int
+    ) -> tuple[float, float]:
+        """Percentile bootstrap interval of EMID. Beyond BOOTSTRAP_ROWS live pairs it is an
+        m-out-of-n bootstrap: both sides subsampled by the same fraction f, the interval's
+        half-widths scaled by sqrt(f) around the full-data estimate (EMI is a smooth mean-like
+        statistic, so its spread shrinks as 1 / sqrt(n)); the cost stays bounded."""
+        assert self.club is not None and self.id_emi is not None
+        id_x, id_y_hat, id_y = self.id_emi
+        fraction = min(1.0, BOOTSTRAP_ROWS / len(x))
+        if fraction < 1.0:
+            rng = np.random.default_rng(seed)
+            live = np.sort(rng.choice(len(x), size=BOOTSTRAP_ROWS, replace=False))
+            m_id = max(2, round(fraction * len(id_x)))
+            ids = np.sort(rng.choice(len(id_x), size=m_id, replace=False))
+            x, y_hat, y = x[live], y_hat[live], y[live]
+            id_x, id_y_hat, id_y = id_x[ids], id_y_hat[ids], id_y[ids]
         interval = emid_bootstrap(
-            self.club, *self.id_emi, x, y_hat, y, resamples=BOOTSTRAP_RESAMPLES, seed=seed
+            self.club, id_x, id_y_hat, id_y, x, y_hat, y, resamples=BOOTSTRAP_RESAMPLES, seed=seed
         )
-        result.emid_interval = (interval.low, interval.high)
+        if fraction == 1.0 or emid is None:
+            return (interval.low, interval.high)
+        scale = math.sqrt(fraction)
+        return (
+            emid + (interval.low - interval.estimate) * scale,
+            emid + (interval.high - interval.estimate) * scale,
+        )
 
 
 class WindowPipeline:
@@ -520,6 +579,4 @@ def _insufficient(
 
 
 def _with_id(result: WindowResult, window_id: str) -> WindowResult:
-    from dataclasses import replace
-
     return replace(result, id=window_id)

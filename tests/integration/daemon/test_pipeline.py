@@ -1,0 +1,268 @@
+"""The window pipeline and the scheduler on a real SQLite repository and a real reference store
+(built through the store builder with a deterministic stand-in encoder, so every term exists:
+images, prompts, answers, references, a CLUB estimator, a calibration)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from monitor.config import Settings
+from monitor.embedding import EncoderSet
+from monitor.metrics import MonitorMetrics
+from monitor.pipeline import WindowPipeline
+from monitor.records import RiskLevel, WindowKey
+from monitor.reference import (
+    ManifestRecord,
+    build_store,
+    calibrate_store,
+    load_store,
+    train_store_estimator,
+)
+from monitor.scheduler import WindowScheduler
+from monitor.store import migrate
+from monitor.store.engine import engine_from_settings
+from monitor.store.repository import Repository, open_repository
+from monitor.store.types import NewSample
+from monitor.windows import window_start
+
+DIM = 16
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SIZE = timedelta(minutes=5)
+
+
+class StandIn:
+    """Unit vectors from content hashes around a shared low-rank structure; ``shift`` moves
+    the structure (a domain shift)."""
+
+    def __init__(self, salt: str, shift: float = 0.0) -> None:
+        self.dim = DIM
+        self.fingerprint = f"stand-in-{salt}"
+        rng = np.random.default_rng(len(salt))
+        self._basis = rng.standard_normal((4, DIM))
+        self._offset = shift * rng.standard_normal(DIM)
+
+    def rows(self, keys: list[bytes]) -> np.ndarray:
+        out = np.empty((len(keys), DIM), dtype=np.float32)
+        for i, key in enumerate(keys):
+            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+            row = rng.standard_normal(4) @ self._basis + 0.3 * rng.standard_normal(DIM)
+            row = row + self._offset
+            out[i] = row / np.linalg.norm(row)
+        return out
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.rows([t.encode() for t in texts])
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        return self.rows([np.asarray(im).tobytes() for im in images])
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("refs")
+    encoders = EncoderSet(image=StandIn("image"), text=StandIn("text"), fusion="mean")  # type: ignore[arg-type]
+    records = [
+        ManifestRecord(
+            id=f"id-{i}",
+            prompt=f"q{i}",
+            response=f"a{i}",
+            reference=f"r{i}",
+            image=png(i),
+        )
+        for i in range(1000)
+    ]
+    store = build_store(records, root=root, name="full", encoders=encoders)
+    train_store_estimator(store, hidden=8, epochs=2, patience=1)
+    calibrate_store(store, window_sizes=[25], false_alarm_rate=0.05)
+    bare = [ManifestRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
+    build_store(bare, root=root, name="bare", encoders=encoders)
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, reference: Path) -> Settings:
+    settings = Settings(
+        database={"url": f"sqlite:///{tmp_path / 'p.db'}"},
+        reference={"root": str(reference)},
+        streams=[{"name": "live", "reference": "full"}, {"name": "raw", "reference": "bare"}],
+        windows={"size": "5m", "lateness": "0s", "min_samples": 20},
+        alerts={"false_alarm_rate": 0.05, "hysteresis": "2/3"},
+        scheduler={"lock_path": str(tmp_path / "lock")},
+    )
+    engine = engine_from_settings(settings.database)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return settings
+
+
+@pytest.fixture
+def repository(settings: Settings) -> Any:
+    repo = open_repository(settings)
+    yield repo
+    repo.close()
+
+
+def add_window(
+    repo: Repository,
+    stream: str,
+    index: int,
+    n: int,
+    *,
+    shift: float = 0.0,
+    tag: str = "",
+    base: datetime = T0,
+) -> WindowKey:
+    text, image = StandIn("text", shift), StandIn("image", shift)
+    start = base + index * SIZE
+    ids = [f"{stream}-{index}-{tag}{j}" for j in range(n)]
+    prompts = text.encode_texts([f"live q {i}" for i in ids])
+    answers = text.encode_texts([f"live a {i}" for i in ids])
+    refs = text.encode_texts([f"live r {i}" for i in ids])
+    images = image.rows([f"img {i}".encode() for i in ids])
+    repo.add_samples(
+        [
+            NewSample(
+                id=ids[j],
+                stream=stream,
+                event_time=start + (j + 1) * SIZE / (n + 2),
+                encoder_fingerprint="stand-in",
+                embeddings={
+                    "prompt": prompts[j],
+                    "response": answers[j],
+                    "reference": refs[j],
+                    "image": images[j],
+                },
+                has_image=True,
+                has_reference=True,
+                ood_score=0.0,
+            )
+            for j in range(n)
+        ]
+    )
+    return WindowKey(stream, start, start + SIZE)
+
+
+def stores(settings: Settings) -> dict[str, Any]:
+    root = settings.reference.root
+    return {"live": load_store(root, "full"), "raw": load_store(root, "bare")}
+
+
+def test_a_window_gets_every_term_and_recomputing_is_idempotent(
+    settings: Settings, repository: Repository
+) -> None:
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, ["live", "raw"])
+    pipeline = WindowPipeline(settings, repository, stores(settings), metrics)
+    key = add_window(repository, "live", 0, 40)
+    first = pipeline.compute(key)
+    data = first.to_dict()
+    assert first.status == "ok" and first.n == 40 and first.n_images == first.n_references == 40
+    assert all(data["jsd"][t] is not None for t in data["jsd"])
+    # (output_live's null needs a larger pool than this store has: value, no p-value)
+    for term in ("visual", "text", "response"):
+        assert data["p_values"][term] is not None, data["p_values"]
+        assert 0 < data["p_values"][term] <= 1 and data["thresholds"][term] is not None
+    # complete; judged without the live output term, whose null this store cannot give
+    assert data["upper_bound"]["complete"] and data["upper_bound"]["p_value"] is not None
+    assert first.emid is not None and first.emid_interval is not None
+    low, high = first.emid_interval
+    assert low <= first.emid <= high
+    assert math.isclose(first.emid, (first.emi_id or 0) - (first.emi_live or 0), abs_tol=1e-9)
+    assert first.jsd_mode == "balanced"
+    # Same key, same row, same numbers.
+    again = pipeline.compute(key)
+    assert again.id == first.id and len(repository.get_windows("live")) == 1
+    assert again.jsd == first.jsd and again.emid_interval == first.emid_interval
+    # Gauges show it; None would be NaN.
+    sample = registry.get_sample_value
+    assert sample("mllm_monitor_window_samples", {"stream": "live"}) == 40
+    assert sample(
+        "mllm_monitor_upper_bound", {"stream": "live", "form": "scale_adjusted"}
+    ) == pytest.approx(first.bound_scale_adjusted)
+    assert sample("mllm_monitor_windows_total", {"stream": "live", "status": "ok"}) == 2
+
+
+def test_small_windows_are_insufficient_and_uncalibrated_streams_get_values_only(
+    settings: Settings, repository: Repository
+) -> None:
+    registry = CollectorRegistry()
+    pipeline = WindowPipeline(
+        settings, repository, stores(settings), MonitorMetrics(registry, ["live", "raw"])
+    )
+    thin = pipeline.compute(add_window(repository, "live", 0, 10))
+    assert thin.status == "insufficient" and thin.risk_level is RiskLevel.OK
+    assert thin.jsd.text is None and thin.n == 10
+    samples = registry.get_sample_value("mllm_monitor_window_samples", {"stream": "live"})
+    assert samples is not None and math.isnan(samples)  # insufficient: gauges untouched
+    raw = pipeline.compute(add_window(repository, "raw", 0, 30))
+    assert raw.status == "ok" and raw.jsd.text is not None and raw.jsd.response is not None
+    assert raw.p_values.text is None and raw.bound_significant is None
+    assert raw.risk_level is RiskLevel.OK
+
+
+def test_a_shift_goes_warning_then_critical_with_transitions(
+    settings: Settings, repository: Repository
+) -> None:
+    pipeline = WindowPipeline(
+        settings, repository, stores(settings), MonitorMetrics(CollectorRegistry(), ["live"])
+    )
+    levels = [pipeline.compute(add_window(repository, "live", i, 40)).risk_level for i in range(3)]
+    shifted = [
+        pipeline.compute(add_window(repository, "live", 3 + i, 40, shift=3.0)).risk_level
+        for i in range(3)
+    ]
+    assert RiskLevel.CRITICAL not in levels
+    assert shifted[1:] == [RiskLevel.CRITICAL, RiskLevel.CRITICAL]
+    transitions = repository.risk_transitions("live")
+    assert transitions[-1].to_level is RiskLevel.CRITICAL and transitions[-1].reason
+    assert repository.current_risk("live") is RiskLevel.CRITICAL
+
+
+def test_scheduler_catches_up_and_recomputes_windows_that_got_late_samples(
+    settings: Settings, repository: Repository
+) -> None:
+    # Real time (the repository stamps samples with it): windows of the last 20 minutes.
+    base = window_start(datetime.now(UTC) - 4 * SIZE, SIZE)
+    for i in range(3):
+        add_window(repository, "live", i, 25, base=base)
+    scheduler = WindowScheduler(
+        settings,
+        repository,
+        stores(settings),
+        MonitorMetrics(CollectorRegistry(), ["live", "raw"]),
+    )
+    assert scheduler.tick() == 4  # windows 0..3 of "live" (3 is empty); "raw" has no data
+    assert [w.n for w in repository.get_windows("live")] == [25, 25, 25, 0]
+    assert scheduler.tick() == 0  # nothing new
+    # Late samples land in window 1: it is recomputed, once.
+    add_window(repository, "live", 1, 5, tag="late", base=base)
+    assert scheduler.tick() == 1
+    assert [w.n for w in repository.get_windows("live")] == [25, 30, 25, 0]
+    assert scheduler.tick() == 0
+    scheduler.stop(5)
+    # The lock was released: another scheduler can lead.
+    other = WindowScheduler(
+        settings,
+        repository,
+        stores(settings),
+        MonitorMetrics(CollectorRegistry(), ["live", "raw"]),
+    )
+    assert other.lock.try_acquire()
+    other.lock.release()
