@@ -272,6 +272,8 @@ def test_containers_run_unprivileged_with_resources(overlay: Path) -> None:
         spec = pod_spec(obj)
         if spec is None:
             continue
+        # The Service mllm-monitor would otherwise put MLLM_MONITOR_* service links in the env.
+        assert spec["enableServiceLinks"] is False, key(obj)
         for container in spec.get("initContainers", []) + spec["containers"]:
             if not container["image"].startswith(MONITOR_IMAGE):
                 continue
