@@ -186,6 +186,9 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path: Path) -> None:
     assert not (tmp_path / "ref").exists()
     with pytest.raises(ReferenceStoreError, match="no reference store"):
         load_store(tmp_path, "ref")
+    # The killed build left its hidden working directory behind: the cleanup below is real.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")]
+    assert leftovers, "the killed build left no working directory to clean up"
     table_store(tmp_path)  # the next build cleans the leftovers up
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ref.lock", "ref"]
 
