@@ -508,6 +508,9 @@ def read_window(
                 continue
             vectors = chunk.vectors[kind]
             dims[kind] = vectors.shape[1]
+            if len(where) == len(vectors) and (where == np.arange(len(where))).all():
+                parts[kind].append(vectors)  # every chosen sample has it, in order: no copy
+                continue
             block = np.zeros((len(chosen), vectors.shape[1]), dtype=np.float32)
             block[mask] = vectors[where[mask]]
             parts[kind].append(block)
@@ -525,14 +528,20 @@ def read_window(
             b if b.shape[1] == width else np.zeros((len(b), width), dtype=np.float32)
             for b in parts[kind]
         ]
-        rows[kind] = _renormalise(np.concatenate(blocks))
+        rows[kind] = _renormalise(np.concatenate(blocks), in_place=True)
     return WindowData(n=n, rows=rows, present=present, ood_flagged=flagged, ood_scored=scored)
 
 
-def _renormalise(rows: Rows) -> Rows:
+def _renormalise(rows: Rows, *, in_place: bool = False) -> Rows:
     """Stored embeddings are float16: re-normalise so the estimators' unit-norm check holds
     (all-zero rows, of samples without that kind, stay zero and are never read)."""
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if in_place and rows.dtype == np.float32:
+        # Overwrite ``rows`` (an array the caller owns, as read_window's): the same float32
+        # values as the expression below without its three window-sized temporaries.
+        np.divide(rows, np.maximum(norms, 1e-12), out=rows)
+        rows[~(norms[:, 0] > 0)] = 0.0
+        return rows
     out: Rows = np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
     return out
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Dialect, Row, and_, delete, func, select, update
 
 from monitor.errors import EmbeddingError, StorageError
 from monitor.store._base import ID_BATCH, Database, Streams, batched
@@ -72,11 +73,11 @@ class _ChunkBuilder:
     blobs: dict[str, list[bytes]] = field(default_factory=dict)
     dims: dict[str, int] = field(default_factory=dict)
 
-    def add_sample(self, row: Any) -> None:
-        self.ids.append(row.id)
-        self.times.append(as_utc(row.event_time))
-        self.ood.append(np.nan if row.ood_score is None else row.ood_score)
-        self.weights.append(row.sampling_weight)
+    def add_sample(self, sample_id: str, event_time: datetime, ood: Any, weight: float) -> None:
+        self.ids.append(sample_id)
+        self.times.append(as_utc(event_time))
+        self.ood.append(np.nan if ood is None else ood)
+        self.weights.append(weight)
 
     def add_vector(self, kind: str, dim: int, blob: bytes) -> None:
         known = self.dims.setdefault(kind, dim)
@@ -260,20 +261,54 @@ class Samples:
                 )
                 .order_by(Sample.event_time, Sample.id, Embedding.kind)
             )
-            result = conn.execution_options(yield_per=chunk_size * len(wanted)).execute(stmt)
-            builder = _ChunkBuilder(wanted)
-            last: str | None = None
-            for row in result:
-                if row.id != last:
-                    if len(builder.ids) == chunk_size:
-                        yield builder.build()
-                        builder = _ChunkBuilder(wanted)
-                    builder.add_sample(row)
-                    last = row.id
-                if row.kind is not None:
-                    builder.add_vector(row.kind, row.dim, row.vector)
-            if builder.ids:
-                yield builder.build()
+            # The rows are read from the DBAPI cursor, not as SQLAlchemy Rows: 4 rows a sample,
+            # and building a Row (with its type processing) per row cost most of a window's
+            # read. SQLAlchemy still compiles and binds the statement (stream_results: a
+            # server-side cursor on PostgreSQL) and supplies each column's result processor,
+            # applied to the sample columns once per sample instead of once per row. The first
+            # row is taken through SQLAlchemy: a server-side result has already fetched it into
+            # its own buffer (fetchone empties that buffer without refilling it), so every
+            # later row is still on the cursor.
+            result = conn.execution_options(stream_results=True).execute(stmt)
+            try:
+                first = result.fetchone()
+                if first is None:
+                    return
+                cursor = result.cursor
+                processors = _result_processors(
+                    conn.dialect, stmt.selected_columns, cursor.description
+                )
+                batch_size = chunk_size * len(wanted)
+                batches = chain([[tuple(first)]], iter(lambda: cursor.fetchmany(batch_size), []))
+                none: list[Callable[[Any], Any] | None] = [None] * len(processors)
+                builder = _ChunkBuilder(wanted)
+                last: str | None = None
+                for batch_number, batch in enumerate(batches):
+                    process = none if batch_number == 0 else processors  # Row: processed
+                    sample_process = process[:4]
+                    kind_of, dim_of, vector_of = process[4:]
+                    for row in batch:
+                        sample_id, event_time, ood, weight, kind, dim, vector = row
+                        if sample_id != last:
+                            if len(builder.ids) == chunk_size:
+                                yield builder.build()
+                                builder = _ChunkBuilder(wanted)
+                            last = sample_id
+                            sample_id, event_time, ood, weight = (
+                                value if f is None else f(value)
+                                for f, value in zip(sample_process, row[:4], strict=True)
+                            )
+                            builder.add_sample(sample_id, event_time, ood, weight)
+                        if kind is not None:
+                            builder.add_vector(
+                                kind if kind_of is None else kind_of(kind),
+                                dim if dim_of is None else dim_of(dim),
+                                vector if vector_of is None else vector_of(vector),
+                            )
+                if builder.ids:
+                    yield builder.build()
+            finally:
+                result.close()
 
     # -- late references --------------------------------------------------------------------
 
@@ -414,6 +449,17 @@ class Samples:
                 )
             ).rowcount
         return PurgeCounts(raw_content=raw_count, late_references=orphans)
+
+
+def _result_processors(
+    dialect: Dialect, columns: Iterable[ColumnElement[Any]], description: Sequence[Sequence[Any]]
+) -> list[Callable[[Any], Any] | None]:
+    """Each selected column's result processor (None: the driver's value is used as it is), as
+    SQLAlchemy itself would apply it to a Row: its dialect type, given the cursor's type code."""
+    return [
+        column.type.dialect_impl(dialect).result_processor(dialect, described[1])
+        for column, described in zip(columns, description, strict=True)
+    ]
 
 
 def _sample_row(sample: NewSample, stream_id: int, now: datetime) -> dict[str, Any]:
