@@ -1,13 +1,16 @@
-"""The SRE commands of ``mllm-monitor``: backfill, replay, report, windows explain, config example.
+"""The commands of ``mllm-monitor`` but ``config check`` (in :mod:`monitor.cli`).
 
-One module per command group; each exposes ``register(...)`` that adds its commands to the
-typer apps of :mod:`monitor.cli`. The commands are thin: they call the same services the daemon
-runs (``parse_record`` + ``IngestService`` + ``EmbeddingWorkers.run_once`` for ingest,
-``WindowPipeline.compute`` for windows), never a second implementation.
+One module per command group: ``db``, ``reference``, ``estimator`` (with ``calibrate``),
+``serve`` (with ``quickstart``), ``windows``, and the SRE commands ``backfill``, ``replay``,
+``report``, ``windows explain`` and ``config example``; each exposes ``register(...)`` that adds
+its commands to the typer apps of :mod:`monitor.cli`. The commands are thin: they call the same
+services the daemon runs (``parse_record`` + ``IngestService`` + ``EmbeddingWorkers.run_once``
+for ingest, ``WindowPipeline.compute`` for windows), never a second implementation. Heavy
+imports (torch, FAISS, the database) stay inside the command functions, so ``--help`` is fast.
 
-Modules here do not import :mod:`monitor.cli` (which imports this package at its end): errors
-are raised as :class:`~monitor.errors.MonitorError` and the root group of the CLI turns them
-into one line and the documented exit code.
+Modules here do not import :mod:`monitor.cli` (which imports this package): errors are raised
+as :class:`~monitor.errors.MonitorError` and the root group of the CLI turns them into one line
+and the documented exit code. What several modules share is in :mod:`monitor.commands._common`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,27 @@ from __future__ import annotations
 import typer
 
 
-def register_commands(
-    app: typer.Typer, *, config_app: typer.Typer, windows_app: typer.Typer
-) -> None:
-    """Add every command of this package to the CLI's apps."""
-    from monitor.commands import backfill, config_example, explain, replay, report
+def register_commands(app: typer.Typer, *, config_app: typer.Typer) -> None:
+    """Add every command of this package to the CLI's apps (in the order ``--help`` lists
+    them: commands in the order added, then groups in the order added)."""
+    from monitor.commands import (
+        backfill,
+        config_example,
+        db,
+        estimator,
+        explain,
+        reference,
+        replay,
+        report,
+        serve,
+        windows,
+    )
 
+    db.register(app)
+    reference.register(app)
+    estimator.register(app)
+    serve.register(app)
+    windows_app = windows.register(app)
     backfill.register(app)
     replay.register(app)
     report.register(app)

@@ -1,6 +1,6 @@
-"""What the SRE commands share: the --config option, time arguments, the services the daemon
-runs (opened the same way), and progress output (a bar with ETA on a terminal, plain lines
-otherwise)."""
+"""What the commands share: the --config and --reference options, time arguments, error-line
+sanitising, the services the daemon runs (opened the same way), and progress output (a bar
+with ETA on a terminal, plain lines otherwise)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from monitor.config import Settings, load_settings
+from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
+
+# The exit codes of every command (documented in `mllm-monitor --help`; monitor.cli maps
+# exceptions to them).
+EXIT_OK = 0
+EXIT_ERROR = 1  # the monitor could not do what was asked, or a check failed
+EXIT_USAGE = 2  # bad command line or invalid settings
+EXIT_INTERNAL = 3  # an error the monitor did not anticipate: a bug, please report it
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 ConfigOption = Annotated[
     Path | None,
@@ -45,6 +53,62 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 err_console = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+
+# The most characters of an error message shown: a hostile input echoed in a message must not
+# flood the terminal.
+_MAX_MESSAGE = 2000
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def one_line(text: str) -> str:
+    """Whitespace collapsed, control characters escaped, URL credentials masked, length cut."""
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    text = _URL.sub(lambda m: mask_url(m[0]), text)
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " [...]"
+
+
+def store_name(value: str) -> str:
+    """Refuse a store name that could not be a directory name (control characters, '/')."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise typer.BadParameter(
+            f"invalid store name {one_line(repr(value))}: 1 to 64 letters, digits, '_', '.', "
+            "':' or '-', starting with a letter, digit or '_'"
+        )
+    return value
+
+
+StoreOption = Annotated[
+    str,
+    typer.Option(
+        "--reference",
+        "-r",
+        help="Name of the reference store (under reference.root).",
+        callback=store_name,
+    ),
+]
+
+
+def load_for_compute(config: Path | None) -> Settings:
+    """The settings, with [compute] applied once: for commands that run encoders, estimators
+    or FAISS (before any of them runs)."""
+    from monitor.compute import apply_compute_settings
+
+    settings = load_settings(config)
+    apply_compute_settings(settings.compute)
+    return settings
+
+
+def progress_bar() -> Progress:
+    """A rich progress bar on stderr (count and elapsed time) for the store commands."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
 
 
 def out_console() -> Console:

@@ -1,0 +1,137 @@
+"""``mllm-monitor estimator train|import`` and ``calibrate``: what a reference store needs
+besides its embeddings (the CLUB estimator, the null distributions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from monitor.commands._common import ConfigOption, StoreOption, load_for_compute, progress_bar
+
+
+def estimator_train(
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs to train.")] = 200,
+    hidden: Annotated[int, typer.Option(min=2, help="Hidden width (the paper: 500).")] = 500,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Stop after this many epochs without a better held-out likelihood."
+        ),
+    ] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train CLUB on the store's ID pairs (x with reference and with model answers)."""
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import open_store, train_store_estimator
+
+    settings = load_for_compute(config)
+    encoders = encoders_from_settings(settings.encoders)
+    store = open_store(settings.reference.root, reference, encoders)
+    with progress_bar() as progress:
+        task = progress.add_task("training CLUB (epochs)", total=epochs)
+        model = train_store_estimator(
+            store,
+            hidden=hidden,
+            epochs=epochs,
+            patience=patience,
+            seed=seed,
+            on_epoch=lambda report: progress.update(task, completed=report.epoch),
+        )
+    typer.echo(
+        f"trained CLUB for store {store.name!r}: best epoch {model.metadata['best_epoch']}, "
+        f"held-out log-likelihood {model.metadata['holdout_loglik']:.3f}"
+    )
+
+
+def estimator_import(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CLUB state dict (e.g. the paper authors' CLUB_global.pt).", dir_okay=False
+        ),
+    ],
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Register an external CLUB state dict with a store, checking its dims."""
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import import_store_estimator, open_store
+
+    settings = load_for_compute(config)
+    encoders = encoders_from_settings(settings.encoders)
+    store = open_store(settings.reference.root, reference, encoders)
+    model = import_store_estimator(store, path)
+    typer.echo(
+        f"imported CLUB {model.x_dim}->{model.y_dim} (hidden {model.hidden}) into store "
+        f"{store.name!r}"
+    )
+
+
+def calibrate(
+    reference: StoreOption = "default",
+    config: ConfigOption = None,
+    window_sizes: Annotated[
+        str,
+        typer.Option(
+            "--window-sizes",
+            help="Comma-separated window sizes (records) to calibrate; 'auto': those of "
+            "50,100,200,500 that fit the store (a window may hold at most 5% of the pool).",
+        ),
+    ] = "auto",
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Pseudo-windows per size. Default: the minimum that alerts.false_alarm_rate "
+            "needs over the 5 warning tests (500 at 0.01); fewer are refused.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import calibrate_store, open_store
+
+    sizes: list[int] | None = None
+    if window_sizes.strip().lower() != "auto":
+        try:
+            sizes = [int(part) for part in window_sizes.split(",") if part.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter(
+                f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
+            ) from exc
+    settings = load_for_compute(config)
+    encoders = encoders_from_settings(settings.encoders)
+    store = open_store(settings.reference.root, reference, encoders)
+    with progress_bar() as progress:
+        task = progress.add_task("calibrating (trials)", total=None)
+        data = calibrate_store(
+            store,
+            window_sizes=sizes,
+            trials=trials,
+            seed=seed,
+            false_alarm_rate=settings.alerts.false_alarm_rate,
+            hysteresis=settings.alerts.hysteresis_k_of_m,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    typer.echo(
+        f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
+        f"{data['trials']} trials each, {data['jsd_mode']} JSD"
+    )
+    for term, reason in data.get("uncalibrated", {}).items():
+        typer.echo(f"  {term}: not calibrated ({reason})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``estimator`` group and the ``calibrate`` command to the root app."""
+    estimator_app = typer.Typer(
+        help="Train or import the CLUB estimator of a reference store.", no_args_is_help=True
+    )
+    estimator_app.command("train")(estimator_train)
+    estimator_app.command("import")(estimator_import)
+    app.add_typer(estimator_app, name="estimator")
+    app.command("calibrate")(calibrate)
