@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from prometheus_client import CollectorRegistry
@@ -31,6 +31,9 @@ from rich.progress import (
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
+
+if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded when a command runs
+    from monitor.reference.store import ReferenceStore
 
 # The exit codes of every command (documented in `mllm-monitor --help`; monitor.cli maps
 # exceptions to them).
@@ -97,6 +100,17 @@ def load_for_compute(config: Path | None) -> Settings:
     settings = load_settings(config)
     apply_compute_settings(settings.compute)
     return settings
+
+
+def open_configured_store(config: Path | None, name: str) -> tuple[Settings, ReferenceStore]:
+    """The settings (with [compute] applied) and the store ``name`` opened under the configured
+    encoders, whose fingerprints it must match: what every store command starts with."""
+    from monitor.embedding import encoders_from_settings
+    from monitor.reference import open_store
+
+    settings = load_for_compute(config)
+    encoders = encoders_from_settings(settings.encoders)
+    return settings, open_store(settings.reference.root, name, encoders)
 
 
 def progress_bar() -> Progress:

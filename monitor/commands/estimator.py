@@ -8,7 +8,12 @@ from typing import Annotated
 
 import typer
 
-from monitor.commands._common import ConfigOption, StoreOption, load_for_compute, progress_bar
+from monitor.commands._common import (
+    ConfigOption,
+    StoreOption,
+    open_configured_store,
+    progress_bar,
+)
 
 
 def estimator_train(
@@ -25,12 +30,9 @@ def estimator_train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train CLUB on the store's ID pairs (x with reference and with model answers)."""
-    from monitor.embedding import encoders_from_settings
-    from monitor.reference import open_store, train_store_estimator
+    from monitor.reference import train_store_estimator
 
-    settings = load_for_compute(config)
-    encoders = encoders_from_settings(settings.encoders)
-    store = open_store(settings.reference.root, reference, encoders)
+    _, store = open_configured_store(config, reference)
     with progress_bar() as progress:
         task = progress.add_task("training CLUB (epochs)", total=epochs)
         model = train_store_estimator(
@@ -58,12 +60,9 @@ def estimator_import(
     config: ConfigOption = None,
 ) -> None:
     """Register an external CLUB state dict with a store, checking its dims."""
-    from monitor.embedding import encoders_from_settings
-    from monitor.reference import import_store_estimator, open_store
+    from monitor.reference import import_store_estimator
 
-    settings = load_for_compute(config)
-    encoders = encoders_from_settings(settings.encoders)
-    store = open_store(settings.reference.root, reference, encoders)
+    _, store = open_configured_store(config, reference)
     model = import_store_estimator(store, path)
     typer.echo(
         f"imported CLUB {model.x_dim}->{model.y_dim} (hidden {model.hidden}) into store "
@@ -93,8 +92,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
-    from monitor.embedding import encoders_from_settings
-    from monitor.reference import calibrate_store, open_store
+    from monitor.reference import calibrate_store
 
     sizes: list[int] | None = None
     if window_sizes.strip().lower() != "auto":
@@ -104,9 +102,7 @@ def calibrate(
             raise typer.BadParameter(
                 f"not a list of integers: {window_sizes!r}", param_hint="--window-sizes"
             ) from exc
-    settings = load_for_compute(config)
-    encoders = encoders_from_settings(settings.encoders)
-    store = open_store(settings.reference.root, reference, encoders)
+    settings, store = open_configured_store(config, reference)
     with progress_bar() as progress:
         task = progress.add_task("calibrating (trials)", total=None)
         data = calibrate_store(
