@@ -77,18 +77,7 @@ def validate_image(data: bytes, *, settings: Settings, field: str = "image") -> 
 def parse_records_body(body: Any, *, settings: Settings, now: datetime) -> list[TrafficRecord]:
     """A request body: one record, or ``{"records": [...]}`` (all valid, or an error)."""
     if isinstance(body, dict) and "records" in body:
-        items = body["records"]
-        if not isinstance(items, list):
-            raise InvalidInputError('"records" must be a list of records', field="records")
-        if not items:
-            raise InvalidInputError('"records" is empty', field="records")
-        limit = settings.ingest.max_batch_records
-        if len(items) > limit:
-            raise PayloadTooLargeError(
-                f"{len(items):,} records in one batch, over the limit of {limit:,} "
-                "([ingest] max_batch_records)",
-                field="records",
-            )
+        items = _batch(body, "records", "a list of records", settings)
         records = [
             parse_record(item, settings=settings, now=now, where=f"records[{i}]")
             for i, item in enumerate(items)
@@ -148,17 +137,7 @@ def parse_record(obj: Any, *, settings: Settings, now: datetime, where: str = ""
 def parse_references_body(body: Any, *, settings: Settings) -> list[ReferenceItem]:
     """``{"id", "reference"}`` (``stream`` optional) or ``{"references": [...]}``."""
     if isinstance(body, dict) and "references" in body:
-        items = body["references"]
-        if not isinstance(items, list):
-            raise InvalidInputError('"references" must be a list', field="references")
-        if not items:
-            raise InvalidInputError('"references" is empty', field="references")
-        limit = settings.ingest.max_batch_records
-        if len(items) > limit:
-            raise PayloadTooLargeError(
-                f"{len(items):,} references in one batch, over the limit of {limit:,}",
-                field="references",
-            )
+        items = _batch(body, "references", "a list", settings)
         return [_reference_item(item, settings, f"references[{i}]") for i, item in enumerate(items)]
     if isinstance(body, dict):
         return [_reference_item(body, settings, "")]
@@ -166,6 +145,23 @@ def parse_references_body(body: Any, *, settings: Settings) -> list[ReferenceIte
         'the body must be a JSON object: {"id", "reference"} or {"references": [...]}',
         field="body",
     )
+
+
+def _batch(body: dict[str, Any], key: str, what: str, settings: Settings) -> list[Any]:
+    """``body[key]`` as a batch: a non-empty list within ``[ingest] max_batch_records``."""
+    items = body[key]
+    if not isinstance(items, list):
+        raise InvalidInputError(f'"{key}" must be {what}', field=key)
+    if not items:
+        raise InvalidInputError(f'"{key}" is empty', field=key)
+    limit = settings.ingest.max_batch_records
+    if len(items) > limit:
+        raise PayloadTooLargeError(
+            f"{len(items):,} {key} in one batch, over the limit of {limit:,} "
+            "([ingest] max_batch_records)",
+            field=key,
+        )
+    return items
 
 
 def _reference_item(obj: Any, settings: Settings, where: str) -> ReferenceItem:
