@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
 
 from monitor.errors import CalibrationError, EmbeddingError, InvalidInputError
+from monitor.estimators import calibration
 from monitor.estimators.calibration import (
     NullDistribution,
     binomial_count_threshold,
@@ -21,7 +22,7 @@ from monitor.estimators.calibration import (
     null_distributions,
     split_reference,
 )
-from monitor.estimators.club import CLUB
+from monitor.estimators.club import CLUB, club_estimate_from_heads
 from monitor.estimators.emi import emi, emid
 from monitor.estimators.rjsd import ReferenceJSD
 from tests.conftest import unit_rows
@@ -171,6 +172,92 @@ def test_emi_and_emid_bootstrap_are_seeded_and_centred_on_the_estimate() -> None
     assert drop == emid_bootstrap(model, *p, *q, resamples=100, seed=2)
     with pytest.raises(InvalidInputError, match="confidence"):
         emi_bootstrap(model, *p, confidence=1.0)
+
+
+def _straightforward_emid_interval(
+    model: CLUB,
+    p: list[np.ndarray],
+    q: list[np.ndarray],
+    resamples: int,
+    seed: int,
+) -> tuple[float, float, np.ndarray]:
+    """The bootstrap as first written: EMI recomputed on each resample's gathered rows (the
+    CLUB estimate from the network's heads), ID rows drawn before live rows per resample."""
+
+    def emi_of(side: list[np.ndarray]) -> Callable[[np.ndarray], float]:
+        mu, logvar = model.mu_logvar(side[0])
+        weight = (-logvar).exp()
+        y_hat, y = (torch.as_tensor(a, dtype=torch.float32) for a in side[1:])
+
+        def of(idx: np.ndarray) -> float:
+            rows = torch.as_tensor(idx)
+            return club_estimate_from_heads(mu[rows], weight[rows], y_hat[rows]) - (
+                club_estimate_from_heads(mu[rows], weight[rows], y[rows])
+            )
+
+        return of
+
+    id_emi, live_emi = emi_of(p), emi_of(q)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        id_rows_drawn = rng.integers(0, len(p[0]), size=len(p[0]))
+        values.append(id_emi(id_rows_drawn) - live_emi(rng.integers(0, len(q[0]), size=len(q[0]))))
+    low, high = np.quantile(values, [0.025, 0.975])
+    return float(low), float(high), np.asarray(values)
+
+
+def test_emid_bootstrap_equals_recomputing_every_resample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The counts-matrix bootstrap draws the same resamples as recomputing EMI on each one's
+    rows, and gets the same values up to float32 rounding; small blocks and batches make the
+    row chunks and resample batches of the vectorised form run more than once."""
+    rng = np.random.default_rng(11)
+    model = CLUB(6, 5, hidden=12)
+    p = [rng.standard_normal((45, 6)), rng.standard_normal((45, 5)), rng.standard_normal((45, 5))]
+    q = [rng.standard_normal((30, 6)), rng.standard_normal((30, 5)), rng.standard_normal((30, 5))]
+    q[1] += 0.8 * q[0][:, :5]  # answers that depend on the query: an EMI away from 0
+    low, high, _ = _straightforward_emid_interval(model, p, q, resamples=60, seed=9)
+    monkeypatch.setattr(calibration, "_TERM_CHUNK_ROWS", 7)
+    monkeypatch.setattr(calibration, "_COUNTS_BATCH_ENTRIES", 45 * 25)
+    interval = emid_bootstrap(model, *p, *q, resamples=60, seed=9)
+    assert interval.estimate == emid(model, *p, *q)  # the point estimate is the same code
+    assert interval.resamples == 60
+    assert interval.low == pytest.approx(low, abs=1e-6)
+    assert interval.high == pytest.approx(high, abs=1e-6)
+    assert high - low > 1e-3  # the tolerance is far below the interval's width
+
+
+def test_emi_of_counts_is_the_estimate_on_the_resampled_rows_in_float64() -> None:
+    """Each resample's value against the CLUB definition evaluated directly, in float64, on the
+    gathered rows: mean_i sum_k w_ik [-(mu_ik - y_ik)^2 + mean_j (y_jk - mu_ik)^2] / 2."""
+    rng = np.random.default_rng(12)
+    model = CLUB(4, 3, hidden=8)
+    x, y_hat, y = (
+        rng.standard_normal((20, 4)),
+        rng.standard_normal((20, 3)),
+        rng.standard_normal((20, 3)),
+    )
+    mu_t, logvar_t = model.mu_logvar(x)
+    # The weight as the estimator takes it: exp(-logvar) of the network's float32 output.
+    mu, w = mu_t.double().numpy(), (-logvar_t).exp().double().numpy()
+    y_hat32, y32 = (
+        y_hat.astype(np.float32).astype(np.float64),
+        y.astype(np.float32).astype(np.float64),
+    )
+
+    def club_on(idx: np.ndarray, target: np.ndarray) -> float:
+        m, weight, t = mu[idx], w[idx], target[idx]
+        positive = -((m - t) ** 2)
+        negative = ((t[None, :, :] - m[:, None, :]) ** 2).mean(1)
+        return float((weight * (positive + negative)).sum(1).mean() / 2)
+
+    draws = [rng.integers(0, 20, size=20) for _ in range(5)] + [np.arange(20)]
+    counts = np.stack([np.bincount(d, minlength=20) for d in draws]).astype(np.float64)
+    values = calibration._EMITerms(model, x, y_hat, y).emi_of_counts(counts)
+    expected = [club_on(d, y_hat32) - club_on(d, y32) for d in draws]
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
 
 
 def _mean_free_club(dim: int) -> CLUB:
