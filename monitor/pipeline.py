@@ -15,6 +15,10 @@
   has a CLUB estimator.
 * OOD fraction: samples whose kNN score (computed by the embedding workers) is over the store's
   threshold.
+* Nulls: the calibration's (pseudo-windows), or, for a store calibrated by permutation (too
+  small for pseudo-windows), the window's own: :class:`monitor.reference.permutation.
+  PermutationTest` splits the window and comparison records at random (the window capped at
+  its MAX_WINDOW records, a seeded subset, on which the values are computed too).
 * Judgement: :func:`monitor.reference.assess_window` (p-values, thresholds, the corrected
   warning, the bound's significance) and :func:`monitor.risk.assess_risk` (k of m windows).
   Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
@@ -49,6 +53,13 @@ from monitor.metrics import MonitorMetrics, gauge_value
 from monitor.records import TERMS, WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.reference import WindowStatistics, assess_window, load_store_estimator
 from monitor.reference.estimator import held_out_pairs
+from monitor.reference.permutation import (
+    MAX_WINDOW,
+    PERMUTATION,
+    PermutationTest,
+    calibration_method,
+)
+from monitor.reference.window_stats import store_arrays
 from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
 
 log = logging.getLogger("monitor.pipeline")
@@ -126,6 +137,12 @@ class StreamModel:
         self.store = store
         self.calibration: dict[str, Any] | None = store.calibration
         self.stats = WindowStatistics.from_store(store, self.calibration)
+        # A permutation calibration draws each window's nulls from the window itself.
+        self.permutation: PermutationTest | None = None
+        if self.calibration is not None and calibration_method(self.calibration) == PERMUTATION:
+            self.permutation = PermutationTest(
+                store_arrays(store), self.calibration["comparison"], self.stats.jsd_mode
+            )
         self.alpha = settings.alerts.false_alarm_rate
         self.fusion = store.manifest.get("fusion", "mean")
         self.ood_threshold = float(store.ood["threshold"]) if store.ood else math.inf
@@ -153,6 +170,8 @@ class StreamModel:
 
     def estimate(self, data: WindowData, *, seed: int = 0) -> Estimate:
         """Every term, EMI/EMID and the assessment of one window (pure: no IO)."""
+        if self.permutation is not None:
+            data = _capped(data, MAX_WINDOW, seed)
         pairs = None
         both = data.pair_mask
         responses, references = data.rows["response"], data.rows["reference"]
@@ -165,6 +184,12 @@ class StreamModel:
             responses=data.of("response"),
             reference_pairs=pairs,
         )
+        window_nulls = None
+        if self.permutation is not None:
+            assert self.calibration is not None
+            window_nulls = self.permutation.nulls(
+                data.rows, data.present, values, trials=int(self.calibration["trials"]), seed=seed
+            )
         assessment = assess_window(
             self.calibration,
             values,
@@ -174,9 +199,11 @@ class StreamModel:
             ood_fraction=data.ood_fraction,
             alpha=self.alpha,
             ood_flag_rate=self.ood_flag_rate,
+            window_nulls=window_nulls,
         )
         if (
             self.calibration is not None
+            and self.permutation is None
             and assessment.bound_significant is None
             and values["output_live"] is not None
         ):
@@ -563,6 +590,19 @@ def _id_emi_rows(store: Any) -> tuple[Rows, Rows, Rows]:
         )
         x, y_hat, y = x[chosen], y_hat[chosen], y[chosen]
     return x, _renormalise(y_hat), _renormalise(y)
+
+
+def _capped(data: WindowData, limit: int, seed: int) -> WindowData:
+    """``data`` with at most ``limit`` rows (a seeded uniform subset; counts unchanged)."""
+    rows = len(data.present["prompt"])
+    if rows <= limit:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+    return replace(
+        data,
+        rows={k: None if r is None else r[keep] for k, r in data.rows.items()},
+        present={k: m[keep] for k, m in data.present.items()},
+    )
 
 
 def _window_seed(key: WindowKey) -> int:

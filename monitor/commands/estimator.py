@@ -3,6 +3,7 @@ besides its embeddings (the CLUB estimator, the null distributions)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,12 @@ from monitor.commands._common import (
     open_configured_store,
     progress_bar,
 )
+
+
+class CalibrationMethod(StrEnum):
+    auto = "auto"
+    pseudo_windows = "pseudo-windows"
+    permutation = "permutation"
 
 
 def estimator_train(
@@ -90,9 +97,19 @@ def calibrate(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    method: Annotated[
+        CalibrationMethod,
+        typer.Option(
+            help="pseudo-windows: nulls drawn once from a pool of ID records (needs about 40 "
+            "ID records per window record); permutation: nulls drawn per window by permuting "
+            "the window with the ID records (any store size, more compute per window); auto: "
+            "pseudo-windows when --window-sizes is given or 50-record windows fit, else "
+            "permutation.",
+        ),
+    ] = CalibrationMethod.auto,
 ) -> None:
-    """Null distributions of every term and of the bound, per window size (DESIGN section 4)."""
-    from monitor.reference import calibrate_store
+    """Null distributions of every term and of the bound (DESIGN section 4)."""
+    from monitor.reference.calibrate import calibrate_store, describe_calibration
 
     sizes: list[int] | None = None
     if window_sizes.strip().lower() != "auto":
@@ -112,12 +129,10 @@ def calibrate(
             seed=seed,
             false_alarm_rate=settings.alerts.false_alarm_rate,
             hysteresis=settings.alerts.hysteresis_k_of_m,
+            method=method.value,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    typer.echo(
-        f"calibrated store {store.name!r}: window sizes {data['window_sizes']}, "
-        f"{data['trials']} trials each, {data['jsd_mode']} JSD"
-    )
+    typer.echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")
     for term, reason in data.get("uncalibrated", {}).items():
         typer.echo(f"  {term}: not calibrated ({reason})")
 

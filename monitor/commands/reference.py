@@ -120,6 +120,7 @@ def reference_show(
     threshold, calibration and estimator status."""
     from monitor.embedding import encoders_from_settings
     from monitor.reference import encoder_fingerprints, fingerprint_mismatches, load_store
+    from monitor.reference.calibrate import describe_calibration
 
     settings = load_settings(config)
     store = load_store(settings.reference.root, name)
@@ -173,8 +174,7 @@ def reference_show(
     typer.echo(
         "  calibration:  "
         + (
-            f"window sizes {calibration['window_sizes']}, {calibration['trials']} trials, "
-            f"{calibration['jsd_mode']} JSD"
+            describe_calibration(calibration)
             if calibration
             else "none (run `mllm-monitor calibrate`)"
         )

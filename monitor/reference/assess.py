@@ -1,5 +1,7 @@
 """Reading a window against its calibration: p-values, thresholds, the warning and the bound.
 
+* With a permutation calibration, every term and the bound read the nulls drawn for the window
+  itself (``window_nulls``: :mod:`monitor.reference.permutation`); otherwise:
 * Each tested term (:data:`TESTED_TERMS`) reads a null for the count of rows entering it
   (records for text and response, images for visual, reference pairs for output_live):
   - a calibrated count: its null;
@@ -124,11 +126,14 @@ def assess_window(
     ood_fraction: float | None,
     alpha: float,
     ood_flag_rate: float | None = None,
+    window_nulls: Mapping[str, NullDistribution] | None = None,
 ) -> WindowAssessment:
     """p-values, thresholds and the warning of one window (``values`` from WindowStatistics).
 
     ``ood_flag_rate``: the per-sample flag rate of fresh ID records (1 - TPR of the store's
     OOD threshold); None reads it from the calibration, and without either OOD is not tested.
+    ``window_nulls``: nulls drawn for this very window (terms and ``bound``; a permutation
+    calibration, :mod:`monitor.reference.permutation`), read instead of the calibration's.
     """
     counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
     p_values: dict[str, float | None] = dict.fromkeys(ASSESSED)
@@ -137,8 +142,13 @@ def assess_window(
     if calibration is not None:
         for term in TESTED_TERMS:
             value = values.get(term)
-            null = null_for(calibration, term, counts[term]) if value is not None else None
-            if value is not None and null is not None:
+            if value is None:
+                continue
+            if window_nulls is not None:
+                null = window_nulls.get(term)
+            else:
+                null = null_for(calibration, term, counts[term])
+            if null is not None:
                 nulls[term] = null
                 p_values[term] = null.p_value(value)
     if ood_flag_rate is None and calibration is not None:
@@ -169,11 +179,15 @@ def assess_window(
     bound_significant: bool | None = None
     bound_value = values.get("bound_scale_adjusted")
     if calibration is not None and bound_value is not None:
-        null = bound_null(
-            calibration,
-            n=n,
-            n_images=n_images if values.get("visual") is not None else None,
-            n_references=n_references if values.get("output_live") is not None else None,
+        null = (
+            window_nulls.get("bound")
+            if window_nulls is not None
+            else bound_null(
+                calibration,
+                n=n,
+                n_images=n_images if values.get("visual") is not None else None,
+                n_references=n_references if values.get("output_live") is not None else None,
+            )
         )
         if null is not None:
             p_values["bound"] = null.p_value(bound_value)

@@ -6,6 +6,12 @@ rules for sizes and trials), record the store's OOD flag rate, and write ``calib
 into the store. Live windows read these nulls through :func:`~monitor.reference.assess.
 assess_window`, computing their values with the same :class:`WindowStatistics`.
 
+Two methods: ``pseudo-windows`` (nulls drawn once, here, from a pool of ID records) and
+``permutation`` (nulls drawn per window from the window and the comparison records:
+:mod:`monitor.reference.permutation`; for stores too small for the first). ``auto`` picks
+pseudo-windows when explicit window sizes are asked for or the smallest default size fits the
+pool, else permutation.
+
 The window-vs-comparison JSDs use the ``balanced`` mode by default (why: the docstring of
 :mod:`monitor.estimators.rjsd`); the mode is recorded so live windows use the same one.
 """
@@ -16,11 +22,23 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.errors import CalibrationError
 from monitor.estimators.calibration import MAX_POOL_FRACTION
 from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode
 from monitor.reference.assess import bound_null, null_for
+from monitor.reference.permutation import (
+    CALIBRATION_METHODS,
+    PERMUTATION,
+    PSEUDO_WINDOWS,
+    permutation_calibration,
+)
 from monitor.reference.store import CALIBRATION, ReferenceStore, write_store_json
-from monitor.reference.window_stats import DEFAULT_WINDOW_SIZES, calibrate_arrays, store_arrays
+from monitor.reference.window_stats import (
+    DEFAULT_WINDOW_SIZES,
+    IDArrays,
+    calibrate_arrays,
+    store_arrays,
+)
 
 __all__ = ["DEFAULT_WINDOW_SIZES", "bound_null", "calibrate_store", "null_for"]
 
@@ -36,23 +54,75 @@ def calibrate_store(
     false_alarm_rate: float = 0.01,
     hysteresis: tuple[int, int] = (2, 3),
     max_pool_fraction: float = MAX_POOL_FRACTION,
+    method: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate ``store`` and write its ``calibration.json``; see ``calibrate_arrays``."""
-    data = calibrate_arrays(
-        store_arrays(store),
-        window_sizes=window_sizes,
-        trials=trials,
-        comparison_fraction=comparison_fraction,
-        seed=seed,
-        mode=mode,
-        false_alarm_rate=false_alarm_rate,
-        hysteresis=hysteresis,
-        max_pool_fraction=max_pool_fraction,
-        progress=progress,
-    )
+    """Calibrate ``store`` and write its ``calibration.json``; see ``calibrate_arrays`` and
+    ``permutation_calibration`` (``method``: ``auto``, ``pseudo-windows``, ``permutation``)."""
+    arrays = store_arrays(store)
+    chosen = choose_method(method, arrays, window_sizes, comparison_fraction, max_pool_fraction)
+    if chosen == PERMUTATION:
+        if window_sizes is not None:
+            raise CalibrationError(
+                "a permutation calibration tests every window size; do not pass window sizes"
+            )
+        data = permutation_calibration(
+            arrays,
+            trials=trials,
+            seed=seed,
+            mode=mode,
+            false_alarm_rate=false_alarm_rate,
+            hysteresis=hysteresis,
+        )
+    else:
+        data = calibrate_arrays(
+            arrays,
+            window_sizes=window_sizes,
+            trials=trials,
+            comparison_fraction=comparison_fraction,
+            seed=seed,
+            mode=mode,
+            false_alarm_rate=false_alarm_rate,
+            hysteresis=hysteresis,
+            max_pool_fraction=max_pool_fraction,
+            progress=progress,
+        )
+        data["method"] = PSEUDO_WINDOWS
     tpr = store.ood.get("tpr")
     data["ood_flag_rate"] = 1.0 - float(tpr) if tpr is not None else None
     data["created_at"] = datetime.now(UTC).isoformat()
     write_store_json(store, CALIBRATION, data, calibrated=True)
     return data
+
+
+def choose_method(
+    method: str,
+    data: IDArrays,
+    window_sizes: Sequence[int] | None,
+    comparison_fraction: float,
+    max_pool_fraction: float,
+) -> str:
+    """``method``, with ``auto`` resolved (module docstring)."""
+    if method not in (*CALIBRATION_METHODS, "auto"):
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; expected auto, "
+            + ", ".join(CALIBRATION_METHODS)
+        )
+    if method != "auto":
+        return method
+    pool = data.n - round(data.n * comparison_fraction)
+    fits = int(max_pool_fraction * pool) >= DEFAULT_WINDOW_SIZES[0]
+    return PSEUDO_WINDOWS if window_sizes is not None or fits else PERMUTATION
+
+
+def describe_calibration(calibration: dict[str, Any]) -> str:
+    """One line saying how windows are tested (for the CLI)."""
+    if calibration.get("method") == PERMUTATION:
+        return (
+            f"per-window permutation test, {calibration['trials']} permutations against "
+            f"{len(calibration['comparison'])} ID records, {calibration['jsd_mode']} JSD"
+        )
+    return (
+        f"pseudo-window nulls for window sizes {calibration['window_sizes']}, "
+        f"{calibration['trials']} trials each, {calibration['jsd_mode']} JSD"
+    )

@@ -1,0 +1,289 @@
+"""Per-window permutation nulls: a valid test for ID sets too small to calibrate.
+
+Pseudo-window calibration (:mod:`monitor.reference.window_stats`) draws its pseudo-windows
+from a pool that must be about 20 times the window (``MAX_POOL_FRACTION``: pseudo-windows of a
+smaller pool share its own deviation and the null comes out too narrow). A store of a few
+hundred records, such as a curated evaluation set, cannot calibrate windows of a hundred that
+way. A permutation test needs no pool: for each window, the window's records and the
+comparison records are pooled and split at random into two sets of the window's and the
+comparison's sizes, ``trials`` times, and every term and the bound are computed on each split
+exactly as on the window. Under the null hypothesis (the window's records are exchangeable with
+the ID records) the window's own split is one uniformly random split among them, so
+
+    p = (1 + #{splits with a value >= the window's}) / (1 + trials)
+
+is valid at any window and comparison size, and one set of splits serves every term and the
+bound, which keeps their dependence. A split whose window side lacks rows a term needs (fewer
+than 2 images or reference pairs) counts as at least as extreme as the window (conservative).
+
+The price is compute per window rather than once: three eigendecompositions per term and
+split, each of size min(rows, d). ``calibrate`` therefore picks this method only when no
+default window size fits the pool, and the rows entering a test are capped: ``MAX_COMPARISON``
+comparison records (a seeded subset fixed at calibration) and ``MAX_WINDOW`` window records (a
+seeded subset per window, on which the window's values are then computed too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import NullDistribution, minimum_trials
+from monitor.estimators.emi import emid_upper_bound
+from monitor.estimators.rjsd import (
+    DEFAULT_JSD_MODE,
+    JSDMode,
+    representation_jsd,
+    von_neumann_entropy,
+)
+from monitor.reference.window_stats import (
+    CALIBRATION_FORMAT,
+    WARNING_TESTS,
+    IDArrays,
+    WindowStatistics,
+)
+
+Rows = npt.NDArray[np.floating[Any]]
+Mask = npt.NDArray[np.bool_]
+
+PERMUTATION = "permutation"
+PSEUDO_WINDOWS = "pseudo-windows"
+CALIBRATION_METHODS = (PSEUDO_WINDOWS, PERMUTATION)
+MAX_COMPARISON = 1_000
+MAX_WINDOW = 1_000
+# Which embedding kind each two-sample term compares.
+KIND_OF = {"text": "prompt", "visual": "image", "response": "response"}
+KINDS = ("prompt", "image", "response", "reference")
+
+
+def calibration_method(calibration: Mapping[str, Any] | None) -> str | None:
+    """The method a calibration was made with (calibrations before permutations had none)."""
+    if calibration is None:
+        return None
+    return str(calibration.get("method", PSEUDO_WINDOWS))
+
+
+def permutation_calibration(
+    data: IDArrays,
+    *,
+    trials: int | None = None,
+    seed: int = 0,
+    mode: JSDMode = DEFAULT_JSD_MODE,
+    false_alarm_rate: float = 0.01,
+    hysteresis: tuple[int, int] = (2, 3),
+    entropy_scale: float = 1.0,
+) -> dict[str, Any]:
+    """A calibration whose nulls are drawn per window by permutation (no IO).
+
+    It fixes what every window is tested against: the comparison records (all of them, or a
+    seeded subset of MAX_COMPARISON), the JSD mode and the number of splits (None: the minimum
+    the warning rule needs, as for pseudo-windows; fewer are refused).
+    """
+    if data.n < 2:
+        raise CalibrationError(f"{data.n} ID records: a permutation test needs at least 2")
+    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
+    trials = needed if trials is None else trials
+    if trials < needed:
+        raise CalibrationError(
+            f"{trials} permutations cannot resolve the warning rule: {WARNING_TESTS} tests at a "
+            f"false-alarm rate of {false_alarm_rate} need at least {needed}"
+        )
+    comparison = np.arange(data.n)
+    if data.n > MAX_COMPARISON:
+        rng = np.random.default_rng(seed)
+        comparison = np.sort(rng.choice(data.n, size=MAX_COMPARISON, replace=False))
+    stats = WindowStatistics.from_arrays(
+        data, comparison.astype(np.intp), jsd_mode=mode, entropy_scale=entropy_scale
+    )
+    return {
+        "format": CALIBRATION_FORMAT,
+        "method": PERMUTATION,
+        "seed": seed,
+        "trials": trials,
+        "minimum_trials": needed,
+        "false_alarm_rate": false_alarm_rate,
+        "hysteresis": f"{hysteresis[0]}/{hysteresis[1]}",
+        "window_sizes": [],
+        "count_buckets": {},
+        "uncalibrated": {},
+        "max_window_records": MAX_WINDOW,
+        "jsd_mode": mode,
+        "entropy_scale": entropy_scale,
+        "comparison": comparison.tolist(),
+        "output_id": stats.output_id,
+        "nulls": {},
+    }
+
+
+class PermutationTest:
+    """Permutation nulls of a window's terms and bound against one comparison set."""
+
+    def __init__(
+        self, data: IDArrays, comparison: Sequence[int] | npt.NDArray[np.intp], mode: JSDMode
+    ) -> None:
+        rows = np.asarray(comparison, dtype=np.intp)
+        self.mode: JSDMode = mode
+        self.size = len(rows)
+        self.rows: dict[str, Rows | None] = {
+            "prompt": data.prompts[rows],
+            "image": data.images[rows] if data.images is not None else None,
+            "response": data.responses[rows] if data.responses is not None else None,
+            "reference": data.references[rows] if data.references is not None else None,
+        }
+        self.present: dict[str, Mask] = {
+            "prompt": np.ones(len(rows), dtype=bool),
+            "image": data.has_image[rows],
+            "response": np.full(len(rows), data.responses is not None),
+            "reference": data.has_reference[rows],
+        }
+
+    def nulls(
+        self,
+        window_rows: Mapping[str, Rows | None],
+        window_present: Mapping[str, Mask],
+        observed: Mapping[str, float | None],
+        *,
+        trials: int,
+        seed: int,
+    ) -> dict[str, NullDistribution]:
+        """Nulls of every term ``observed`` has a value for, and of the scale-adjusted bound.
+
+        ``window_rows`` / ``window_present``: per kind (prompt, image, response, reference),
+        one row per window record (zeros where absent) and which records have it.
+        """
+        n = len(window_present["prompt"])
+        union = {kind: self._union(kind, window_rows, window_present) for kind in KINDS}
+        splitters = {
+            term: _SplitJSD(union[kind][0][union[kind][1]], self.mode)
+            for term, kind in KIND_OF.items()
+            if observed.get(term) is not None and union[kind][0] is not None
+        }
+        pair = union["response"][1] & union["reference"][1]
+        answers = union["response"][0][pair] if pair.any() else None
+        references = union["reference"][0][pair] if pair.any() else None
+        live_tested = observed.get("output_live") is not None and answers is not None
+        collected: dict[str, list[float]] = {term: [] for term in [*splitters, "bound"]}
+        if live_tested:
+            collected["output_live"] = []
+        # The comparison side's own output term changes with the split too.
+        id_tested = observed.get("output_id") is not None and answers is not None
+        rng = np.random.default_rng(seed)
+        total = n + self.size
+        for _ in range(trials):
+            in_window = np.zeros(total, dtype=bool)
+            in_window[rng.choice(total, size=n, replace=False)] = True
+            split: dict[str, float | None] = {
+                term: splitter(in_window[union[KIND_OF[term]][1]])
+                for term, splitter in splitters.items()
+            }
+            output_id = observed.get("output_id")
+            if answers is not None and references is not None:
+                side = in_window[pair]
+                if live_tested:
+                    split["output_live"] = _paired_jsd(answers, references, side, self.mode)
+                if id_tested:
+                    output_id = _paired_jsd(answers, references, ~side, self.mode)
+            for term, value in split.items():
+                collected[term].append(np.inf if value is None else value)
+            collected["bound"].append(_bound(split, output_id, observed))
+        return {
+            term: NullDistribution(n, np.asarray(values, dtype=np.float64))
+            for term, values in collected.items()
+            if term != "bound" or observed.get("bound_scale_adjusted") is not None
+        }
+
+    def _union(
+        self, kind: str, window_rows: Mapping[str, Rows | None], window_present: Mapping[str, Mask]
+    ) -> tuple[Any, Mask]:
+        """(window rows over comparison rows, float64; which have ``kind``); rows None when
+        neither side has the kind."""
+        own, theirs = window_rows.get(kind), self.rows[kind]
+        n = len(window_present["prompt"])
+        mask = np.concatenate(
+            [
+                window_present[kind] if own is not None else np.zeros(n, dtype=bool),
+                self.present[kind] if theirs is not None else np.zeros(self.size, dtype=bool),
+            ]
+        )
+        if own is None and theirs is None:
+            return None, mask
+        width = (own if own is not None else theirs).shape[1]  # type: ignore[union-attr]
+        blocks = [
+            own if own is not None else np.zeros((n, width)),
+            theirs if theirs is not None else np.zeros((self.size, width)),
+        ]
+        return np.vstack(blocks).astype(np.float64), mask
+
+
+class _SplitJSD:
+    """JSD between the two sides of a split of one set of unit rows, the way
+    :class:`~monitor.estimators.rjsd.ReferenceJSD` computes it (same spectra), from the rows'
+    Gram matrix when they are fewer than the dimension, else from covariances."""
+
+    def __init__(self, rows: Rows, mode: JSDMode) -> None:
+        self.rows, self.mode = rows, mode
+        self.k, self.dim = rows.shape
+        self.squared = np.einsum("ij,ij->i", rows, rows)
+        self.gram = rows @ rows.T if self.k < self.dim else None
+        self.cov = rows.T @ rows if self.gram is None else None
+
+    def __call__(self, side: Mask) -> float | None:
+        a, b = np.flatnonzero(side), np.flatnonzero(~side)
+        if len(a) == 0 or len(b) == 0:
+            return None
+        w_a, w_b = (
+            (1.0, 1.0)
+            if self.mode == "paper"
+            else (1.0 / self.squared[a].sum(), 1.0 / self.squared[b].sum())
+        )
+        if self.gram is not None:
+            scale = np.sqrt(np.where(side, w_a, w_b))
+            h_mix = _entropy(self.gram * np.outer(scale, scale))
+            h_a = _entropy(self.gram[np.ix_(a, a)])
+            h_b = _entropy(self.gram[np.ix_(b, b)])
+        else:
+            assert self.cov is not None
+            cov_a = self.rows[a].T @ self.rows[a]
+            cov_b = self.cov - cov_a
+            h_mix = _entropy(w_a * cov_a + w_b * cov_b)
+            h_a, h_b = self._set_entropy(a, cov_a), self._set_entropy(b, cov_b)
+        return max(h_mix - 0.5 * (h_a + h_b), 0.0)
+
+    def _set_entropy(self, rows: npt.NDArray[np.intp], cov: Rows) -> float:
+        if len(rows) < self.dim:
+            return _entropy(self.rows[rows] @ self.rows[rows].T)
+        return _entropy(cov)
+
+
+def _entropy(kernel: Rows) -> float:
+    return von_neumann_entropy(kernel)
+
+
+def _paired_jsd(answers: Rows, references: Rows, side: Mask, mode: JSDMode) -> float | None:
+    if int(side.sum()) < 2:
+        return None
+    return representation_jsd(answers[side], references[side], mode=mode)
+
+
+def _bound(
+    split: Mapping[str, float | None],
+    output_id: float | None,
+    observed: Mapping[str, float | None],
+) -> float:
+    """The split's scale-adjusted bound over the terms present in the window's bound; a term
+    the split could not compute makes it infinite (conservative, as in the module docstring)."""
+    terms: list[float | None] = []
+    for term in ("visual", "text", "output_id", "output_live"):
+        if observed.get(term) is None:
+            terms.append(None)
+            continue
+        value = output_id if term == "output_id" else split.get(term)
+        if value is None:
+            return float(np.inf)
+        terms.append(value)
+    bound = emid_upper_bound(*terms).value
+    return float(np.inf) if bound is None else bound

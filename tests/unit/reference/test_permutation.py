@@ -1,0 +1,178 @@
+"""Per-window permutation nulls: same values as the live statistics, a false-alarm rate at its
+nominal level where pseudo-windows cannot calibrate, power on a shift, and the method choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.errors import CalibrationError
+from monitor.estimators.rjsd import representation_jsd
+from monitor.reference.assess import assess_window
+from monitor.reference.calibrate import choose_method, describe_calibration
+from monitor.reference.permutation import (
+    MAX_COMPARISON,
+    PERMUTATION,
+    PSEUDO_WINDOWS,
+    PermutationTest,
+    _SplitJSD,
+    calibration_method,
+    permutation_calibration,
+)
+from monitor.reference.window_stats import IDArrays, WindowStatistics
+
+DIM = 8
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def draw(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
+    basis = np.random.default_rng(7).standard_normal((3, DIM))
+    rows = rng.standard_normal((n, 3)) @ basis + 0.5 * rng.standard_normal((n, DIM))
+    rows[:, 0] += shift
+    return unit(rows)
+
+
+def window_arrays(
+    prompts: np.ndarray,
+    responses: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    has_image: np.ndarray | None = None,
+    references: np.ndarray | None = None,
+    has_reference: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray | None], dict[str, np.ndarray]]:
+    """The pipeline's per-kind rows (zeros where absent) and masks of one window."""
+    n = len(prompts)
+    none = np.zeros(n, dtype=bool)
+    return (
+        {"prompt": prompts, "image": images, "response": responses, "reference": references},
+        {
+            "prompt": np.ones(n, dtype=bool),
+            "image": has_image if has_image is not None else none,
+            "response": np.full(n, responses is not None),
+            "reference": has_reference if has_reference is not None else none,
+        },
+    )
+
+
+@pytest.mark.parametrize(("rows", "dim"), [(40, 64), (90, 8)])  # Gram and covariance paths
+@pytest.mark.parametrize("mode", ["balanced", "paper"])
+def test_a_split_jsd_equals_the_jsd_of_its_two_sides(rows: int, dim: int, mode: str) -> None:
+    rng = np.random.default_rng(rows)
+    x = unit(rng.standard_normal((rows, dim)))
+    side = np.zeros(rows, dtype=bool)
+    side[rng.choice(rows, size=rows // 3, replace=False)] = True
+    got = _SplitJSD(x.astype(np.float64), mode)(side)  # type: ignore[arg-type]
+    assert got == pytest.approx(representation_jsd(x[side], x[~side], mode=mode), abs=1e-12)  # type: ignore[arg-type]
+
+
+def test_the_window_split_reads_the_live_values_and_every_term_gets_a_null() -> None:
+    rng = np.random.default_rng(0)
+    m, n = 60, 30
+    has_image = rng.random(m) < 0.5
+    has_reference = rng.random(m) < 0.7
+    data = IDArrays.from_compact(
+        draw(rng, m),
+        responses=draw(rng, m),
+        images=draw(rng, int(has_image.sum())),
+        has_image=has_image,
+        references=draw(rng, int(has_reference.sum())),
+        has_reference=has_reference,
+    )
+    comparison = np.arange(m)
+    stats = WindowStatistics.from_arrays(data, comparison)
+    w_image, w_reference = rng.random(n) < 0.5, rng.random(n) < 0.7
+    prompts, answers = draw(rng, n), draw(rng, n)
+    images, references = draw(rng, n), draw(rng, n)
+    values = stats(
+        prompts=prompts,
+        images=images[w_image],
+        responses=answers,
+        reference_pairs=(answers[w_reference], references[w_reference]),
+    )
+    rows, present = window_arrays(prompts, answers, images, w_image, references, w_reference)
+    nulls = PermutationTest(data, comparison, "balanced").nulls(
+        rows, present, values, trials=19, seed=3
+    )
+    assert set(nulls) == {"visual", "text", "response", "output_live", "bound"}
+    assert all(null.trials == 19 for null in nulls.values())
+    # The identity split (window vs comparison) reproduces the live values exactly: the same
+    # computation serves the window and its null.
+    test = PermutationTest(data, comparison, "balanced")
+    union = test._union("prompt", rows, present)
+    split = _SplitJSD(union[0][union[1]], "balanced")(np.arange(n + m) < n)
+    assert split == pytest.approx(values["text"], abs=1e-12)
+
+
+def test_false_alarms_stay_at_the_nominal_level_with_a_comparison_only_twice_the_window() -> None:
+    """Pseudo-windows at this size ratio alarm far too often (window/pool 0.5 -> 0.093 at
+    alpha = 0.05); the permutation p-value is exact. 39 permutations: p < 0.1 means at most 2
+    of 39 at least as large, probability 3/40 = 0.075 for a continuous statistic."""
+    rng = np.random.default_rng(11)
+    data = IDArrays.from_compact(draw(rng, 60))
+    stats = WindowStatistics.from_arrays(data, np.arange(60))
+    test = PermutationTest(data, np.arange(60), "balanced")
+    windows, alarms = 300, 0
+    for i in range(windows):
+        prompts = draw(rng, 30)
+        values = stats(prompts=prompts, images=None, responses=None, reference_pairs=None)
+        rows, present = window_arrays(prompts)
+        null = test.nulls(rows, present, values, trials=39, seed=i)["text"]
+        alarms += null.p_value(values["text"]) < 0.1  # type: ignore[arg-type]
+    rate, se = alarms / windows, (0.075 * 0.925 / windows) ** 0.5
+    assert abs(rate - 0.075) < 3 * se, rate
+
+
+def test_a_shifted_window_gets_the_smallest_p_value_and_a_warning() -> None:
+    rng = np.random.default_rng(5)
+    data = IDArrays.from_compact(draw(rng, 80), responses=draw(rng, 80))
+    calibration = permutation_calibration(data, false_alarm_rate=0.05, hysteresis=(1, 1))
+    stats = WindowStatistics.for_calibration(data, calibration)
+    test = PermutationTest(data, calibration["comparison"], calibration["jsd_mode"])
+    prompts, answers = draw(rng, 40), draw(rng, 40, shift=1.5)  # the answers drift
+    values = stats(prompts=prompts, images=None, responses=answers, reference_pairs=None)
+    rows, present = window_arrays(prompts, answers)
+    nulls = test.nulls(rows, present, values, trials=calibration["trials"], seed=0)
+    assessment = assess_window(
+        calibration,
+        values,
+        n=40,
+        n_images=0,
+        n_references=0,
+        ood_fraction=None,
+        alpha=0.05,
+        window_nulls=nulls,
+    )
+    assert assessment.p_values["response"] == pytest.approx(1 / (calibration["trials"] + 1))
+    assert assessment.significant_terms == ("response",)
+    assert assessment.warning and assessment.tests == 2
+    text_p = assessment.p_values["text"]
+    assert text_p is not None and text_p > 0.05 / 2
+    assert assessment.p_values["bound"] is not None and not assessment.bound_significant
+
+
+def test_permutation_calibration_fixes_the_comparison_and_the_number_of_permutations() -> None:
+    rng = np.random.default_rng(2)
+    data = IDArrays.from_compact(draw(rng, MAX_COMPARISON + 50))
+    calibration = permutation_calibration(data, false_alarm_rate=0.01)
+    assert calibration_method(calibration) == PERMUTATION
+    assert calibration["trials"] == 500 and calibration["nulls"] == {}
+    assert len(calibration["comparison"]) == MAX_COMPARISON
+    assert "500 permutations against 1000 ID records" in describe_calibration(calibration)
+    with pytest.raises(CalibrationError, match="need at least 500"):
+        permutation_calibration(data, false_alarm_rate=0.01, trials=100)
+    assert calibration_method({"format": "x"}) == PSEUDO_WINDOWS  # older calibrations
+
+
+def test_auto_picks_permutations_only_for_stores_too_small_for_pseudo_windows() -> None:
+    rng = np.random.default_rng(3)
+    small, large = IDArrays.from_compact(draw(rng, 218)), IDArrays.from_compact(draw(rng, 2000))
+    assert choose_method("auto", small, None, 0.5, 0.05) == PERMUTATION
+    assert choose_method("auto", large, None, 0.5, 0.05) == PSEUDO_WINDOWS
+    assert choose_method("auto", small, [5], 0.5, 0.05) == PSEUDO_WINDOWS  # sizes asked for
+    assert choose_method("permutation", large, None, 0.5, 0.05) == PERMUTATION
+    with pytest.raises(CalibrationError, match="unknown calibration method"):
+        choose_method("bootstrap", small, None, 0.5, 0.05)
