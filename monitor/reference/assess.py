@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,18 @@ from monitor.estimators.emi import emid_upper_bound
 from monitor.reference.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 
 ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
+
+
+class TermNull(Protocol):
+    """What a window's test reads from a null: a calibrated :class:`NullDistribution`, or a
+    permutation null (:mod:`monitor.reference.permutation`), whose threshold may be unknown."""
+
+    @property
+    def trials(self) -> int: ...
+
+    def p_value(self, observed: float) -> float: ...
+
+    def threshold(self, alpha: float) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ def assess_window(
     ood_fraction: float | None,
     alpha: float,
     ood_flag_rate: float | None = None,
-    window_nulls: Mapping[str, NullDistribution] | None = None,
+    window_nulls: Mapping[str, TermNull] | None = None,
 ) -> WindowAssessment:
     """p-values, thresholds and the warning of one window (``values`` from WindowStatistics).
 
@@ -138,16 +150,17 @@ def assess_window(
     counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
     p_values: dict[str, float | None] = dict.fromkeys(ASSESSED)
     thresholds: dict[str, float | None] = dict.fromkeys(ASSESSED)
-    nulls: dict[str, NullDistribution] = {}
+    nulls: dict[str, TermNull] = {}
     if calibration is not None:
         for term in TESTED_TERMS:
             value = values.get(term)
             if value is None:
                 continue
-            if window_nulls is not None:
-                null = window_nulls.get(term)
-            else:
-                null = null_for(calibration, term, counts[term])
+            null: TermNull | None = (
+                window_nulls.get(term)
+                if window_nulls is not None
+                else null_for(calibration, term, counts[term])
+            )
             if null is not None:
                 nulls[term] = null
                 p_values[term] = null.p_value(value)

@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 
 from monitor.errors import CalibrationError
+from monitor.estimators.calibration import NullDistribution
 from monitor.estimators.rjsd import representation_jsd
 from monitor.reference.assess import assess_window
 from monitor.reference.calibrate import choose_method, describe_calibration
 from monitor.reference.permutation import (
+    EXCEEDANCES,
     MAX_COMPARISON,
     PERMUTATION,
     PSEUDO_WINDOWS,
     PermutationTest,
+    StoppedNull,
     _SplitJSD,
     calibration_method,
     permutation_calibration,
@@ -66,7 +69,9 @@ def test_a_split_jsd_equals_the_jsd_of_its_two_sides(rows: int, dim: int, mode: 
     side = np.zeros(rows, dtype=bool)
     side[rng.choice(rows, size=rows // 3, replace=False)] = True
     got = _SplitJSD(x.astype(np.float64), mode)(side)  # type: ignore[arg-type]
-    assert got == pytest.approx(representation_jsd(x[side], x[~side], mode=mode), abs=1e-12)  # type: ignore[arg-type]
+    # A window's float32 covariance is summed in float32 blocks (within ~3e-7 relative).
+    expected = representation_jsd(x[side], x[~side], mode=mode)  # type: ignore[arg-type]
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-12)
 
 
 def test_the_window_split_reads_the_live_values_and_every_term_gets_a_null() -> None:
@@ -98,13 +103,13 @@ def test_the_window_split_reads_the_live_values_and_every_term_gets_a_null() -> 
         rows, present, values, trials=19, seed=3
     )
     assert set(nulls) == {"visual", "text", "response", "output_live", "bound"}
-    assert all(null.trials == 19 for null in nulls.values())
-    # The identity split (window vs comparison) reproduces the live values exactly: the same
-    # computation serves the window and its null.
+    assert all(1 <= null.trials <= 19 for null in nulls.values())
+    # The identity split (window vs comparison) reproduces the live value (to the float32
+    # rounding of a live window's covariance): the same computation serves window and null.
     test = PermutationTest(data, comparison, "balanced")
     union = test._union("prompt", rows, present)
     split = _SplitJSD(union[0][union[1]], "balanced")(np.arange(n + m) < n)
-    assert split == pytest.approx(values["text"], abs=1e-12)
+    assert split == pytest.approx(values["text"], rel=1e-6)
 
 
 def test_false_alarms_stay_at_the_nominal_level_with_a_comparison_only_twice_the_window() -> None:
@@ -152,6 +157,24 @@ def test_a_shifted_window_gets_the_smallest_p_value_and_a_warning() -> None:
     text_p = assessment.p_values["text"]
     assert text_p is not None and text_p > 0.05 / 2
     assert assessment.p_values["bound"] is not None and not assessment.bound_significant
+
+
+def test_a_quiet_term_stops_early_with_the_sequential_p_value_and_a_shifted_one_runs_on() -> None:
+    rng = np.random.default_rng(9)
+    data = IDArrays.from_compact(draw(rng, 80), responses=draw(rng, 80))
+    stats = WindowStatistics.from_arrays(data, np.arange(80))
+    prompts, answers = draw(rng, 40), draw(rng, 40, shift=1.5)
+    values = stats(prompts=prompts, images=None, responses=answers, reference_pairs=None)
+    rows, present = window_arrays(prompts, answers)
+    nulls = PermutationTest(data, np.arange(80), "balanced").nulls(
+        rows, present, values, trials=199, seed=1
+    )
+    text, response = nulls["text"], nulls["response"]
+    assert isinstance(text, StoppedNull) and text.exceedances == EXCEEDANCES
+    assert text.splits < 100 and text.threshold(0.05) is None
+    assert text.p_value(values["text"]) == EXCEEDANCES / text.splits  # type: ignore[arg-type]
+    assert isinstance(response, NullDistribution) and response.trials == 199
+    assert response.p_value(values["response"]) == 1 / 200  # type: ignore[arg-type]
 
 
 def test_permutation_calibration_fixes_the_comparison_and_the_number_of_permutations() -> None:
