@@ -73,6 +73,8 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
 
 # Most exchanges submitted to the inbox in one transaction.
 _SUBMIT_BATCH = 64
+# How long the sampler waits for more exchanges before it submits a batch short of _SUBMIT_BATCH.
+_SUBMIT_LINGER_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +283,10 @@ class SidecarProxy:
     async def _consume(self, queue: asyncio.Queue[Exchange]) -> None:
         while True:
             batch = [await queue.get()]
+            if queue.qsize() < _SUBMIT_BATCH - 1 and self._queue_size >= 2 * _SUBMIT_BATCH:
+                # Let a batch gather: each hand-off to a thread costs the event loop (and the
+                # requests it relays) far more CPU than parsing and inserting one more exchange.
+                await asyncio.sleep(_SUBMIT_LINGER_SECONDS)
             while len(batch) < _SUBMIT_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
@@ -292,24 +298,29 @@ class SidecarProxy:
                     queue.task_done()
 
     async def _sample(self, exchanges: Sequence[Exchange]) -> None:
-        """Turn exchanges into records (in a thread), fetch allowed image URLs, and submit the
-        records (in a thread); every loss is counted, nothing is raised."""
-        parsed = await asyncio.to_thread(self._parse_all, exchanges)
+        """Turn exchanges into records and submit them (one thread hand-off), then fetch the
+        allowed image URLs of the others and submit those; every loss is counted, nothing is
+        raised."""
+        with_urls = await asyncio.to_thread(self._parse_and_submit, exchanges)
         records: list[TrafficRecord] = []
-        for record in parsed:
-            if record.image_url is not None:
-                try:
-                    record = (await self.ingest.resolve_images([record]))[0]
-                except InvalidInputError as exc:  # refused or failed fetch
-                    self._lose("invalid", str(exc))
-                    continue
-                except Exception:
-                    log.exception("sidecar: fetching an image URL failed")
-                    self._lose("internal_error", "image fetch failed")
-                    continue
-            records.append(record)
+        for record in with_urls:
+            try:
+                records.append((await self.ingest.resolve_images([record]))[0])
+            except InvalidInputError as exc:  # refused or failed fetch
+                self._lose("invalid", str(exc))
+            except Exception:
+                log.exception("sidecar: fetching an image URL failed")
+                self._lose("internal_error", "image fetch failed")
         if records:
             await asyncio.to_thread(self._submit, records)
+
+    def _parse_and_submit(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
+        """Submit the records that need nothing fetched; return those with image URLs."""
+        parsed = self._parse_all(exchanges)
+        ready = [record for record in parsed if record.image_url is None]
+        if ready:
+            self._submit(ready)
+        return [record for record in parsed if record.image_url is not None]
 
     def _parse_all(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
         records: list[TrafficRecord] = []
