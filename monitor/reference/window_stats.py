@@ -27,7 +27,14 @@ import numpy.typing as npt
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials, split_reference
 from monitor.estimators.emi import UpperBound, emid_upper_bound
-from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode, ReferenceJSD, representation_jsd
+from monitor.estimators.rjsd import (
+    DEFAULT_JSD_MODE,
+    EmbeddingSet,
+    JSDMode,
+    ReferenceJSD,
+    representation_jsd,
+    set_jsd,
+)
 
 if TYPE_CHECKING:
     from monitor.reference.store import ReferenceStore
@@ -150,15 +157,26 @@ class WindowStatistics:
             return None
         return self._visual(images, name="window images")
 
-    def response(self, responses: Rows | None) -> float | None:
-        if self._response is None or responses is None or len(responses) == 0:
+    def response(self, responses: Rows | EmbeddingSet | None) -> float | None:
+        if self._response is None or responses is None or _count(responses) == 0:
             return None
         return self._response(responses, name="window responses")
 
-    def output_live(self, pairs: tuple[Rows, Rows] | None) -> float | None:
-        if pairs is None or len(pairs[0]) < 2:
+    def output_live(self, pairs: tuple[Rows | EmbeddingSet, Rows] | None) -> float | None:
+        """JSD of a window's answers against their references (both window sets: large ones
+        take the float32-block covariance of :class:`EmbeddingSet`)."""
+        if pairs is None or _count(pairs[0]) < 2:
             return None
-        return representation_jsd(pairs[0], pairs[1], mode=self.jsd_mode)
+        answers, references = pairs
+        if not isinstance(answers, EmbeddingSet):
+            answers = self._window_set(answers, "window answers")
+        return set_jsd(
+            answers, self._window_set(references, "window references"), mode=self.jsd_mode
+        )
+
+    def _window_set(self, rows: Rows, name: str) -> EmbeddingSet:
+        # The paper mode takes float64 covariances (set_jsd says why): prepared as such here.
+        return EmbeddingSet.checked(rows, name, exact=self.jsd_mode == "paper")
 
     def bounds(self, values: dict[str, float | None]) -> tuple[UpperBound, UpperBound]:
         """The scale-adjusted and entropy-scaled bounds of a window's terms (mode recorded)."""
@@ -182,12 +200,25 @@ class WindowStatistics:
         reference_pairs: tuple[Rows, Rows] | None,
     ) -> dict[str, float | None]:
         """Every term of one window, and both bounds (None where not computable)."""
+        live_pairs: tuple[Rows | EmbeddingSet, Rows] | None = reference_pairs
+        answers: Rows | EmbeddingSet | None = responses
+        if (
+            responses is not None
+            and len(responses)
+            and reference_pairs is not None
+            and _same_rows(responses, reference_pairs[0])
+        ):
+            # Every answer has a reference (the usual window): the response term and the live
+            # output term share one covariance and entropy of the answers (at n = 10,000,
+            # d = 768, 0.1 s saved for a 5 ms comparison).
+            answers = self._window_set(responses, "window responses")
+            live_pairs = (answers, reference_pairs[1])
         values: dict[str, float | None] = {
             "visual": self.visual(images),
             "text": self.text(prompts),
             "output_id": self.output_id,
-            "output_live": self.output_live(reference_pairs),
-            "response": self.response(responses),
+            "output_live": self.output_live(live_pairs),
+            "response": self.response(answers),
         }
         scale_adjusted, entropy_scaled = self.bounds(values)
         values["bound_scale_adjusted"] = scale_adjusted.value
@@ -439,6 +470,14 @@ def _count_ladder(sizes: Sequence[int], limit: int) -> list[int]:
         ladder.add(count)
         count *= 2
     return sorted(c for c in ladder if MIN_TERM_COUNT <= c <= min(limit, max(sizes)))
+
+
+def _count(rows: Rows | EmbeddingSet) -> int:
+    return rows.n if isinstance(rows, EmbeddingSet) else len(rows)
+
+
+def _same_rows(a: Rows, b: Rows) -> bool:
+    return a is b or (a.shape == b.shape and bool(np.array_equal(a, b)))
 
 
 def _reference_or_none(rows: Rows | None, mode: JSDMode) -> ReferenceJSD | None:

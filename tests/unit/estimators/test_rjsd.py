@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from monitor.errors import EmbeddingError, InvalidInputError, MonitorError
-from monitor.estimators.rjsd import ReferenceJSD, representation_jsd, von_neumann_entropy
+from monitor.estimators.rjsd import (
+    EmbeddingSet,
+    ReferenceJSD,
+    representation_jsd,
+    set_jsd,
+    von_neumann_entropy,
+)
 from tests.conftest import unit_rows
 
 
@@ -162,3 +168,57 @@ def test_von_neumann_entropy_closed_forms_and_errors() -> None:
         von_neumann_entropy(np.array([[1.0, 2.0], [0.0, 1.0]]))
     with pytest.raises(EmbeddingError, match="all zeros"):
         von_neumann_entropy(np.zeros((3, 3)))
+
+
+def _low_rank_rows(rng: np.random.Generator, n: int, d: int, basis: np.ndarray) -> np.ndarray:
+    """float32 unit rows with a shared low-rank structure plus noise, stored as float16 and
+    re-normalised like the monitor's windows: a spectrum with many small eigenvalues."""
+    x = rng.standard_normal((n, basis.shape[0])) @ basis + 0.5 * rng.standard_normal((n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    rows: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return rows
+
+
+def test_large_float32_windows_sum_their_covariance_in_blocks_within_1e_6_of_float64(
+    rng: np.random.Generator,
+) -> None:
+    d = 256
+    basis = rng.standard_normal((8, d))
+    comparison = _low_rank_rows(rng, 600, d, basis)
+    window = _low_rank_rows(rng, 5000, d, basis)
+    answers = _low_rank_rows(rng, 5000, d, basis)
+    references = answers + 0.1 * rng.standard_normal(answers.shape).astype(np.float32)
+    references /= np.linalg.norm(references, axis=1, keepdims=True)
+    blocked = EmbeddingSet(window)
+    assert not blocked.exact  # 5,000 float32 rows: the float32-block path
+    assert EmbeddingSet(window[:1000]).exact and EmbeddingSet(window.astype(np.float64)).exact
+    exact_window = EmbeddingSet(window, exact=True)
+    assert np.abs(blocked.cov - exact_window.cov).max() > 0  # a different computation...
+    np.testing.assert_allclose(blocked.cov, exact_window.cov, rtol=1e-5, atol=1e-4)
+    reference = EmbeddingSet(comparison, exact=True)
+    balanced = set_jsd(reference, blocked)
+    assert balanced == pytest.approx(set_jsd(reference, exact_window), rel=1e-6)  # ...same JSD
+    assert ReferenceJSD(comparison)(window) == balanced
+    # The paper mode does not cancel the rounding (3e-6 relative here): float64 covariances.
+    paper = set_jsd(reference, blocked, mode="paper")
+    assert paper == set_jsd(reference, exact_window, mode="paper")
+    assert ReferenceJSD(comparison, mode="paper")(window) == paper
+    paired = set_jsd(EmbeddingSet(answers), EmbeddingSet(references))
+    exact_paired = set_jsd(EmbeddingSet(answers, exact=True), EmbeddingSet(references, exact=True))
+    assert paired == pytest.approx(exact_paired, rel=1e-6)
+    assert representation_jsd(answers, references) == pytest.approx(exact_paired, rel=1e-6)
+
+
+def test_prepared_sets_give_the_values_of_rows(rng: np.random.Generator) -> None:
+    ref, window = unit_rows(rng, 300, 16), unit_rows(rng, 40, 16, mean=np.full(16, 0.2))
+    prepared = EmbeddingSet.checked(window, "window")
+    assert ReferenceJSD(ref)(prepared) == ReferenceJSD(ref)(window)
+    assert set_jsd(EmbeddingSet.checked(ref, "ref", exact=True), prepared) == (
+        representation_jsd(ref, window)
+    )
+    with pytest.raises(EmbeddingError, match="differ in dimension"):
+        set_jsd(prepared, EmbeddingSet.checked(unit_rows(rng, 5, 8), "other"))
+    with pytest.raises(EmbeddingError, match="not L2-normalised"):
+        EmbeddingSet.checked(window * 2, "window")
+    with pytest.raises(InvalidInputError, match="unknown JSD mode"):
+        set_jsd(prepared, prepared, mode="nope")  # type: ignore[arg-type]
