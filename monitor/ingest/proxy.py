@@ -1,6 +1,6 @@
 """The sidecar: an OpenAI-compatible pass-through in front of the inference server.
 
-    build_proxy_router(settings, ingest, metrics, *, client=None) -> APIRouter
+    build_proxy_router(settings, ingest, metrics, *, transport=None) -> APIRouter
 
 Routes (none of them needs the monitor's token: the client's own ``Authorization`` header goes
 to the upstream, which decides):
@@ -10,10 +10,13 @@ to the upstream, which decides):
 * ``POST /v1/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``: forwarded, not sampled.
 
 What the client gets is what the upstream sent: status, headers (less the hop-by-hop ones,
-which belong to each connection) and body bytes, upstream errors included. An SSE stream is
-relayed chunk by chunk as it arrives, never buffered; a whole answer (JSON) is read and sent in
-one piece. The sidecar answers by itself only when
-it cannot reach the upstream at all: 502 (or 504 on a timeout) with an OpenAI-style error.
+which belong to each connection) and body bytes, upstream errors included. The upstream gets
+the client's request as it came: method, path, query, headers (less the hop-by-hop ones) and
+body; nothing is added (no default user agent or accept-encoding) and nothing is kept between
+requests (no cookie jar). An SSE stream is relayed chunk by chunk as it arrives, never buffered,
+and the upstream request is abandoned when the client hangs up; a whole answer (JSON) is read
+and sent in one piece. The sidecar answers by itself only when it cannot reach the upstream at
+all: 502 (or 504 on a timeout) with an OpenAI-style error.
 
 Sampling is off the request path and fails open. The complete exchange (request body, answer
 bytes) goes on a bounded in-memory queue that a background task drains into
@@ -34,15 +37,16 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from monitor.config import Settings
 from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
@@ -70,6 +74,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+_NOT_FORWARDED_UPSTREAM_BYTES = frozenset(name.encode() for name in _NOT_FORWARDED_UPSTREAM)
+_ROUTES = ("chat_completions", "completions", "models")
+# Upstream URLs kept parsed, by (path, query): parsing one costs more than relaying a chunk.
+_URL_CACHE_SIZE = 256
 
 # Most exchanges submitted to the inbox in one transaction.
 _SUBMIT_BATCH = 64
@@ -97,7 +106,7 @@ class SidecarProxy:
         ingest: IngestService,
         metrics: MonitorMetrics,
         *,
-        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         proxy = settings.proxy
         if not proxy.upstream:
@@ -117,18 +126,24 @@ class SidecarProxy:
         self._base = _upstream_base(proxy.upstream)
         self._max_sample_bytes = proxy.max_sample_bytes
         self._queue_size = proxy.sample_queue_size
-        self._own_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                proxy.timeout.total_seconds(), connect=proxy.connect_timeout.total_seconds()
-            ),
+        # The transport, not an httpx client: a client would add its default headers (user
+        # agent, accept-encoding) to what the caller sent, keep the upstream's cookies and send
+        # them with other callers' requests, and cost more CPU per request. Redirects are the
+        # upstream's answer and reach the client as they are; no env proxy is ever used.
+        self._own_transport = transport is None
+        self.transport = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(
                 max_connections=proxy.max_connections,
                 max_keepalive_connections=proxy.max_connections,
             ),
-            follow_redirects=False,  # a redirect is the upstream's answer: the client gets it
-            trust_env=False,  # never route loopback inference traffic through an env proxy
+            trust_env=False,
         )
+        # Read-only, shared by every request (the transport reads the "timeout" extension).
+        self._timeout = httpx.Timeout(
+            proxy.timeout.total_seconds(), connect=proxy.connect_timeout.total_seconds()
+        ).as_dict()
+        self._urls: dict[tuple[bytes, bytes], httpx.URL] = {}
+        self._forwarded = {route: metrics.proxy_requests.labels(route=route) for route in _ROUTES}
         self._queue: asyncio.Queue[Exchange] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,30 +185,34 @@ class SidecarProxy:
     async def forward(self, request: Request, *, route: str, sample: bool) -> Response:
         """Relay one request to the upstream and its response back, unchanged."""
         started = time.perf_counter()
-        self.metrics.proxy_requests.labels(route=route).inc()
+        self._forwarded[route].inc()
         body = await request.body()
-        upstream_request = self.client.build_request(
-            request.method,
-            self._url(request.url.path, request.url.query),
-            headers=_forwardable(request.headers.raw, _NOT_FORWARDED_UPSTREAM),
+        scope = request.scope
+        upstream_request = httpx.Request(
+            scope["method"],
+            self._url(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
+            headers=_forwardable(scope["headers"], _NOT_FORWARDED_UPSTREAM_BYTES),
             content=body,
+            extensions={"timeout": self._timeout},
         )
         sent = time.perf_counter()
         try:
-            upstream = await self.client.send(upstream_request, stream=True)
+            upstream = await self.transport.handle_async_request(upstream_request)
         except httpx.TimeoutException as exc:
             return _upstream_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
         except httpx.HTTPError as exc:
             return _upstream_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
         answered = time.perf_counter()
-        received_at = datetime.now(UTC)
         request_body = body if sample and upstream.status_code == 200 else None
-        headers = _forwardable(upstream.headers.raw, HOP_BY_HOP)
+        received_at = datetime.now(UTC) if request_body is not None else None
+        headers = _forwardable(upstream.headers.raw, _HOP_BY_HOP_BYTES)
         response: Response
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             # A stream is relayed chunk by chunk as it arrives.
-            response = StreamingResponse(
-                self._relay(upstream, request_body, received_at), status_code=upstream.status_code
+            response = _Relayed(
+                lambda receive, send: self._relay(
+                    upstream, headers, request_body, received_at, receive, send
+                )
             )
         else:
             # A whole answer (JSON, an error) is read and sent in one piece: the client cannot
@@ -207,36 +226,70 @@ class SidecarProxy:
             answered = time.perf_counter()
             if not any(key.lower() == b"content-length" for key, _ in headers):
                 headers.append((b"content-length", str(len(content)).encode()))
-            response = Response(content, status_code=upstream.status_code)
-            if request_body is not None:
+            response = _Whole(upstream.status_code, headers, content)
+            if request_body is not None and received_at is not None:
                 self._offer_answer(upstream, request_body, content, received_at)
-        response.raw_headers = headers
         self.metrics.proxy_added_latency_seconds.observe(
             (sent - started) + (time.perf_counter() - answered)
         )
         return response
 
     async def _relay(
-        self, upstream: httpx.Response, request_body: bytes | None, received_at: datetime
-    ) -> AsyncIterator[bytes]:
-        """The upstream's body bytes as they arrive; the exchange is offered for sampling once
-        the answer is complete (a client that hangs up mid-answer leaves nothing to sample)."""
-        collected: bytearray | None = bytearray() if request_body is not None else None
-        complete = False
+        self,
+        upstream: httpx.Response,
+        headers: list[tuple[bytes, bytes]],
+        request_body: bytes | None,
+        received_at: datetime | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Send the upstream's body bytes on as they arrive; offer the exchange for sampling
+        once the answer is complete. A client that hangs up mid-answer cancels the relay: the
+        upstream request is closed (the inference server can stop generating) and there is
+        nothing to sample."""
+        relaying = asyncio.current_task()
+        assert relaying is not None
+        finished = False
+        hung_up = False
+
+        async def watch_for_hang_up() -> None:
+            nonlocal hung_up
+            # The body has been read: the next message is the disconnect (also sent once the
+            # response is complete, which ``finished`` tells apart).
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finished:
+                hung_up = True
+                relaying.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch_for_hang_up())
+        parts: list[bytes] | None = [] if request_body is not None else None
+        size = 0
         try:
+            await send(
+                {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
+            )
             async for chunk in upstream.aiter_raw():
-                if collected is not None:
-                    if len(collected) + len(chunk) > self._max_sample_bytes:
-                        collected = None
+                if parts is not None:
+                    size += len(chunk)
+                    if size > self._max_sample_bytes:
+                        parts = None
                         self._lose("invalid", "answer larger than [proxy] max_sample_bytes")
                     else:
-                        collected += chunk
-                yield chunk
-            complete = True
+                        parts.append(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not hung_up:
+                raise
+            relaying.uncancel()  # our own cancellation, done with: the client has gone
+            return
         finally:
+            watcher.cancel()
             await upstream.aclose()
-        if complete and collected is not None and request_body is not None:
-            self._offer_answer(upstream, request_body, bytes(collected), received_at)
+        if parts is not None and request_body is not None and received_at is not None:
+            self._offer_answer(upstream, request_body, b"".join(parts), received_at)
 
     def _offer_answer(
         self, upstream: httpx.Response, request_body: bytes, answer: bytes, received_at: datetime
@@ -254,8 +307,16 @@ class SidecarProxy:
             )
         )
 
-    def _url(self, path: str, query: str) -> str:
-        return f"{self._base}{path}?{query}" if query else f"{self._base}{path}"
+    def _url(self, raw_path: bytes, query: bytes) -> httpx.URL:
+        """The upstream URL of a request: the path as the client sent it (still escaped)."""
+        url = self._urls.get((raw_path, query))
+        if url is None:
+            path = raw_path.decode("latin-1")
+            text = f"{self._base}{path}?{query.decode('latin-1')}" if query else self._base + path
+            url = httpx.URL(text)
+            if len(self._urls) < _URL_CACHE_SIZE:
+                self._urls[(raw_path, query)] = url
+        return url
 
     # -- sampling, off the request path ------------------------------------------------------
 
@@ -380,15 +441,16 @@ class SidecarProxy:
                 await asyncio.wait_for(self._queue.join(), timeout)
 
     async def aclose(self) -> None:
-        """Submit what is queued (a few seconds at most), stop the consumer, close the client."""
+        """Submit what is queued (a few seconds at most), stop the consumer, close the
+        transport (when it is the proxy's own)."""
         await self.drain(5.0)
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._consumer
             self._consumer = None
-        if self._own_client:
-            await self.client.aclose()
+        if self._own_transport:
+            await self.transport.aclose()
 
 
 def build_proxy_router(
@@ -396,12 +458,12 @@ def build_proxy_router(
     ingest: IngestService,
     metrics: MonitorMetrics,
     *,
-    client: httpx.AsyncClient | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> APIRouter:
-    """The sidecar's routes; the router's lifespan drains sampling and closes the client.
+    """The sidecar's routes; the router's lifespan drains sampling and closes the transport.
 
     ``router.proxy`` is the :class:`SidecarProxy` behind them (tests drain it)."""
-    proxy = SidecarProxy(settings, ingest, metrics, client=client)
+    proxy = SidecarProxy(settings, ingest, metrics, transport=transport)
     router = proxy.router
     router.proxy = proxy  # type: ignore[attr-defined]
     return router
@@ -480,24 +542,46 @@ def _decoded(body: bytes, encoding: str) -> bytes:
     raise InvalidInputError(f"cannot read an answer with content-encoding {encoding!r}")
 
 
-# -- headers and URLs ---------------------------------------------------------------------
+# -- responses, headers and URLs ----------------------------------------------------------
+
+
+class _Whole(Response):
+    """A whole upstream answer, sent as it came: status, headers and body as given (Starlette's
+    ``Response`` would work out headers of its own first)."""
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+        self.status_code = status_code
+        self.raw_headers = raw_headers
+        self.body = body
+        self.background = None
+
+
+class _Relayed(Response):
+    """A response that ``relay(receive, send)`` sends itself (the SSE relay): less work per
+    chunk than ``StreamingResponse``, which runs the body through an iterator in a task
+    group of its own."""
+
+    def __init__(self, relay: Callable[[Receive, Send], Awaitable[None]]):
+        self._relay = relay
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._relay(receive, send)
 
 
 def _forwardable(
-    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[str]
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
-    """Headers less ``drop`` and less any header the Connection header names."""
+    """Headers less ``drop`` (lower-case names) and less any header the Connection header
+    names."""
+    lowered = [(key.lower(), key, value) for key, value in headers]
     named = {
-        token.strip().lower()
-        for key, value in headers
-        if key.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
+        token.strip()
+        for name, _, value in lowered
+        if name == b"connection"
+        for token in value.lower().split(b",")
     }
-    return [
-        (key, value)
-        for key, value in headers
-        if (lowered := key.decode("latin-1").lower()) not in drop and lowered not in named
-    ]
+    return [(key, value) for name, key, value in lowered if name not in drop and name not in named]
 
 
 def _upstream_base(upstream: str) -> str:

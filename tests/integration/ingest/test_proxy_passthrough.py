@@ -1,0 +1,157 @@
+"""The sidecar forwards the client's request as it came and keeps nothing between requests:
+no headers of its own (user agent, accept-encoding), no cookie jar; a client that hangs up
+mid-stream ends the upstream request too, and the partial answer is not sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from monitor.ingest.app import create_app
+from monitor.ingest.proxy import build_proxy_router
+from monitor.ingest.service import IngestService
+from monitor.metrics import MonitorMetrics
+from monitor.store.repository import Repository
+from tests.integration.ingest.proxy_support import (
+    make_settings,
+    serve,
+    sqlite_repository,
+    wait_for,
+)
+
+LONG = 150  # chunks of a long answer, 20 ms apart (3 s when nobody hangs up)
+
+
+class Upstream:
+    """Records each request's headers; answers JSON with a cookie, or a slow SSE stream that
+    notes how far it got and whether it was stopped."""
+
+    def __init__(self) -> None:
+        self.headers: list[list[tuple[str, str]]] = []
+        self.chunks_sent = 0
+        self.stream_stopped = threading.Event()
+        self.stream_finished = threading.Event()
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+    async def chat(self, request: Request) -> Response:
+        self.headers.append([(k.decode(), v.decode()) for k, v in request.scope["headers"]])
+        body = json.loads(await request.body())
+        if body.get("stream"):
+            chunks = int(body.get("chunks", LONG))
+            return StreamingResponse(self._slow_stream(chunks), media_type="text/event-stream")
+        answer = {"id": f"chatcmpl-{len(self.headers)}", "choices": [{"message": {"content": ""}}]}
+        return Response(
+            json.dumps(answer),
+            media_type="application/json",
+            headers={"set-cookie": "upstream_session=for-the-first-caller-only; Path=/"},
+        )
+
+    async def _slow_stream(self, chunks: int) -> AsyncIterator[bytes]:
+        try:
+            for n in range(chunks):
+                data = {"id": "chatcmpl-slow", "choices": [{"index": 0, "delta": {"content": "x"}}]}
+                yield f"data: {json.dumps(data)}\n\n".encode()
+                self.chunks_sent = n + 1
+                await asyncio.sleep(0.02)
+            yield b"data: [DONE]\n\n"
+            self.stream_finished.set()
+        finally:
+            if not self.stream_finished.is_set():
+                self.stream_stopped.set()
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[tuple[Upstream, str, Repository]]:
+    upstream = Upstream()
+    repo = sqlite_repository(tmp_path)
+    with serve(upstream.app) as upstream_url:
+        settings = make_settings("sqlite://", proxy={"upstream": upstream_url})
+        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
+        ingest = IngestService(settings, repo, metrics)
+        router = build_proxy_router(settings, ingest, metrics)
+        app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
+        with serve(app) as url:
+            yield upstream, url, repo
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A POST with exactly these headers (plus host and content-length): no client defaults."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.putrequest("POST", parts.path, skip_accept_encoding=True)
+        for name, value in {**headers, "content-length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_the_upstream_gets_only_the_headers_the_client_sent(proxied: Any) -> None:
+    upstream, url, _ = proxied
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, _ = raw_post(
+        f"{url}/v1/chat/completions",
+        body,
+        {"content-type": "application/json", "authorization": "Bearer k", "x-trace": "t1"},
+    )
+    assert status == 200
+    names = sorted(name for name, _ in upstream.headers[-1])
+    # No user-agent, accept, accept-encoding or connection of the sidecar's own.
+    assert names == ["authorization", "content-length", "content-type", "host", "x-trace"]
+    assert dict(upstream.headers[-1])["x-trace"] == "t1"
+
+
+def test_an_upstream_cookie_goes_to_its_caller_and_never_to_the_next(proxied: Any) -> None:
+    upstream, url, _ = proxied
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    first = httpx.post(f"{url}/v1/chat/completions", json=body)
+    assert "upstream_session=for-the-first-caller-only" in first.headers["set-cookie"]
+    second = httpx.post(f"{url}/v1/chat/completions", json=body)  # a new client, no cookies
+    assert second.status_code == 200
+    assert "cookie" not in dict(upstream.headers[-1])
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Any) -> None:
+    upstream, url, repo = proxied
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))  # the first chunk came
+    # Leaving the block unread closes the connection: the client has hung up.
+    hung_up = time.monotonic()
+    assert upstream.stream_stopped.wait(3), "the upstream kept streaming to nobody"
+    assert time.monotonic() - hung_up < 3
+    assert upstream.chunks_sent < LONG and not upstream.stream_finished.is_set()
+    time.sleep(0.3)  # several sampling batches' worth: a partial answer would be queued by now
+    assert repo.inbox_depth() == 0
+
+
+def test_a_stream_read_to_the_end_is_sampled_once(proxied: Any) -> None:
+    upstream, url, repo = proxied
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json={**body, "chunks": 10}, timeout=10
+    ) as response:
+        data = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert len(data) == 10 + 1 and data[-1] == "data: [DONE]"
+    assert upstream.stream_finished.is_set()
+    wait_for(lambda: repo.inbox_depth() == 1, what="the complete answer sampled")
+    assert repo.locate_records(["chatcmpl-slow"]) == {"chatcmpl-slow": "inbox"}
