@@ -218,7 +218,7 @@ class SidecarProxy:
             # A whole answer (JSON, an error) is read and sent in one piece: the client cannot
             # use half of it, and one piece costs the sidecar less than a relay.
             try:
-                content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+                content = b"".join([chunk async for chunk in _raw_body(upstream)])
             except httpx.HTTPError as exc:
                 return _upstream_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
             finally:
@@ -269,7 +269,7 @@ class SidecarProxy:
             await send(
                 {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
             )
-            async for chunk in upstream.aiter_raw():
+            async for chunk in _raw_body(upstream):
                 if parts is not None:
                     size += len(chunk)
                     if size > self._max_sample_bytes:
@@ -386,6 +386,10 @@ class SidecarProxy:
     def _parse_all(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
         records: list[TrafficRecord] = []
         for exchange in exchanges:
+            # Parsing holds the GIL, and the event loop waiting for it would otherwise wait
+            # until the whole batch is parsed (or the 5 ms switch interval passes): let it in
+            # between exchanges, so sampling delays no relayed request by more than one parse.
+            time.sleep(0)
             try:
                 records.append(self.exchange_to_record(exchange))
             except InvalidInputError as exc:
@@ -567,6 +571,15 @@ class _Relayed(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._relay(receive, send)
+
+
+def _raw_body(upstream: httpx.Response) -> httpx.AsyncByteStream:
+    """The upstream's body bytes as the transport hands them over, as they arrive (what
+    ``Response.aiter_raw`` yields, less its per-chunk re-chunking and bookkeeping)."""
+    stream = upstream.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError(f"the upstream transport returned a synchronous body: {stream!r}")
+    return stream
 
 
 def _forwardable(
