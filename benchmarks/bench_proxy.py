@@ -10,8 +10,10 @@ request directly and through the sidecar, in alternating order, so machine load 
 alike; a request's latency is until the last byte of the answer. Reported per mode (JSON,
 SSE): p50 / p99 of direct and proxied latency, p50 / p99 of the added latency (proxied -
 direct, per round), the p99 of proxied minus the p99 of direct, and the sidecar process's CPU
-time per request (relay and sampling; unlike latency, it barely depends on what else the
-machine runs). Not a test: numbers depend on the machine.
+time per request (relay and sampling; less noisy than latency, though CPU contention from
+other work still inflates it). Both servers run under uvicorn with the options ``serve`` uses
+(loop and http ``auto``: uvloop and httptools when installed, as the project's dependencies
+say; ``server`` in the output names what ran). Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ import httpx
 import numpy as np
 
 ANSWER = "The two suitcases in the image are black and brown with yellow details."
+
+
+def server_implementation() -> dict[str, str]:
+    """The event loop and HTTP parser uvicorn picks here with ``auto`` (as ``serve`` does)."""
+    import importlib.util
+
+    def found(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {
+        "loop": "uvloop" if found("uvloop") else "asyncio",
+        "http": "httptools" if found("httptools") else "h11",
+    }
 
 
 def free_port() -> int:
@@ -221,6 +236,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "load_average": os.getloadavg(),
                 "python": platform.python_version(),
+                "server": server_implementation(),
             }
             with httpx.Client(timeout=30) as client:
                 for stream in (False, True):
