@@ -53,7 +53,8 @@ class Upstream:
         body = json.loads(await request.body())
         if body.get("stream"):
             chunks = int(body.get("chunks", LONG))
-            return StreamingResponse(self._slow_stream(chunks), media_type="text/event-stream")
+            stream = self._slow_stream(chunks, breaks=bool(body.get("break")))
+            return StreamingResponse(stream, media_type="text/event-stream")
         answer = {"id": f"chatcmpl-{len(self.headers)}", "choices": [{"message": {"content": ""}}]}
         return Response(
             json.dumps(answer),
@@ -61,13 +62,15 @@ class Upstream:
             headers={"set-cookie": "upstream_session=for-the-first-caller-only; Path=/"},
         )
 
-    async def _slow_stream(self, chunks: int) -> AsyncIterator[bytes]:
+    async def _slow_stream(self, chunks: int, *, breaks: bool) -> AsyncIterator[bytes]:
         try:
             for n in range(chunks):
                 data = {"id": "chatcmpl-slow", "choices": [{"index": 0, "delta": {"content": "x"}}]}
                 yield f"data: {json.dumps(data)}\n\n".encode()
                 self.chunks_sent = n + 1
                 await asyncio.sleep(0.02)
+            if breaks:  # the inference server dies mid-answer: the connection is cut
+                raise RuntimeError("the fake upstream breaks its stream on purpose")
             yield b"data: [DONE]\n\n"
             self.stream_finished.set()
         finally:
@@ -155,3 +158,27 @@ def test_a_stream_read_to_the_end_is_sampled_once(proxied: Any) -> None:
     assert upstream.stream_finished.is_set()
     wait_for(lambda: repo.inbox_depth() == 1, what="the complete answer sampled")
     assert repo.locate_records(["chatcmpl-slow"]) == {"chatcmpl-slow": "inbox"}
+
+
+def test_a_stream_the_upstream_breaks_reaches_the_client_broken_and_is_not_sampled(
+    proxied: Any,
+) -> None:
+    _, url, repo = proxied
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    received: list[str] = []
+    with (
+        pytest.raises(httpx.RemoteProtocolError),  # a cut stream, never a clean end
+        httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json={**body, "chunks": 3, "break": True}
+        ) as response,
+    ):
+        received.extend(line for line in response.iter_lines() if line.startswith("data:"))
+    assert len(received) == 3  # what the upstream sent before it broke, and no [DONE]
+    # The sidecar goes on serving, and only the complete answer is sampled.
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "chunks": 2}) as response:
+        assert [line for line in response.iter_lines() if line.startswith("data:")][-1] == (
+            "data: [DONE]"
+        )
+    wait_for(lambda: repo.inbox_depth() == 1, what="the complete answer sampled")
+    time.sleep(0.2)
+    assert repo.inbox_depth() == 1
