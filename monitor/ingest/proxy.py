@@ -20,10 +20,12 @@ all: 502 (or 504 on a timeout) with an OpenAI-style error.
 
 Sampling is off the request path and fails open. The complete exchange (request body, answer
 bytes) goes on a bounded in-memory queue that a background task drains into
-``IngestService.submit`` (in a thread, batched); the response has been relayed already. A full
-queue, a full inbox, a database outage or a monitor bug never changes, fails or delays what the
-client receives: the loss is counted in ``proxy_fail_open{reason}`` and as a ``dropped`` record
-(``invalid`` exchanges, which cannot become a record, count as ``rejected``).
+``IngestService.submit`` in a thread, in batches (up to 64 exchanges, gathered for up to 50 ms:
+one hand-off to the thread per batch, not per exchange); the response has been relayed already.
+A full queue, a full inbox, a database outage or a monitor bug never changes, fails or delays
+what the client receives: the loss is counted in ``proxy_fail_open{reason}`` and as a
+``dropped`` record (``invalid`` exchanges, which cannot become a record, count as
+``rejected``).
 
 ``[proxy] upstream`` is the inference server's root URL (``http://127.0.0.1:8000``); the request
 path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accepted too.
@@ -248,7 +250,8 @@ class SidecarProxy:
         upstream request is closed (the inference server can stop generating) and there is
         nothing to sample."""
         relaying = asyncio.current_task()
-        assert relaying is not None
+        if relaying is None:
+            raise RuntimeError("the SSE relay runs outside a task")
         finished = False
         hung_up = False
 
