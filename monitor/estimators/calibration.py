@@ -22,7 +22,7 @@ permutation p-value is valid at any B, so calibration pays with trials instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,8 +284,8 @@ def emi_bootstrap(
     terms = _EMITerms(club, x, y_hat, y)
     _check_bootstrap(terms.n, resamples, confidence)
     rng = np.random.default_rng(seed)
-    counts = _counts([_resample(rng, terms.n) for _ in range(resamples)], terms.n)
-    return _interval(terms.point(), terms.emi_of_counts(counts), confidence)
+    values = [terms.emi_of_counts(c) for (c,) in _count_batches(rng, (terms.n,), resamples)]
+    return _interval(terms.point(), np.concatenate(values), confidence)
 
 
 def emid_bootstrap(
@@ -310,14 +310,11 @@ def emid_bootstrap(
     n_id, n_live = id_terms.n, live_terms.n
     _check_bootstrap(min(n_id, n_live), resamples, confidence)
     rng = np.random.default_rng(seed)
-    id_draws, live_draws = [], []
-    for _ in range(resamples):
-        id_draws.append(_resample(rng, n_id))
-        live_draws.append(_resample(rng, n_live))
-    values = id_terms.emi_of_counts(_counts(id_draws, n_id)) - live_terms.emi_of_counts(
-        _counts(live_draws, n_live)
-    )
-    return _interval(id_terms.point() - live_terms.point(), values, confidence)
+    values = [
+        id_terms.emi_of_counts(id_counts) - live_terms.emi_of_counts(live_counts)
+        for id_counts, live_counts in _count_batches(rng, (n_id, n_live), resamples)
+    ]
+    return _interval(id_terms.point() - live_terms.point(), np.concatenate(values), confidence)
 
 
 # Rows per block of the per-row terms in _EMITerms (float64: 4 blocks of rows x d, 25 MB at
@@ -366,12 +363,6 @@ class _EMITerms:
 
     def emi_of_counts(self, counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """EMI of each resample, given as a (resamples, n) matrix of row counts summing to n."""
-        batch = max(1, _COUNTS_BATCH_ENTRIES // self.n)
-        return np.concatenate(
-            [self._batch(counts[s : s + batch]) for s in range(0, counts.shape[0], batch)]
-        )
-
-    def _batch(self, counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         C = torch.from_numpy(np.ascontiguousarray(counts)).to(self._mu.device)
         dim = self._mu.shape[1]
         linear = torch.zeros(C.shape[0], dtype=torch.float64, device=C.device)
@@ -399,12 +390,23 @@ class _EMITerms:
         return out
 
 
-def _counts(draws: list[IndexArray], n: int) -> npt.NDArray[np.float64]:
-    """(resamples, n) matrix of how often each row was drawn."""
-    counts = np.empty((len(draws), n), dtype=np.float64)
-    for r, idx in enumerate(draws):
-        counts[r] = np.bincount(idx, minlength=n)
-    return counts
+def _count_batches(
+    rng: np.random.Generator, sizes: tuple[int, ...], resamples: int
+) -> Iterator[list[npt.NDArray[np.float64]]]:
+    """How often each row is drawn: per batch of resamples, one (batch, n) matrix per side.
+
+    Each resample draws every side in turn (n indices with replacement each, as
+    :func:`_resample`), so the draws are those of a loop over resamples. Batches hold at most
+    :data:`_COUNTS_BATCH_ENTRIES` counts per side: memory stays bounded whatever n.
+    """
+    batch = max(1, _COUNTS_BATCH_ENTRIES // max(sizes))
+    for start in range(0, resamples, batch):
+        rows = min(batch, resamples - start)
+        counts = [np.empty((rows, n), dtype=np.float64) for n in sizes]
+        for r in range(rows):
+            for side, n in enumerate(sizes):
+                counts[side][r] = np.bincount(_resample(rng, n), minlength=n)
+        yield counts
 
 
 def _resample(rng: np.random.Generator, n: int) -> IndexArray:

@@ -174,37 +174,38 @@ def test_emi_and_emid_bootstrap_are_seeded_and_centred_on_the_estimate() -> None
         emi_bootstrap(model, *p, confidence=1.0)
 
 
+def _straightforward_emi(model: CLUB, side: list[np.ndarray]) -> Callable[[np.ndarray], float]:
+    """EMI of the rows ``idx`` as the bootstrap first computed it: the CLUB estimate from the
+    network's heads, gathered and recomputed for every resample."""
+    mu, logvar = model.mu_logvar(side[0])
+    weight = (-logvar).exp()
+    y_hat, y = (torch.as_tensor(a, dtype=torch.float32) for a in side[1:])
+
+    def emi_of(idx: np.ndarray) -> float:
+        rows = torch.as_tensor(idx)
+        return club_estimate_from_heads(mu[rows], weight[rows], y_hat[rows]) - (
+            club_estimate_from_heads(mu[rows], weight[rows], y[rows])
+        )
+
+    return emi_of
+
+
 def _straightforward_emid_interval(
     model: CLUB,
     p: list[np.ndarray],
     q: list[np.ndarray],
     resamples: int,
     seed: int,
-) -> tuple[float, float, np.ndarray]:
-    """The bootstrap as first written: EMI recomputed on each resample's gathered rows (the
-    CLUB estimate from the network's heads), ID rows drawn before live rows per resample."""
-
-    def emi_of(side: list[np.ndarray]) -> Callable[[np.ndarray], float]:
-        mu, logvar = model.mu_logvar(side[0])
-        weight = (-logvar).exp()
-        y_hat, y = (torch.as_tensor(a, dtype=torch.float32) for a in side[1:])
-
-        def of(idx: np.ndarray) -> float:
-            rows = torch.as_tensor(idx)
-            return club_estimate_from_heads(mu[rows], weight[rows], y_hat[rows]) - (
-                club_estimate_from_heads(mu[rows], weight[rows], y[rows])
-            )
-
-        return of
-
-    id_emi, live_emi = emi_of(p), emi_of(q)
+) -> tuple[float, float]:
+    """The EMID bootstrap as first written: ID rows drawn before live rows per resample."""
+    id_emi, live_emi = _straightforward_emi(model, p), _straightforward_emi(model, q)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):
         id_rows_drawn = rng.integers(0, len(p[0]), size=len(p[0]))
         values.append(id_emi(id_rows_drawn) - live_emi(rng.integers(0, len(q[0]), size=len(q[0]))))
     low, high = np.quantile(values, [0.025, 0.975])
-    return float(low), float(high), np.asarray(values)
+    return float(low), float(high)
 
 
 def test_emid_bootstrap_equals_recomputing_every_resample(
@@ -218,15 +219,20 @@ def test_emid_bootstrap_equals_recomputing_every_resample(
     p = [rng.standard_normal((45, 6)), rng.standard_normal((45, 5)), rng.standard_normal((45, 5))]
     q = [rng.standard_normal((30, 6)), rng.standard_normal((30, 5)), rng.standard_normal((30, 5))]
     q[1] += 0.8 * q[0][:, :5]  # answers that depend on the query: an EMI away from 0
-    low, high, _ = _straightforward_emid_interval(model, p, q, resamples=60, seed=9)
+    low, high = _straightforward_emid_interval(model, p, q, resamples=60, seed=9)
+    live_only = bootstrap_interval(_straightforward_emi(model, q), 30, resamples=60, seed=9)
     monkeypatch.setattr(calibration, "_TERM_CHUNK_ROWS", 7)
-    monkeypatch.setattr(calibration, "_COUNTS_BATCH_ENTRIES", 45 * 25)
+    monkeypatch.setattr(calibration, "_COUNTS_BATCH_ENTRIES", 45 * 25)  # batches of 25
     interval = emid_bootstrap(model, *p, *q, resamples=60, seed=9)
     assert interval.estimate == emid(model, *p, *q)  # the point estimate is the same code
     assert interval.resamples == 60
     assert interval.low == pytest.approx(low, abs=1e-6)
     assert interval.high == pytest.approx(high, abs=1e-6)
     assert high - low > 1e-3  # the tolerance is far below the interval's width
+    emi_interval = emi_bootstrap(model, *q, resamples=60, seed=9)  # bootstrap_interval's draws
+    assert emi_interval.estimate == live_only.estimate
+    assert emi_interval.low == pytest.approx(live_only.low, abs=1e-6)
+    assert emi_interval.high == pytest.approx(live_only.high, abs=1e-6)
 
 
 def test_emi_of_counts_is_the_estimate_on_the_resampled_rows_in_float64() -> None:
