@@ -9,7 +9,9 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,8 +26,9 @@ from starlette.routing import Route
 
 from monitor.ingest.app import create_app
 from monitor.ingest.proxy import build_proxy_router
-from monitor.ingest.service import IngestService
+from monitor.ingest.service import IngestService, SubmitResult
 from monitor.metrics import MonitorMetrics
+from monitor.records import TrafficRecord
 from monitor.store.repository import Repository
 from tests.integration.ingest.proxy_support import (
     make_settings,
@@ -50,12 +53,14 @@ class Upstream:
 
     async def chat(self, request: Request) -> Response:
         self.headers.append([(k.decode(), v.decode()) for k, v in request.scope["headers"]])
+        number = len(self.headers)  # before any await: concurrent requests get their own
         body = json.loads(await request.body())
         if body.get("stream"):
             chunks = int(body.get("chunks", LONG))
             stream = self._slow_stream(chunks, breaks=bool(body.get("break")))
             return StreamingResponse(stream, media_type="text/event-stream")
-        answer = {"id": f"chatcmpl-{len(self.headers)}", "choices": [{"message": {"content": ""}}]}
+        message = {"role": "assistant", "content": f"answer {number}"}
+        answer = {"id": f"chatcmpl-{number}", "choices": [{"index": 0, "message": message}]}
         return Response(
             json.dumps(answer),
             media_type="application/json",
@@ -78,18 +83,39 @@ class Upstream:
                 self.stream_stopped.set()
 
 
+class CountingIngest(IngestService):
+    """The real ingest service, counting how many times (and with how many records) the
+    sidecar submits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def submit(self, records: Sequence[TrafficRecord]) -> SubmitResult:
+        self.batches.append(len(records))
+        return super().submit(records)
+
+
+@dataclass
+class Proxied:
+    upstream: Upstream
+    url: str  # the sidecar's
+    repo: Repository
+    ingest: CountingIngest
+
+
 @pytest.fixture
-def proxied(tmp_path: Path) -> Iterator[tuple[Upstream, str, Repository]]:
+def proxied(tmp_path: Path) -> Iterator[Proxied]:
     upstream = Upstream()
     repo = sqlite_repository(tmp_path)
     with serve(upstream.app) as upstream_url:
         settings = make_settings("sqlite://", proxy={"upstream": upstream_url})
         metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = IngestService(settings, repo, metrics)
+        ingest = CountingIngest(settings, repo, metrics)
         router = build_proxy_router(settings, ingest, metrics)
         app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
         with serve(app) as url:
-            yield upstream, url, repo
+            yield Proxied(upstream, url, repo, ingest)
 
 
 def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -107,8 +133,8 @@ def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes
         conn.close()
 
 
-def test_the_upstream_gets_only_the_headers_the_client_sent(proxied: Any) -> None:
-    upstream, url, _ = proxied
+def test_the_upstream_gets_only_the_headers_the_client_sent(proxied: Proxied) -> None:
+    upstream, url = proxied.upstream, proxied.url
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
     status, _ = raw_post(
         f"{url}/v1/chat/completions",
@@ -122,8 +148,8 @@ def test_the_upstream_gets_only_the_headers_the_client_sent(proxied: Any) -> Non
     assert dict(upstream.headers[-1])["x-trace"] == "t1"
 
 
-def test_an_upstream_cookie_goes_to_its_caller_and_never_to_the_next(proxied: Any) -> None:
-    upstream, url, _ = proxied
+def test_an_upstream_cookie_goes_to_its_caller_and_never_to_the_next(proxied: Proxied) -> None:
+    upstream, url = proxied.upstream, proxied.url
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     first = httpx.post(f"{url}/v1/chat/completions", json=body)
     assert "upstream_session=for-the-first-caller-only" in first.headers["set-cookie"]
@@ -132,8 +158,8 @@ def test_an_upstream_cookie_goes_to_its_caller_and_never_to_the_next(proxied: An
     assert "cookie" not in dict(upstream.headers[-1])
 
 
-def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Any) -> None:
-    upstream, url, repo = proxied
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Proxied) -> None:
+    upstream, url, repo = proxied.upstream, proxied.url, proxied.repo
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
         lines = response.iter_lines()
@@ -147,8 +173,8 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Any) -> N
     assert repo.inbox_depth() == 0
 
 
-def test_a_stream_read_to_the_end_is_sampled_once(proxied: Any) -> None:
-    upstream, url, repo = proxied
+def test_a_stream_read_to_the_end_is_sampled_once(proxied: Proxied) -> None:
+    upstream, url, repo = proxied.upstream, proxied.url, proxied.repo
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream(
         "POST", f"{url}/v1/chat/completions", json={**body, "chunks": 10}, timeout=10
@@ -161,9 +187,9 @@ def test_a_stream_read_to_the_end_is_sampled_once(proxied: Any) -> None:
 
 
 def test_a_stream_the_upstream_breaks_reaches_the_client_broken_and_is_not_sampled(
-    proxied: Any,
+    proxied: Proxied,
 ) -> None:
-    _, url, repo = proxied
+    url, repo = proxied.url, proxied.repo
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     received: list[str] = []
     with (
@@ -182,3 +208,22 @@ def test_a_stream_the_upstream_breaks_reaches_the_client_broken_and_is_not_sampl
     wait_for(lambda: repo.inbox_depth() == 1, what="the complete answer sampled")
     time.sleep(0.2)
     assert repo.inbox_depth() == 1
+
+
+def test_exchanges_are_sampled_whole_and_in_batches(proxied: Proxied) -> None:
+    url, repo = proxied.url, proxied.repo
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    def ask(_: int) -> int:
+        return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).status_code
+
+    # One after the other: a sampler that took each exchange as it came would submit 40 times.
+    assert {ask(n) for n in range(40)} == {200}
+    # A burst: nothing is lost.
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert set(pool.map(ask, range(60))) == {200}
+    wait_for(lambda: repo.inbox_depth() == 100, what="every exchange sampled")
+    batches = proxied.ingest.batches
+    assert sum(batches) == 100
+    # Gathered into batches (one hand-off to a thread each), not one submit per exchange.
+    assert len(batches) < 40 and max(batches) > 1
