@@ -18,7 +18,8 @@
 * Nulls: the calibration's (pseudo-windows), or, for a store calibrated by permutation (too
   small for pseudo-windows), the window's own: :class:`monitor.reference.permutation.
   PermutationTest` splits the window and comparison records at random (the window capped at
-  its MAX_WINDOW records, a seeded subset, on which the values are computed too).
+  the calibration's ``max_window_records``, a seeded subset, on which the values are computed
+  too).
 * Judgement: :func:`monitor.reference.assess_window` (p-values, thresholds, the corrected
   warning, the bound's significance) and :func:`monitor.risk.assess_risk` (k of m windows).
   Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
@@ -54,7 +55,6 @@ from monitor.records import TERMS, WINDOW_TERMS, RiskLevel, TermValues, WindowKe
 from monitor.reference import WindowStatistics, assess_window, load_store_estimator
 from monitor.reference.estimator import held_out_pairs
 from monitor.reference.permutation import (
-    MAX_WINDOW,
     PERMUTATION,
     PermutationTest,
     calibration_method,
@@ -171,7 +171,8 @@ class StreamModel:
     def estimate(self, data: WindowData, *, seed: int = 0) -> Estimate:
         """Every term, EMI/EMID and the assessment of one window (pure: no IO)."""
         if self.permutation is not None:
-            data = _capped(data, MAX_WINDOW, seed)
+            assert self.calibration is not None
+            data = _capped(data, int(self.calibration["max_window_records"]), seed)
         pairs = None
         both = data.pair_mask
         responses, references = data.rows["response"], data.rows["reference"]

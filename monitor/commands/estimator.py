@@ -107,6 +107,18 @@ def calibrate(
             "permutation.",
         ),
     ] = CalibrationMethod.auto,
+    window_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--window-fraction",
+            min=0.0,
+            max=1.0,
+            help="permutation: test a window on at most this fraction of the comparison's "
+            "records (default 0.05). Larger fractions see smaller changes, but the false-alarm "
+            "rate a given store delivers then strays from the configured one (exact only on "
+            "average over ID sets; README, 'calibration').",
+        ),
+    ] = None,
 ) -> None:
     """Null distributions of every term and of the bound (DESIGN section 4)."""
     from monitor.reference.calibrate import calibrate_store, describe_calibration
@@ -130,6 +142,7 @@ def calibrate(
             false_alarm_rate=settings.alerts.false_alarm_rate,
             hysteresis=settings.alerts.hysteresis_k_of_m,
             method=method.value,
+            window_fraction=window_fraction,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     typer.echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")

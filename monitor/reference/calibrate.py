@@ -55,10 +55,12 @@ def calibrate_store(
     hysteresis: tuple[int, int] = (2, 3),
     max_pool_fraction: float = MAX_POOL_FRACTION,
     method: str = "auto",
+    window_fraction: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate ``store`` and write its ``calibration.json``; see ``calibrate_arrays`` and
-    ``permutation_calibration`` (``method``: ``auto``, ``pseudo-windows``, ``permutation``)."""
+    ``permutation_calibration`` (``method``: ``auto``, ``pseudo-windows``, ``permutation``;
+    ``window_fraction``: the permutation test's ``max_window_fraction``, None its default)."""
     arrays = store_arrays(store)
     chosen = choose_method(method, arrays, window_sizes, comparison_fraction, max_pool_fraction)
     if chosen == PERMUTATION:
@@ -73,8 +75,14 @@ def calibrate_store(
             mode=mode,
             false_alarm_rate=false_alarm_rate,
             hysteresis=hysteresis,
+            max_window_fraction=max_pool_fraction if window_fraction is None else window_fraction,
         )
     else:
+        if window_fraction is not None:
+            raise CalibrationError(
+                "the window fraction is a setting of the permutation method; pseudo-windows "
+                "are sized by --window-sizes"
+            )
         data = calibrate_arrays(
             arrays,
             window_sizes=window_sizes,
@@ -120,7 +128,8 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
     if calibration.get("method") == PERMUTATION:
         return (
             f"per-window permutation test, {calibration['trials']} permutations against "
-            f"{len(calibration['comparison'])} ID records, {calibration['jsd_mode']} JSD"
+            f"{len(calibration['comparison'])} ID records, windows tested on at most "
+            f"{calibration['max_window_records']} records, {calibration['jsd_mode']} JSD"
         )
     return (
         f"pseudo-window nulls for window sizes {calibration['window_sizes']}, "
