@@ -175,6 +175,7 @@ class Daemon:
 
     def _load_stores(self) -> dict[str, Any]:
         from monitor.reference import open_store
+        from monitor.reference.calibrate import check_supports
 
         by_name: dict[str, Any] = {}
         by_stream: dict[str, Any] = {}
@@ -188,6 +189,10 @@ class Daemon:
             calibrated = store.calibration is not None
             self.metrics.calibrated.labels(stream=stream.name).set(1 if calibrated else 0)
             if calibrated:
+                alerts = self.settings.alerts
+                check_supports(
+                    store.calibration, alerts.false_alarm_rate, alerts.hysteresis_k_of_m, name
+                )
                 self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
             else:
                 detail = (

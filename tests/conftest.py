@@ -16,6 +16,17 @@ PAPER_CLUB = SHARED / "checkpoints" / "club_paper_global.pt"
 LLAVA_SHIFT = SHARED / "data" / "llava-bench-coco-shift"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_compute_thread() -> None:
+    """The tests run estimators the way a command does: with [compute] applied. Without it,
+    torch and OpenBLAS take one thread per core, which on a shared 2-core runner made the JSD
+    eigensolver 5-10 times slower (the oversubscription monitor/compute.py explains)."""
+    from monitor.compute import apply_compute_settings
+    from monitor.config import ComputeSettings
+
+    apply_compute_settings(ComputeSettings(threads=1))
+
+
 @pytest.fixture(scope="session")
 def golden_arrays() -> dict[str, np.ndarray]:
     with np.load(GOLDEN / "paper_parity.npz") as data:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.errors import CalibrationError
-from monitor.estimators.calibration import MAX_POOL_FRACTION
+from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
 from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode
 from monitor.reference.assess import bound_null, null_for
 from monitor.reference.permutation import (
@@ -35,6 +35,7 @@ from monitor.reference.permutation import (
 from monitor.reference.store import CALIBRATION, ReferenceStore, write_store_json
 from monitor.reference.window_stats import (
     DEFAULT_WINDOW_SIZES,
+    WARNING_TESTS,
     IDArrays,
     calibrate_arrays,
     store_arrays,
@@ -135,3 +136,17 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
         f"pseudo-window nulls for window sizes {calibration['window_sizes']}, "
         f"{calibration['trials']} trials each, {calibration['jsd_mode']} JSD"
     )
+
+
+def check_supports(
+    calibration: dict[str, Any], false_alarm_rate: float, hysteresis: tuple[int, int], store: str
+) -> None:
+    """Refuse a calibration with too few trials for ``false_alarm_rate`` (say, one lowered in
+    the config after calibrating): every window would fail on it, so ``serve`` checks first."""
+    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
+    if int(calibration["trials"]) < needed:
+        raise CalibrationError(
+            f"reference store {store!r} was calibrated with {calibration['trials']} trials; "
+            f"[alerts] false_alarm_rate = {false_alarm_rate} needs at least {needed}: rerun "
+            f"`mllm-monitor calibrate --reference {store}`"
+        )
