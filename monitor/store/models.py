@@ -149,7 +149,8 @@ class InboxItem(Base):
     __table_args__ = (Index(None, "lease_until"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    record_id: Mapped[str] = mapped_column(String(128))
+    # Indexed: references and replays look records up by id (Repository.locate_records).
+    record_id: Mapped[str] = mapped_column(String(128), index=True)
     stream: Mapped[str] = mapped_column(String(64))
     payload: Mapped[str] = mapped_column(Text)  # the record as JSON
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
