@@ -15,7 +15,8 @@ lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
    ``windows.lateness`` has passed; at most ``scheduler.max_catch_up`` of them (the newest).
    With ``scheduler.catch_up`` off, a new leader computes only the newest due window.
 3. Stale windows: windows whose data changed after they were computed (a sample stored late, a
-   late reference resolved, both found by the repository) are recomputed, oldest first.
+   late reference resolved, both found by the repository) are recomputed, oldest first, and
+   so are the m - 1 stored windows after each, whose k-of-m risk level reads it.
 
 Recomputing is idempotent (same key, same row), so a window computed twice across a leader
 change is still one row.
@@ -214,14 +215,21 @@ class WindowScheduler:
         )
 
     def stale(self, since: datetime, now: datetime) -> list[WindowKey]:
-        """Due windows whose data changed after they were computed, oldest first."""
+        """Due windows whose data changed after they were computed, and the stored windows
+        whose risk level reads theirs (the next m - 1, by the k-of-m rule), oldest first."""
         size, lateness = self.settings.windows.size, self.settings.windows.lateness
         keys = {
             window_containing(loc.stream, loc.event_time, size)
             for loc in self.repository.stale_locations(since)
             if loc.stream in self.streams
         }
-        return sorted(k for k in keys if is_due(k, now, lateness))
+        _, m = self.settings.alerts.hysteresis_k_of_m
+        readers = {
+            stored.key
+            for key in keys
+            for stored in self.repository.get_windows(key.stream, key.end, key.end + (m - 1) * size)
+        }
+        return sorted(k for k in keys | readers if is_due(k, now, lateness))
 
     def _may_continue(self) -> bool:
         """Between windows: stop on shutdown, and re-check the lock every half lock timeout."""

@@ -251,10 +251,14 @@ def test_scheduler_catches_up_and_recomputes_windows_that_got_late_samples(
     assert scheduler.tick() == 4  # windows 0..3 of "live" (3 is empty); "raw" has no data
     assert [w.n for w in repository.get_windows("live")] == [25, 25, 25, 0]
     assert scheduler.tick() == 0  # nothing new
-    # Late samples land in window 1: it is recomputed, once.
+    # Late samples land in window 1: it is recomputed, once, and so are windows 2 and 3,
+    # whose 2-of-3 risk level reads it.
     add_window(repository, "live", 1, 5, tag="late", base=base)
-    assert scheduler.tick() == 1
-    assert [w.n for w in repository.get_windows("live")] == [25, 30, 25, 0]
+    before = {w.key: w.computed_at for w in repository.get_windows("live")}
+    assert scheduler.tick() == 3
+    after = repository.get_windows("live")
+    assert [w.n for w in after] == [25, 30, 25, 0]
+    assert [w.computed_at > before[w.key] for w in after] == [False, True, True, True]
     assert scheduler.tick() == 0
     scheduler.stop(5)
     # The lock was released: another scheduler can lead.
