@@ -24,6 +24,7 @@ when stderr is not a terminal, and plain text when it is.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -288,6 +289,12 @@ class Daemon:
             timeout_graceful_shutdown=10,
         )
         self._server = uvicorn.Server(config)
+        # Everything loaded so far (torch, the encoders, the stores: ~480k objects with MiniLM)
+        # lives as long as the process: move it out of the collector's reach. A full collection
+        # otherwise pauses the event loop, and every proxied request with it, for ~225 ms; after
+        # the freeze it takes well under 1 ms (measured here).
+        gc.collect()
+        gc.freeze()
         previous = _install_stop_handlers(self.request_stop)
         try:
             if self.workers is not None:
