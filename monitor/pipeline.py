@@ -170,6 +170,7 @@ class StreamModel:
 
     def estimate(self, data: WindowData, *, seed: int = 0) -> Estimate:
         """Every term, EMI/EMID and the assessment of one window (pure: no IO)."""
+        whole = data  # EMI / EMID use every computed sample; only the tested terms are capped
         if self.permutation is not None:
             assert self.calibration is not None
             data = _capped(data, int(self.calibration["max_window_records"]), seed)
@@ -210,8 +211,8 @@ class StreamModel:
         ):
             assessment = self._bound_without_live_output(data, values, assessment)
         result = Estimate(values=values, assessment=assessment, emi_id=self.emi_id)
-        if self.club is not None and self.id_emi is not None and pairs is not None:
-            self._emi(data, result, seed)
+        if self.club is not None and self.id_emi is not None:
+            self._emi(whole, result, seed)  # (nothing when the window has under 2 pairs)
         reasons = [
             f"{term} p={assessment.p_values[term]:.3g}" for term in assessment.significant_terms
         ]
@@ -570,6 +571,11 @@ def read_window(
     present: dict[str, npt.NDArray[np.bool_]] = {}
     for kind in KINDS:
         present[kind] = np.concatenate(masks[kind]) if masks[kind] else np.zeros(0, dtype=bool)
+        if kind in out and len(out[kind]) < filled:
+            # Grown past the count only in chunks that had the kind: zero rows for the rest.
+            short = out[kind]
+            out[kind] = np.zeros((filled, short.shape[1]), dtype=np.float32)
+            out[kind][: len(short)] = short
         rows_of[kind] = _renormalise(out[kind][:filled], in_place=True) if kind in out else None
     return WindowData(n=n, rows=rows_of, present=present, ood_flagged=flagged, ood_scored=scored)
 

@@ -41,6 +41,7 @@ default window size fits the pool, and the comparison is capped at ``MAX_COMPARI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.errors import CalibrationError
-from monitor.estimators.calibration import MAX_POOL_FRACTION, NullDistribution, minimum_trials
+from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
 from monitor.estimators.emi import emid_upper_bound
 from monitor.estimators.rjsd import (
     DEFAULT_JSD_MODE,
@@ -77,6 +78,8 @@ MAX_WINDOW = 1_000
 EXCEEDANCES = 10
 # Terms of the scale-adjusted bound computed per split (output_id from the split's other side).
 BOUND_TERMS = {"visual", "text", "output_live"}
+# Fewest window-side rows a term is computed from, as WindowStatistics computes it live.
+MIN_ROWS = {"visual": 2}
 # Which embedding kind each two-sample term compares.
 KIND_OF = {"text": "prompt", "visual": "image", "response": "response"}
 KINDS = ("prompt", "image", "response", "reference")
@@ -171,6 +174,40 @@ class StoppedNull:
         return None
 
 
+@dataclass(frozen=True)
+class SplitNull:
+    """A term's null over every split: the finite split values, and the ``unusable`` splits
+    that could not compute the term, which count as at least as extreme as any window."""
+
+    values: npt.NDArray[np.float64]  # sorted ascending
+    unusable: int = 0
+
+    @classmethod
+    def of(cls, collected: Sequence[float]) -> SplitNull:
+        values = np.asarray(collected, dtype=np.float64)
+        finite = np.isfinite(values)
+        return cls(np.sort(values[finite]), int((~finite).sum()))
+
+    @property
+    def trials(self) -> int:
+        return len(self.values) + self.unusable
+
+    def p_value(self, observed: float) -> float:
+        """(1 + #{splits >= observed}) / (1 + trials), unusable splits included."""
+        at_least = len(self.values) - int(np.searchsorted(self.values, observed, side="left"))
+        return (1 + at_least + self.unusable) / (1 + self.trials)
+
+    def threshold(self, alpha: float) -> float | None:
+        """The t with ``observed > t`` exactly when ``p_value(observed) < alpha``; None when
+        no value can reach alpha (too few splits, or too many unusable ones)."""
+        # Most finite splits >= observed that keep (1 + k + unusable) / (1 + trials) < alpha.
+        k_max = math.ceil(alpha * (1 + self.trials)) - 2 - self.unusable
+        if k_max < 0 or not len(self.values):
+            return None
+        k_max = min(k_max, len(self.values) - 1)
+        return float(self.values[len(self.values) - 1 - k_max])
+
+
 class PermutationTest:
     """Permutation nulls of a window's terms and bound against one comparison set."""
 
@@ -201,10 +238,10 @@ class PermutationTest:
         *,
         trials: int,
         seed: int,
-    ) -> dict[str, NullDistribution | StoppedNull]:
+    ) -> dict[str, SplitNull | StoppedNull]:
         """Nulls of every term ``observed`` has a value for, and of the scale-adjusted bound
         (``bound``): a term stops early (:class:`StoppedNull`) once EXCEEDANCES splits reach
-        its value, else it runs all ``trials`` splits (a :class:`NullDistribution`).
+        its value, else it runs all ``trials`` splits (a :class:`SplitNull`).
 
         ``window_rows`` / ``window_present``: per kind (prompt, image, response, reference),
         one row per window record (zeros where absent) and which records have it.
@@ -212,7 +249,7 @@ class PermutationTest:
         n = len(window_present["prompt"])
         union = {kind: self._union(kind, window_rows, window_present) for kind in KINDS}
         splitters = {
-            term: _SplitJSD(union[kind][0][union[kind][1]], self.mode)
+            term: _SplitJSD(union[kind][0][union[kind][1]], self.mode, MIN_ROWS.get(term, 1))
             for term, kind in KIND_OF.items()
             if observed.get(term) is not None and union[kind][0] is not None
         }
@@ -260,8 +297,7 @@ class PermutationTest:
                 if exceeded[term] >= EXCEEDANCES and done < trials:
                     stopped[term] = StoppedNull(done, exceeded[term])
         return {
-            term: stopped.get(term) or NullDistribution(n, np.asarray(values, dtype=np.float64))
-            for term, values in collected.items()
+            term: stopped.get(term) or SplitNull.of(values) for term, values in collected.items()
         }
 
     def _union(
@@ -292,8 +328,8 @@ class _SplitJSD:
     :class:`~monitor.estimators.rjsd.ReferenceJSD` computes it (same spectra), from the rows'
     Gram matrix when they are fewer than the dimension, else from covariances."""
 
-    def __init__(self, rows: Rows, mode: JSDMode) -> None:
-        self.rows, self.mode = rows, mode
+    def __init__(self, rows: Rows, mode: JSDMode, minimum: int = 1) -> None:
+        self.rows, self.mode, self.minimum = rows, mode, minimum
         self.k, self.dim = rows.shape
         self.squared = np.einsum("ij,ij->i", rows, rows)
         self.gram = rows @ rows.T if self.k < self.dim else None
@@ -301,7 +337,7 @@ class _SplitJSD:
 
     def __call__(self, side: Mask) -> float | None:
         a, b = np.flatnonzero(side), np.flatnonzero(~side)
-        if len(a) == 0 or len(b) == 0:
+        if len(a) < self.minimum or len(b) == 0:
             return None
         w_a, w_b = (
             (1.0, 1.0)

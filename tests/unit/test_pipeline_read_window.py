@@ -98,3 +98,23 @@ def test_rows_of_every_kind_in_sample_order(n: int, counted: int, max_samples: i
         assert got is not None and got.dtype == np.float32
         np.testing.assert_allclose(got, rows, rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(data.present[kind], present)
+
+
+def test_samples_after_the_count_without_a_kind_keep_rows_and_masks_aligned() -> None:
+    """Images only in the counted samples; more arrive, text only: every kind still has one
+    row per sample (zeros where absent)."""
+    rng = np.random.default_rng(8)
+    samples: list[Sample] = [
+        {"prompt": rng.standard_normal(DIM), "image": rng.standard_normal(DIM)} for _ in range(8)
+    ] + [{"prompt": rng.standard_normal(DIM)} for _ in range(4)]
+    data = read_window(
+        ChunkedSamples(samples, chunk_size=4, counted=8), KEY, max_samples=100, ood_threshold=1.0
+    )
+    assert data is not None and data.n == 12
+    for kind in ("prompt", "image"):
+        rows, present = _expected(samples, np.arange(12), kind)
+        got = data.rows[kind]
+        assert got is not None and len(got) == len(data.present[kind]) == 12
+        np.testing.assert_allclose(got, rows, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(data.present[kind], present)
+    assert data.count("image") == 8 and len(data.of("image")) == 8  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from monitor.reference.permutation import (
     PERMUTATION,
     PSEUDO_WINDOWS,
     PermutationTest,
+    SplitNull,
     StoppedNull,
     _SplitJSD,
     calibration_method,
@@ -176,7 +177,7 @@ def test_a_quiet_term_stops_early_with_the_sequential_p_value_and_a_shifted_one_
     assert isinstance(text, StoppedNull) and text.exceedances == EXCEEDANCES
     assert text.splits < 100 and text.threshold(0.05) is None
     assert text.p_value(values["text"]) == EXCEEDANCES / text.splits  # type: ignore[arg-type]
-    assert isinstance(response, NullDistribution) and response.trials == 199
+    assert isinstance(response, SplitNull) and response.trials == 199
     assert response.p_value(values["response"]) == 1 / 200  # type: ignore[arg-type]
 
 
@@ -210,3 +211,43 @@ def test_auto_picks_permutations_only_for_stores_too_small_for_pseudo_windows() 
     assert choose_method("permutation", large, None, 0.5, 0.05) == PERMUTATION
     with pytest.raises(CalibrationError, match="unknown calibration method"):
         choose_method("bootstrap", small, None, 0.5, 0.05)
+
+
+def test_splits_that_cannot_compute_a_term_count_as_extreme_and_do_not_break_the_null() -> None:
+    """A window of 10 images far from the ID images (40% of 200 records have one): a split
+    whose window side holds under 2 images (the live minimum) cannot compute the visual term
+    and counts as at least as extreme; the other splits all stay below the window."""
+    rng = np.random.default_rng(4)
+    has_image = rng.random(200) < 0.4
+    data = IDArrays.from_compact(
+        draw(rng, 200), images=draw(rng, int(has_image.sum())), has_image=has_image
+    )
+    stats = WindowStatistics.from_arrays(data, np.arange(200))
+    prompts = draw(rng, 10)
+    images = unit(np.eye(DIM)[[7] * 10] + 0.05 * rng.standard_normal((10, DIM)))
+    values = stats(prompts=prompts, images=images, responses=None, reference_pairs=None)
+    rows, present = window_arrays(prompts, images=images, has_image=np.ones(10, dtype=bool))
+    nulls = PermutationTest(data, np.arange(200), "balanced").nulls(
+        rows, present, values, trials=99, seed=1
+    )
+    visual = nulls["visual"]
+    assert isinstance(visual, SplitNull) and visual.trials == 99 and visual.unusable == 3
+    assert visual.p_value(values["visual"]) == pytest.approx(4 / 100)  # type: ignore[arg-type]
+    threshold = visual.threshold(0.05)
+    assert threshold is not None and values["visual"] > threshold  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("unusable", [0, 3, 30])
+def test_a_split_null_threshold_agrees_with_its_p_value(unusable: int) -> None:
+    values = np.random.default_rng(unusable).random(99 - unusable)
+    null = SplitNull.of([*values, *[np.inf] * unusable])
+    assert null.trials == 99 and null.unusable == unusable
+    for alpha in (0.05, 0.2):
+        threshold = null.threshold(alpha)
+        for observed in np.linspace(-0.1, 1.1, 241):
+            significant = null.p_value(observed) < alpha
+            assert significant == (threshold is not None and observed > threshold)
+    if unusable == 0:  # the same numbers as a calibrated null
+        calibrated = NullDistribution(99, values)
+        assert null.threshold(0.05) == calibrated.threshold(0.05)
+        assert null.p_value(0.5) == calibrated.p_value(0.5)
