@@ -16,7 +16,8 @@ lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
    With ``scheduler.catch_up`` off, a new leader computes only the newest due window.
 3. Stale windows: windows whose data changed after they were computed (a sample stored late, a
    late reference resolved, both found by the repository) are recomputed, oldest first, and
-   so are the m - 1 stored windows after each, whose k-of-m risk level reads it.
+   so are the next m - 1 sufficient windows stored after each, whose k-of-m risk level reads
+   it.
 
 Recomputing is idempotent (same key, same row), so a window computed twice across a leader
 change is still one row.
@@ -216,7 +217,8 @@ class WindowScheduler:
 
     def stale(self, since: datetime, now: datetime) -> list[WindowKey]:
         """Due windows whose data changed after they were computed, and the stored windows
-        whose risk level reads theirs (the next m - 1, by the k-of-m rule), oldest first."""
+        whose risk level reads theirs (the next m - 1 sufficient ones: the k-of-m rule skips
+        insufficient windows), oldest first."""
         size, lateness = self.settings.windows.size, self.settings.windows.lateness
         keys = {
             window_containing(loc.stream, loc.event_time, size)
@@ -227,7 +229,7 @@ class WindowScheduler:
         readers = {
             stored.key
             for key in keys
-            for stored in self.repository.get_windows(key.stream, key.end, key.end + (m - 1) * size)
+            for stored in self.repository.next_windows(key.stream, key.start, m - 1)
         }
         return sorted(k for k in keys | readers if is_due(k, now, lateness))
 

@@ -92,6 +92,25 @@ class Windows:
             rows = conn.execute(stmt.order_by(Window.window_start.desc()).limit(limit)).all()
             return [_window_result(row) for row in reversed(rows)]
 
+    def next_windows(
+        self, stream: str, after: datetime, limit: int, *, status: str | None = "ok"
+    ) -> list[WindowResult]:
+        """The first ``limit`` windows of ``stream`` starting after ``after`` (of ``status``;
+        None: any), oldest first: those whose k-of-m count reads the window at ``after``."""
+        if limit < 1:
+            return []
+        with self._db.read("listing next windows") as conn:
+            stream_id = self._streams.find(conn, stream)
+            if stream_id is None:
+                return []
+            stmt = _window_select().where(
+                Window.stream_id == stream_id, Window.window_start > as_utc(after)
+            )
+            if status is not None:
+                stmt = stmt.where(Window.status == status)
+            rows = conn.execute(stmt.order_by(Window.window_start).limit(limit)).all()
+            return [_window_result(row) for row in rows]
+
     def last_window_end(self, stream: str) -> datetime | None:
         """End of the stream's newest computed window; None before the first."""
         with self._db.read("reading the last window") as conn:

@@ -12,8 +12,8 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
   ``iter_embeddings``), late references (``locate_records``, ``add_late_reference``), raw
   retention (``purge_raw``): ``monitor.store._samples``
 * ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
-  ``recent_windows``, ``last_window_end``, ``earliest_sample_time``, ``stale_locations``,
-  ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
+  ``recent_windows``, ``next_windows``, ``last_window_end``, ``earliest_sample_time``,
+  ``stale_locations``, ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
 * ``leader``, the lock that lets one process compute windows: ``monitor.store._leader``
 * ``artifacts``, reference sets and estimator artifacts (``register_reference_set``,
   ``get_estimator``): ``monitor.store._artifacts``
@@ -95,6 +95,7 @@ class Repository:
         self.risk_transitions = self.windows.risk_transitions
         self.current_risk = self.windows.current_risk
         self.recent_windows = self.windows.recent_windows
+        self.next_windows = self.windows.next_windows
         self.last_window_end = self.windows.last_window_end
         self.earliest_sample_time = self.windows.earliest_sample_time
         self.last_computed_at = self.windows.last_computed_at

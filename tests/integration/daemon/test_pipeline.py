@@ -251,14 +251,14 @@ def test_scheduler_catches_up_and_recomputes_windows_that_got_late_samples(
     assert scheduler.tick() == 4  # windows 0..3 of "live" (3 is empty); "raw" has no data
     assert [w.n for w in repository.get_windows("live")] == [25, 25, 25, 0]
     assert scheduler.tick() == 0  # nothing new
-    # Late samples land in window 1: it is recomputed, once, and so are windows 2 and 3,
-    # whose 2-of-3 risk level reads it.
+    # Late samples land in window 1: it is recomputed, once, and so is window 2, whose 2-of-3
+    # risk level reads it (window 3 is insufficient: the rule reads sufficient windows only).
     add_window(repository, "live", 1, 5, tag="late", base=base)
     before = {w.key: w.computed_at for w in repository.get_windows("live")}
-    assert scheduler.tick() == 3
+    assert scheduler.tick() == 2
     after = repository.get_windows("live")
     assert [w.n for w in after] == [25, 30, 25, 0]
-    assert [w.computed_at > before[w.key] for w in after] == [False, True, True, True]
+    assert [w.computed_at > before[w.key] for w in after] == [False, True, True, False]
     assert scheduler.tick() == 0
     scheduler.stop(5)
     # The lock was released: another scheduler can lead.
@@ -270,3 +270,29 @@ def test_scheduler_catches_up_and_recomputes_windows_that_got_late_samples(
     )
     assert other.lock.try_acquire()
     other.lock.release()
+
+
+def test_a_stale_window_recomputes_the_next_sufficient_windows_that_read_it(
+    settings: Settings, repository: Repository
+) -> None:
+    """2-of-3: the next two sufficient windows read a window, skipping an insufficient one."""
+    base = window_start(datetime.now(UTC) - 6 * SIZE, SIZE)
+    for i, n in enumerate([25, 25, 5, 25, 25]):  # window 2 is under min_samples (20)
+        add_window(repository, "live", i, n, base=base)
+    scheduler = WindowScheduler(
+        settings, repository, stores(settings), MonitorMetrics(CollectorRegistry(), ["live"])
+    )
+    scheduler.tick()
+    assert [w.status for w in repository.get_windows("live")][:5] == [
+        "ok",
+        "ok",
+        "insufficient",
+        "ok",
+        "ok",
+    ]
+    add_window(repository, "live", 0, 3, tag="late", base=base)
+    before = {w.key: w.computed_at for w in repository.get_windows("live")}
+    assert scheduler.tick() == 3  # window 0, then 1 and 3 (not 2, nor 4)
+    after = repository.get_windows("live")[:5]
+    assert [w.computed_at > before[w.key] for w in after] == [True, True, False, True, False]
+    scheduler.stop(5)
