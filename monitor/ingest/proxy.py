@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -190,9 +191,18 @@ class SidecarProxy:
         self._forwarded[route].inc()
         body = await request.body()
         scope = request.scope
+        url = self._url(scope.get("raw_path") or scope["path"].encode(), scope["query_string"])
+        if url is None:
+            return _sidecar_error(
+                400,
+                "invalid_path",
+                "a path with '.' or '..' segments is not forwarded (it could leave the proxied "
+                "routes on the upstream)",
+                error_type="invalid_request_error",
+            )
         upstream_request = httpx.Request(
             scope["method"],
-            self._url(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
+            url,
             headers=_forwardable(scope["headers"], _NOT_FORWARDED_UPSTREAM_BYTES),
             content=body,
             extensions={"timeout": self._timeout},
@@ -201,9 +211,9 @@ class SidecarProxy:
         try:
             upstream = await self.transport.handle_async_request(upstream_request)
         except httpx.TimeoutException as exc:
-            return _upstream_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
+            return _sidecar_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
         except httpx.HTTPError as exc:
-            return _upstream_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
+            return _sidecar_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
         answered = time.perf_counter()
         request_body = body if sample and upstream.status_code == 200 else None
         received_at = datetime.now(UTC) if request_body is not None else None
@@ -222,7 +232,7 @@ class SidecarProxy:
             try:
                 content = b"".join([chunk async for chunk in _raw_body(upstream)])
             except httpx.HTTPError as exc:
-                return _upstream_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
+                return _sidecar_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
             finally:
                 await upstream.aclose()
             answered = time.perf_counter()
@@ -284,9 +294,10 @@ class SidecarProxy:
             finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not hung_up:
+            # Ours (the client has gone) is done with; one from elsewhere too (the server
+            # shutting down) goes on.
+            if not hung_up or relaying.uncancel() > 0:
                 raise
-            relaying.uncancel()  # our own cancellation, done with: the client has gone
             return
         finally:
             watcher.cancel()
@@ -310,11 +321,16 @@ class SidecarProxy:
             )
         )
 
-    def _url(self, raw_path: bytes, query: bytes) -> httpx.URL:
-        """The upstream URL of a request: the path as the client sent it (still escaped)."""
+    def _url(self, raw_path: bytes, query: bytes) -> httpx.URL | None:
+        """The upstream URL of a request: the path as the client sent it (still escaped). None
+        for a path with a dot segment, escaped or not: ``GET /v1/models/{id}`` takes any path
+        below it, and the URL would resolve ``..`` to another upstream route, which the
+        sidecar (no token on proxied routes) must not expose."""
         url = self._urls.get((raw_path, query))
         if url is None:
             path = raw_path.decode("latin-1")
+            if _has_dot_segment(path):
+                return None
             text = f"{self._base}{path}?{query.decode('latin-1')}" if query else self._base + path
             url = httpx.URL(text)
             if len(self._urls) < _URL_CACHE_SIZE:
@@ -605,13 +621,20 @@ def _upstream_base(upstream: str) -> str:
     return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
-def _upstream_error(status: int, code: str, message: str) -> JSONResponse:
-    """The sidecar's own answer when the upstream cannot be reached (OpenAI error shape, plus
-    the monitor's ``field``)."""
+def _sidecar_error(
+    status: int, code: str, message: str, *, error_type: str = "upstream_error"
+) -> JSONResponse:
+    """The sidecar's own answer: when the upstream cannot be reached, or a request is refused
+    before it (OpenAI error shape, plus the monitor's ``field``)."""
     return JSONResponse(
-        {"error": {"code": code, "message": message, "field": None, "type": "upstream_error"}},
+        {"error": {"code": code, "message": message, "field": None, "type": error_type}},
         status_code=status,
     )
+
+
+def _has_dot_segment(path: str) -> bool:
+    segments = unquote(path).replace("\\", "/").split("/")
+    return any(segment in (".", "..") for segment in segments)
 
 
 __all__ = ["HOP_BY_HOP", "Exchange", "SidecarProxy", "assemble_sse", "build_proxy_router"]

@@ -227,3 +227,37 @@ def test_exchanges_are_sampled_whole_and_in_batches(proxied: Proxied) -> None:
     assert sum(batches) == 100
     # Gathered into batches (one hand-off to a thread each), not one submit per exchange.
     assert len(batches) < 40 and max(batches) > 1
+
+
+def raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """A GET of exactly ``path`` (http.client sends it as written; httpx would resolve it)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/../../admin",
+        "/v1/models/x/%2e%2e/%2E%2E/%2e%2e/metrics",
+        "/v1/models/./m",
+        "/v1/models/x/..%5C..%5Cmetrics",
+    ],
+)
+def test_a_path_with_dot_segments_is_refused_not_resolved_upstream(
+    proxied: Proxied, path: str
+) -> None:
+    status, body = raw_get(proxied.url, path)
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_path"
+
+
+def test_a_model_id_with_slashes_is_still_forwarded(proxied: Proxied) -> None:
+    status, body = raw_get(proxied.url, "/v1/models/meta-llama/Llama-3-8B")
+    assert status == 404 and b"invalid_path" not in body  # the fake upstream has no such route
