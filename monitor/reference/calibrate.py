@@ -38,6 +38,7 @@ from monitor.reference.window_stats import (
     WARNING_TESTS,
     IDArrays,
     calibrate_arrays,
+    comparison_size,
     store_arrays,
 )
 
@@ -119,7 +120,7 @@ def choose_method(
         )
     if method != "auto":
         return method
-    pool = data.n - round(data.n * comparison_fraction)
+    pool = data.n - comparison_size(data.n, comparison_fraction)
     fits = int(max_pool_fraction * pool) >= DEFAULT_WINDOW_SIZES[0]
     return PSEUDO_WINDOWS if window_sizes is not None or fits else PERMUTATION
 

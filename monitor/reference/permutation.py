@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.errors import CalibrationError
-from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
+from monitor.estimators.calibration import MAX_POOL_FRACTION
 from monitor.estimators.emi import emid_upper_bound
 from monitor.estimators.rjsd import (
     DEFAULT_JSD_MODE,
@@ -61,9 +61,9 @@ from monitor.estimators.rjsd import (
 from monitor.reference.window_stats import (
     CALIBRATION_FORMAT,
     MIN_TERM_COUNT,
-    WARNING_TESTS,
     IDArrays,
     WindowStatistics,
+    resolve_trials,
 )
 
 Rows = npt.NDArray[np.floating[Any]]
@@ -115,13 +115,7 @@ def permutation_calibration(
         raise CalibrationError(f"{data.n} ID records: a permutation test needs at least 2")
     if not 0.0 < max_window_fraction <= 1.0:
         raise CalibrationError(f"the window fraction must lie in (0, 1], got {max_window_fraction}")
-    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
-    trials = needed if trials is None else trials
-    if trials < needed:
-        raise CalibrationError(
-            f"{trials} permutations cannot resolve the warning rule: {WARNING_TESTS} tests at a "
-            f"false-alarm rate of {false_alarm_rate} need at least {needed}"
-        )
+    trials, needed = resolve_trials(trials, false_alarm_rate, hysteresis, "permutations")
     comparison = np.arange(data.n)
     if data.n > MAX_COMPARISON:
         rng = np.random.default_rng(seed)

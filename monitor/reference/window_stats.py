@@ -316,19 +316,10 @@ def calibrate_arrays(
     n = data.n
     if not 0.0 < comparison_fraction < 1.0:
         raise CalibrationError(f"comparison_fraction must lie in (0, 1), got {comparison_fraction}")
-    comparison, pool = split_reference(
-        n, min(n - 1, max(1, round(n * comparison_fraction))), seed=seed
-    )
+    comparison, pool = split_reference(n, comparison_size(n, comparison_fraction), seed=seed)
     limit = int(max_pool_fraction * len(pool))
     sizes = _record_sizes(window_sizes, limit, n, len(pool), max_pool_fraction)
-    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
-    trials = needed if trials is None else trials
-    if trials < needed:
-        raise CalibrationError(
-            f"{trials} trials cannot resolve the warning rule: {WARNING_TESTS} tests at a "
-            f"false-alarm rate of {false_alarm_rate} need p-values below "
-            f"{false_alarm_rate / WARNING_TESTS:.4g}, so at least {needed} trials"
-        )
+    trials, needed = resolve_trials(trials, false_alarm_rate, hysteresis, "trials")
     stats = WindowStatistics.from_arrays(
         data, comparison.astype(np.intp), jsd_mode=mode, entropy_scale=entropy_scale
     )
@@ -397,6 +388,28 @@ def calibrate_arrays(
         "output_id": stats.output_id,
         "nulls": nulls,
     }
+
+
+def comparison_size(n: int, comparison_fraction: float) -> int:
+    """How many of n ID records the pseudo-window calibration compares with (the rest are its
+    pool)."""
+    return min(n - 1, max(1, round(n * comparison_fraction)))
+
+
+def resolve_trials(
+    trials: int | None, false_alarm_rate: float, hysteresis: tuple[int, int], what: str
+) -> tuple[int, int]:
+    """(trials, the minimum the warning rule needs): None takes the minimum, fewer are refused.
+    ``what`` names them in the error (trials, permutations)."""
+    needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
+    trials = needed if trials is None else trials
+    if trials < needed:
+        raise CalibrationError(
+            f"{trials} {what} cannot resolve the warning rule: {WARNING_TESTS} tests at a "
+            f"false-alarm rate of {false_alarm_rate} need p-values below "
+            f"{false_alarm_rate / WARNING_TESTS:.4g}, so they need at least {needed} {what}"
+        )
+    return trials, needed
 
 
 def _uncalibrated(
