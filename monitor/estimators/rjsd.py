@@ -173,10 +173,21 @@ class EmbeddingSet:
     3e-6 relative, so :func:`set_jsd` takes float64 covariances in the paper mode.
     """
 
-    def __init__(self, rows: FloatArray, *, exact: bool = False, name: str = "rows") -> None:
+    def __init__(
+        self,
+        rows: FloatArray,
+        *,
+        exact: bool = False,
+        name: str = "rows",
+        cov: FloatArray | None = None,
+    ) -> None:
+        """``cov``: the rows' covariance when the caller already has it (a permutation split
+        takes one side's as the whole's minus the other's)."""
         self._input, self.name = rows, name
         self.n, self.dim = int(rows.shape[0]), int(rows.shape[1])
         self.exact = exact or rows.dtype != np.float32 or self.n < _FAST_COV_MIN_ROWS
+        if cov is not None:
+            self.__dict__["cov"] = cov  # primes the cached property below
 
     @classmethod
     def checked(

@@ -54,8 +54,10 @@ from monitor.estimators.calibration import MAX_POOL_FRACTION
 from monitor.estimators.emi import emid_upper_bound
 from monitor.estimators.rjsd import (
     DEFAULT_JSD_MODE,
+    EmbeddingSet,
     JSDMode,
     representation_jsd,
+    set_jsd,
     von_neumann_entropy,
 )
 from monitor.reference.window_stats import (
@@ -318,47 +320,37 @@ class PermutationTest:
 
 
 class _SplitJSD:
-    """JSD between the two sides of a split of one set of unit rows, the way
-    :class:`~monitor.estimators.rjsd.ReferenceJSD` computes it (same spectra), from the rows'
-    Gram matrix when they are fewer than the dimension, else from covariances."""
+    """JSD between the two sides of a split of one set of unit rows, as
+    :func:`~monitor.estimators.rjsd.set_jsd` computes it for live windows: fewer rows than
+    the dimension take sub-blocks of the rows' one Gram matrix (same spectra); otherwise the
+    sides are sets of their own, one side's covariance the whole's minus the other's."""
 
     def __init__(self, rows: Rows, mode: JSDMode, minimum: int = 1) -> None:
         self.rows, self.mode, self.minimum = rows, mode, minimum
-        self.k, self.dim = rows.shape
+        k, dim = rows.shape
         self.squared = np.einsum("ij,ij->i", rows, rows)
-        self.gram = rows @ rows.T if self.k < self.dim else None
+        self.gram = rows @ rows.T if k < dim else None
         self.cov = rows.T @ rows if self.gram is None else None
 
     def __call__(self, side: Mask) -> float | None:
         a, b = np.flatnonzero(side), np.flatnonzero(~side)
         if len(a) < self.minimum or len(b) == 0:
             return None
+        if self.gram is None:
+            assert self.cov is not None
+            side_a = EmbeddingSet(self.rows[a], exact=True)
+            side_b = EmbeddingSet(self.rows[b], exact=True, cov=self.cov - side_a.cov)
+            return set_jsd(side_a, side_b, mode=self.mode)
         w_a, w_b = (
             (1.0, 1.0)
             if self.mode == "paper"
             else (1.0 / self.squared[a].sum(), 1.0 / self.squared[b].sum())
         )
-        if self.gram is not None:
-            scale = np.sqrt(np.where(side, w_a, w_b))
-            h_mix = _entropy(self.gram * np.outer(scale, scale))
-            h_a = _entropy(self.gram[np.ix_(a, a)])
-            h_b = _entropy(self.gram[np.ix_(b, b)])
-        else:
-            assert self.cov is not None
-            cov_a = self.rows[a].T @ self.rows[a]
-            cov_b = self.cov - cov_a
-            h_mix = _entropy(w_a * cov_a + w_b * cov_b)
-            h_a, h_b = self._set_entropy(a, cov_a), self._set_entropy(b, cov_b)
+        scale = np.sqrt(np.where(side, w_a, w_b))
+        h_mix = von_neumann_entropy(self.gram * np.outer(scale, scale))
+        h_a = von_neumann_entropy(self.gram[np.ix_(a, a)])
+        h_b = von_neumann_entropy(self.gram[np.ix_(b, b)])
         return max(h_mix - 0.5 * (h_a + h_b), 0.0)
-
-    def _set_entropy(self, rows: npt.NDArray[np.intp], cov: Rows) -> float:
-        if len(rows) < self.dim:
-            return _entropy(self.rows[rows] @ self.rows[rows].T)
-        return _entropy(cov)
-
-
-def _entropy(kernel: Rows) -> float:
-    return von_neumann_entropy(kernel)
 
 
 def _paired_jsd(answers: Rows, references: Rows, side: Mask, mode: JSDMode) -> float | None:
