@@ -41,15 +41,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from monitor.commands._common import progress_bar, stage_reporter
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError, MonitorError
 from monitor.reference.manifest import ManifestRecord, read_manifest
@@ -295,21 +288,8 @@ def build_reference(
     from monitor.reference import build_store, calibrate_store
 
     encoders = encoders_from_settings(settings.encoders)
-    with Progress(
-        TextColumn("   {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
+    with progress_bar(console=console, transient=True, indent="   ") as progress:
+        report = stage_reporter(progress)
         store = build_store(
             records,
             root=settings.reference.root,

@@ -9,7 +9,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -113,16 +114,32 @@ def open_configured_store(config: Path | None, name: str) -> tuple[Settings, Ref
     return settings, open_store(settings.reference.root, name, encoders)
 
 
-def progress_bar() -> Progress:
-    """A rich progress bar on stderr (count and elapsed time) for the store commands."""
+def progress_bar(
+    *, console: Console | None = None, transient: bool = False, indent: str = ""
+) -> Progress:
+    """A rich progress bar (count and elapsed time) for the store commands; on stderr unless
+    ``console`` says otherwise."""
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn(indent + "{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
+        console=console or err_console,
+        transient=transient,
     )
+
+
+def stage_reporter(progress: Progress) -> Callable[[str, int, int], None]:
+    """A ``progress(stage, done, total)`` callback (``build_store``'s) with one bar per stage,
+    made when the stage first reports."""
+    tasks: dict[str, TaskID] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done)
+
+    return report
 
 
 def out_console() -> Console:

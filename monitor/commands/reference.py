@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import TaskID
 
-from monitor.commands._common import ConfigOption, load_for_compute, progress_bar, store_name
+from monitor.commands._common import (
+    ConfigOption,
+    load_for_compute,
+    progress_bar,
+    stage_reporter,
+    store_name,
+)
 from monitor.config import load_settings
 
 
@@ -79,13 +84,6 @@ def reference_build(
         ivf_nprobe=ivf_nprobe,
     )
     with progress_bar() as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
         store = build_store(
             records,
             root=settings.reference.root,
@@ -95,7 +93,7 @@ def reference_build(
             image_limits=limits,
             options=options,
             replace=replace,
-            progress=report,
+            progress=stage_reporter(progress),
         )
     typer.echo(
         f"built reference store {store.name!r} at {store.path}: {len(store.ids)} records, "
