@@ -136,12 +136,13 @@ class StreamModel:
         self.stream = stream.name
         self.store = store
         self.calibration: dict[str, Any] | None = store.calibration
-        self.stats = WindowStatistics.from_store(store, self.calibration)
+        arrays = store_arrays(store)
+        self.stats = WindowStatistics.for_calibration(arrays, self.calibration)
         # A permutation calibration draws each window's nulls from the window itself.
         self.permutation: PermutationTest | None = None
         if self.calibration is not None and calibration_method(self.calibration) == PERMUTATION:
             self.permutation = PermutationTest(
-                store_arrays(store), self.calibration["comparison"], self.stats.jsd_mode
+                arrays, self.calibration["comparison"], self.stats.jsd_mode
             )
         self.alpha = settings.alerts.false_alarm_rate
         self.fusion = store.manifest.get("fusion", "mean")

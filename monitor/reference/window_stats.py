@@ -101,19 +101,12 @@ class WindowStatistics:
             self.output_id = representation_jsd(*reference_pairs, mode=jsd_mode)
 
     @classmethod
-    def from_store(
-        cls, store: ReferenceStore, calibration: dict[str, Any] | None = None
-    ) -> WindowStatistics:
-        """The calibration's comparison set and JSD mode; without a calibration, every record of
-        the store in the balanced mode (values then have no nulls to be read against)."""
-        return cls.for_calibration(store_arrays(store), calibration)
-
-    @classmethod
     def for_calibration(
         cls, data: IDArrays, calibration: dict[str, Any] | None
     ) -> WindowStatistics:
-        """Statistics of the ID data ``data`` as ``calibration`` compares with them (or, with
-        None, against every record in the default mode)."""
+        """Statistics of the ID data ``data`` (a store's: :func:`store_arrays`) as
+        ``calibration`` compares with them: its comparison set and JSD mode; with None, every
+        record in the balanced mode (values then have no nulls to be read against)."""
         if calibration is None:
             return cls.from_arrays(data, np.arange(data.n))
         check_calibration(calibration)
