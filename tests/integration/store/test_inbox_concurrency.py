@@ -31,6 +31,10 @@ def _worker(
             claimed.extend(ids)
             assert repo.ack(ids, name) == len(ids)
             acked.extend(ids)
+            # Let the other worker in: on SQLite one worker could otherwise win every write
+            # lock and drain all batches alone (seen once in CI), and the test would not
+            # exercise two claimers at all.
+            time.sleep(0.001)
     finally:
         engine.dispose()
 
