@@ -241,6 +241,7 @@ class ProxySettings(_Section):
     max_connections: int = Field(default=512, ge=1)  # pooled connections to the upstream
     sample_queue_size: int = Field(default=1000, ge=1)  # exchanges waiting to be sampled
     max_sample_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger: passed, unsampled
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # larger requests: 413
 
 
 class ReferenceModelSettings(_Section):
@@ -278,6 +279,7 @@ class IngestSettings(_Section):
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # one max-size image in base64
     max_batch_records: int = Field(default=1000, ge=1)
+    max_references_per_record: int = Field(default=8, ge=1)  # late references kept per record id
     max_text_chars: int = Field(default=200_000, ge=1)  # prompt, response, reference, message
     max_messages: int = Field(default=256, ge=1)  # OpenAI messages (and parts of one message)
     max_future: Duration = timedelta(hours=1)  # timestamps later than now + this are refused

@@ -34,7 +34,15 @@ PREFIX = "mllm_monitor"
 #: Terms of a window: the four JSD terms of the EMID bound, and answer drift.
 WINDOW_TERMS: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response")
 #: What happens to a record offered to the monitor.
-RECORD_OUTCOMES: tuple[str, ...] = ("sampled", "skipped", "rejected", "dropped", "failed")
+RECORD_OUTCOMES: tuple[str, ...] = (
+    "sampled",
+    "skipped",
+    "rejected",
+    "dropped",
+    "failed",
+    "duplicate",  # a record id already waiting or embedded: not stored again
+    "unavailable",  # refused with 503 while storage was down (the sender should retry)
+)
 #: The two forms of the EMID upper bound (DESIGN section 1).
 BOUND_FORMS: tuple[str, ...] = ("scale_adjusted", "entropy_scaled")
 #: Stream label for records rejected before their stream is known (or naming an unknown one).
@@ -48,6 +56,8 @@ FAIL_OPEN_REASONS: tuple[str, ...] = (
     "storage_error",
     "invalid",
     "internal_error",
+    "too_large",  # request or (decoded) answer over [proxy] max_sample_bytes
+    "aborted",  # the client or the upstream broke the exchange off
 )
 #: Outcomes of asking the reference model for a reference answer.
 REFERENCE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "timeout", "budget_skipped")
@@ -80,7 +90,8 @@ class MonitorMetrics:
             "Records offered to the monitor, by what happened to them: sampled (durable in the "
             "inbox), skipped (sampling or rate cap), rejected (invalid, 4xx), dropped (lost: "
             "inbox full or storage down on the fail-open sidecar path), failed (could not be "
-            "embedded, moved aside).",
+            "embedded, moved aside), duplicate (an id already waiting or embedded: not stored "
+            "again), unavailable (refused with 503 while storage was down; the sender retries).",
             ["stream", "outcome"],
             registry=r,
         )
