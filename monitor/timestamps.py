@@ -1,0 +1,85 @@
+"""Points in time from untrusted text or numbers: RFC 3339 or epoch seconds, always UTC.
+
+    parse_instant(value) -> datetime   (aware, UTC, 1970-01-01 <= t < 9000-01-01)
+
+One parser for the records API, the windows API and the CLI, so that one hostile input cannot
+get through one door and crash another. Every failure is a :class:`ValueError` whose message
+says what was wrong (callers add the field or option name); nothing else escapes: an offset
+that pushes a time past year 1 or 9999 (``OverflowError`` in ``astimezone``), an epoch of 400
+digits (``OverflowError`` in ``float``/``math.isfinite``), an int too large for C, NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+#: Earliest and latest instants accepted: anything outside is a typo or an attack, and keeping
+#: a margin from datetime's own limits means arithmetic on windows (size, lateness) cannot
+#: overflow either.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+_LATEST_EPOCH = (LATEST - EARLIEST).total_seconds()
+#: Longest string taken as a time: an RFC 3339 time with nanoseconds and an offset is ~35.
+MAX_TIME_CHARS = 64
+
+EXAMPLE = "2026-03-01T12:00:00Z"
+
+
+def parse_instant(value: str | int | float, *, naive_is_utc: bool = False) -> datetime:
+    """``value`` as an aware UTC datetime; raises ValueError (never anything else).
+
+    Strings are RFC 3339 (``Z``/``z`` or an offset) or epoch seconds; numbers are epoch
+    seconds. A string time without a zone is refused unless ``naive_is_utc``."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, int | float):
+        # repr of a huge int is slow or refused (int max str digits): name it, do not print it
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a number"
+        return _from_epoch(value, shown)
+    if not isinstance(value, str):
+        raise ValueError(f"a {type(value).__name__} is not a time")
+    text = value.strip()
+    if len(text) > MAX_TIME_CHARS:
+        raise ValueError(f"too long for a time ({len(text)} characters)")
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return _from_epoch(seconds, repr(value))
+    try:
+        moment = datetime.fromisoformat(text.upper())  # RFC 3339 allows t and z
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an RFC 3339 time (like {EXAMPLE})") from exc
+    if moment.tzinfo is None:
+        if not naive_is_utc:
+            raise ValueError(f"{value!r} has no time zone: add Z or an offset like +02:00")
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{value!r} is out of range (1970 to 9000)") from exc
+    return _in_range(moment, repr(value))
+
+
+def _from_epoch(seconds: int | float, shown: str) -> datetime:
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    try:
+        finite = math.isfinite(seconds)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or not 0 <= seconds < _LATEST_EPOCH:
+        raise ValueError(f"{shown} is not a plausible epoch time in seconds (1970 to 9000)")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _in_range(moment: datetime, shown: str) -> datetime:
+    if moment < EARLIEST:
+        raise ValueError(f"{shown} is before 1970")
+    if moment >= LATEST:
+        raise ValueError(f"{shown} is after the year 9000")
+    return moment
+
+
+__all__ = ["EARLIEST", "EXAMPLE", "LATEST", "MAX_TIME_CHARS", "parse_instant"]
