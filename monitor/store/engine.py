@@ -26,7 +26,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from monitor.config import DatabaseSettings
+from monitor.config import DatabaseSettings, mask_url
 from monitor.errors import DatabaseUnavailableError, StorageError
 
 # Execution option read by the SQLite "begin" listener: the BEGIN form to emit.
@@ -48,11 +48,12 @@ def parse_url(url: str | URL) -> URL:
 
 
 def masked(url: str | URL) -> str:
-    """The URL for messages and logs, password replaced by ***."""
+    """The URL for messages and logs, password and secret query parameters (a driver's
+    sslpassword, say) replaced by *** (mask_url: SQLAlchemy hides only the password)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return mask_url(make_url(url).render_as_string(hide_password=True))
     except (ArgumentError, ValueError):
-        return _mask_text(str(url))
+        return mask_url(_mask_text(str(url)))
 
 
 def _mask_text(url: str) -> str:
