@@ -3,47 +3,51 @@
     GET /v1/windows?stream=S&since=T&until=T  ->  {"windows": [WindowResult.to_dict(), ...]}
 
 ``stream`` is optional: without it, the windows of every configured stream (by stream, then
-start). ``since`` / ``until`` are
-RFC 3339 times or epoch seconds; windows overlapping [since, until) are returned, oldest first.
-A bad parameter is a 400 with ``{"error": {"code", "message", "field"}}``; an unknown stream is
-a 404. The routes need the monitor's bearer token (``require_token`` of the ingest app).
+start). ``since`` / ``until`` are RFC 3339 times or epoch seconds between 1970 and 9000;
+windows overlapping [since, until) are returned, oldest first. A bad parameter is a 400 with
+``{"error": {"code", "message", "field"}}`` naming it; an unknown stream is a 404, and so is a
+window id that no window can have (not a positive 64-bit integer). The routes need the
+monitor's bearer token (``require_token`` of the ingest app).
 """
 
 from __future__ import annotations
 
 import importlib
-import math
+import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from monitor.records import WindowResult
+from monitor.timestamps import parse_instant
+
+#: Window ids are positive 64-bit integer keys (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_WINDOW_ID = 2**63 - 1
+_WINDOW_ID = re.compile(r"[0-9]{1,19}")
 
 
 def parse_time(value: str, field: str) -> datetime:
-    """An RFC 3339 time (``Z`` or an offset; a naive time is UTC) or epoch seconds."""
-    text = value.strip()
+    """An RFC 3339 time (``Z`` or an offset; a naive time is UTC) or epoch seconds, 1970 to
+    9000 (:func:`~monitor.timestamps.parse_instant`, the rule of every door); raises
+    ValueError naming ``field``, nothing else (the CLI turns it into exit 2)."""
     try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise ValueError(f"{field}: not a finite number of seconds: {value!r}")
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise ValueError(f"{field}: epoch seconds out of range: {value!r}") from exc
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        return parse_instant(value, naive_is_utc=True)
     except ValueError as exc:
-        raise ValueError(
-            f"{field}: not an RFC 3339 time or epoch seconds: {value!r} (like 2026-11-30T06:00:00Z)"
-        ) from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        raise ValueError(f"{field}: {exc}") from exc
+
+
+def window_key(window_id: str) -> int | None:
+    """The integer key of a window id from a URL, or None when no window can have it.
+
+    Only plain decimal digits within the database's 64-bit keys: ``int()`` alone takes
+    ``+1``, ``1_0`` and non-ASCII digits, and a key past 2**63 - 1 fails in SQLite (a 500)."""
+    if not _WINDOW_ID.fullmatch(window_id):
+        return None
+    key = int(window_id)
+    return key if 0 < key <= MAX_WINDOW_ID else None
 
 
 def list_windows(
@@ -101,7 +105,8 @@ def build_windows_router(repository: Any, streams: Sequence[str]) -> APIRouter:
 
     @router.get("/v1/windows/{window_id}")
     def get_window(window_id: str) -> Any:
-        found = repository.get_window(window_id)
+        key = window_key(window_id)
+        found = repository.get_window(str(key)) if key is not None else None
         if found is None or found.key.stream not in known:
             return _error(404, "not_found", f"no window with id {window_id!r}", "id")
         return found.to_dict()
