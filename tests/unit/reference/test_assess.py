@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from monitor.reference import (
     IDArrays,
     WindowStatistics,
     assess_window,
+    bound_null,
     calibrate_arrays,
     null_for,
 )
@@ -238,3 +241,146 @@ def test_terms_without_enough_pool_rows_are_reported_not_faked() -> None:
     assert "output_live" not in calibration["nulls"]
     assert "needs 1000" in calibration["uncalibrated"]["output_live"]
     assert null_for(calibration, "output_live", 50) is None
+
+
+def exact_ood_count_threshold(n: int, rate: float, level: float) -> int | None:
+    """Smallest k with P(Binomial(n, rate) >= k) < level, from exact rational sums (written
+    apart from the code under test); the cases below stay far from ties with ``level``."""
+    p, q = Fraction(rate), 1 - Fraction(rate)
+    tail = Fraction(0)
+    threshold = None
+    for k in range(n, -1, -1):  # P(X >= k) grows as k falls
+        tail += math.comb(n, k) * p**k * q ** (n - k)
+        if tail >= level:
+            assert abs(float(tail) - level) > 1e-9 * level, (n, rate, level, k)
+            break
+        threshold = k
+    return threshold
+
+
+@pytest.mark.parametrize(
+    ("n", "rate", "alpha"),
+    [
+        (1, 0.05, 0.1),  # k = 1: one flagged record of one
+        (5, 0.5, 0.05),  # k = n: only a fully flagged window
+        (5, 0.5, 0.01),  # no k: even 5 of 5 is not significant
+        (7, 0.05, 0.05),
+        (20, 0.1, 0.01),
+        (60, 0.05, 0.05),
+        (400, 0.05, 0.002),
+    ],
+)
+def test_ood_test_fires_at_exactly_the_binomial_threshold(
+    n: int, rate: float, alpha: float
+) -> None:
+    """k flagged records of n are OOD-significant and k - 1 are not, for every count, and the
+    reported threshold fraction separates them (the warning's reason reads fraction > it)."""
+    k = exact_ood_count_threshold(n, rate, alpha)
+    for flagged in range(n + 1):
+        a = assess_window(
+            None,
+            {},
+            n=n,
+            n_images=0,
+            n_references=0,
+            ood_fraction=flagged / n,
+            ood_flag_rate=rate,
+            alpha=alpha,
+        )
+        expected = k is not None and flagged >= k
+        assert a.ood_significant is expected and a.warning is expected, (flagged, k)
+        if k is None:
+            assert a.ood_threshold is None
+        else:
+            assert a.ood_threshold is not None and a.ood_threshold == pytest.approx((k - 1) / n)
+            assert (flagged / n > a.ood_threshold) is expected
+
+
+def test_ood_threshold_reads_the_bonferroni_level_of_the_window(
+    calibrated: tuple[IDArrays, dict[str, Any]],
+) -> None:
+    """With a tested term beside it, OOD is tested at alpha / 2: its k is that level's."""
+    _, calibration = calibrated
+    n, rate = 50, 0.05
+    k = exact_ood_count_threshold(n, rate, ALPHA / 2)
+    assert k is not None and k != exact_ood_count_threshold(n, rate, ALPHA)
+    for flagged in (k - 1, k):
+        a = assess_window(
+            calibration,
+            {"text": 0.0},
+            n=n,
+            n_images=0,
+            n_references=0,
+            ood_fraction=flagged / n,
+            ood_flag_rate=rate,
+            alpha=ALPHA,
+        )
+        assert a.tests == 2 and a.term_level == ALPHA / 2
+        assert a.ood_significant is (flagged == k)
+
+
+def _value_with_p(null_values: np.ndarray, exceeding: int) -> float:
+    """A null value with exactly ``exceeding`` null values >= it: p = (1 + exceeding) / (1 + B)."""
+    ordered = np.sort(null_values)
+    assert len(np.unique(ordered)) == len(ordered)  # no ties: the count is exact
+    return float(ordered[len(ordered) - exceeding])
+
+
+def test_bound_is_significant_exactly_when_p_is_below_alpha(
+    calibrated: tuple[IDArrays, dict[str, Any]],
+) -> None:
+    """At p == alpha the bound is not significant, as NullDistribution.is_significant says;
+    just above and below the boundary it follows p < alpha, and agrees with the threshold."""
+    _, calibration = calibrated
+    null = bound_null(calibration, n=50, n_images=None, n_references=None)
+    assert null is not None and null.trials == 200
+    observed = _value_with_p(null.values, 10)  # p = 11 / 201
+    p = null.p_value(observed)
+    assert p == 11 / 201
+    for alpha in (10 / 201, 11 / 201, float(np.nextafter(11 / 201, 1.0)), 12 / 201):
+        a = assess_window(
+            calibration,
+            {"bound_scale_adjusted": observed},
+            n=50,
+            n_images=0,
+            n_references=0,
+            ood_fraction=None,
+            alpha=alpha,
+        )
+        assert a.p_values["bound"] == p
+        assert a.bound_significant is (p < alpha) is null.is_significant(observed, alpha)
+        threshold = a.thresholds["bound"]
+        assert threshold is not None and (observed > threshold) is a.bound_significant
+    at_boundary = assess_window(
+        calibration,
+        {"bound_scale_adjusted": observed},
+        n=50,
+        n_images=0,
+        n_references=0,
+        ood_fraction=None,
+        alpha=p,
+    )
+    assert at_boundary.bound_significant is False
+
+
+def test_a_term_is_significant_exactly_when_p_is_below_its_level(
+    calibrated: tuple[IDArrays, dict[str, Any]],
+) -> None:
+    """The warning's side of the same boundary: p == alpha / tests is not significant."""
+    _, calibration = calibrated
+    text = null_for(calibration, "text", 50)
+    assert text is not None
+    observed = _value_with_p(text.values, 10)
+    p = text.p_value(observed)
+    for alpha, significant in ((p, False), (float(np.nextafter(p, 1.0)), True)):
+        a = assess_window(
+            calibration,
+            {"text": observed},
+            n=50,
+            n_images=0,
+            n_references=0,
+            ood_fraction=None,
+            alpha=alpha,
+        )
+        assert a.tests == 1 and a.p_values["text"] == p
+        assert ("text" in a.significant_terms) is significant and a.warning is significant
