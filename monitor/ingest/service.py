@@ -10,6 +10,16 @@
   with this batch) it raises :class:`~monitor.errors.InboxFullError` and writes nothing; a
   storage failure raises :class:`~monitor.errors.StorageError` and writes nothing (one
   transaction). Outcomes are counted in ``mllm_monitor_records_total``.
+
+  **A record id names one record; the first one kept wins.** A kept record whose id is already
+  waiting in the inbox or embedded, or repeats an earlier record of the same call, is a
+  *duplicate* (a retry, or the same id with different content): it is not stored again, it is
+  counted ``{outcome="duplicate"}`` and reported in :attr:`SubmitResult.duplicate_ids`, so a
+  caller that keys records by someone else's id (the sidecar, by the upstream's completion id)
+  can tell. Ids are checked among the records the sampler keeps (a skipped id was never stored),
+  before the rate cap (a duplicate takes no share of it). The check and the insert run under
+  one lock per process; two replicas taking the same new id in the same instant can both
+  enqueue it, and the embedding worker then stores the first (samples are idempotent per id).
 * :meth:`IngestService.resolve_images` fetches the http(s) image URLs of parsed records under
   the SSRF rules of :mod:`monitor.ingest.image_urls` and validates the images; records must
   go through it before :meth:`submit` (which refuses unresolved URLs).
@@ -32,7 +42,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from starlette.concurrency import run_in_threadpool
 
@@ -51,15 +61,22 @@ MAX_PARALLEL_FETCHES = 8
 
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
-    """``accepted``: valid records taken; ``sampled``: those now durable in the inbox."""
+    """``accepted``: valid records taken; ``sampled``: those now durable in the inbox;
+    ``duplicate_ids``: ids of the kept records not stored because their id was known already
+    (in the callers' order, once per repeat); ``skipped``: the rest (sampling, rate cap)."""
 
     accepted: int
     sampled: int
     ids: list[str]
+    duplicate_ids: list[str] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_ids)
 
     @property
     def skipped(self) -> int:
-        return self.accepted - self.sampled
+        return self.accepted - self.sampled - self.duplicates
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +123,7 @@ class IngestService:
     # -- records ------------------------------------------------------------------------------
 
     def submit(self, records: Sequence[TrafficRecord]) -> SubmitResult:
-        """Sample, cap and enqueue; returns once the kept records are durable."""
+        """Sample, drop duplicates, cap and enqueue; returns once the kept records are durable."""
         for i, record in enumerate(records):
             if record.stream not in self._rates:
                 raise InvalidInputError(f"unknown stream {record.stream!r}", field=f"[{i}].stream")
@@ -115,66 +132,102 @@ class IngestService:
                     "image URL not fetched: pass records through resolve_images first",
                     field=f"[{i}].image",
                 )
-        positions = {record.id: i for i, record in enumerate(records)}
         kept, skipped = self._sample(records)
-        granted = self._cap(kept)
-        to_enqueue = [record for stream_records in granted.values() for record in stream_records]
-        to_enqueue.sort(key=lambda record: positions[record.id])  # keep the callers' order
-        try:
-            self._enqueue(to_enqueue)
-        except BaseException:
-            for stream, stream_records in granted.items():
-                if stream in self._buckets:
-                    self._buckets[stream].give_back(len(stream_records))
-            raise
-        for stream, stream_records in granted.items():
-            self.metrics.count_records(stream, "sampled", len(stream_records))
-            skipped[stream] = skipped.get(stream, 0) + len(kept[stream]) - len(stream_records)
+        with self._lock:  # between looking ids up and enqueueing them, within this process
+            fresh, duplicates = self._drop_duplicates(records, kept)
+            granted = self._cap(fresh)
+            # the callers' order (positions, not ids: a duplicate id is no longer in the list)
+            to_enqueue = sorted(
+                (item for stream_items in granted.values() for item in stream_items),
+                key=lambda item: item[0],
+            )
+            try:
+                self._enqueue_locked([record for _, record in to_enqueue])
+            except BaseException:
+                for stream, stream_items in granted.items():
+                    if stream in self._buckets:
+                        self._buckets[stream].give_back(len(stream_items))
+                raise
+        for stream, stream_items in granted.items():
+            self.metrics.count_records(stream, "sampled", len(stream_items))
+            skipped[stream] = skipped.get(stream, 0) + len(fresh[stream]) - len(stream_items)
         for stream, count in skipped.items():
             self.metrics.count_records(stream, "skipped", count)
+        for position in duplicates:
+            self.metrics.count_records(records[position].stream, "duplicate")
         return SubmitResult(
-            accepted=len(records), sampled=len(to_enqueue), ids=[r.id for r in records]
+            accepted=len(records),
+            sampled=len(to_enqueue),
+            ids=[r.id for r in records],
+            duplicate_ids=[records[position].id for position in duplicates],
         )
+
+    def _drop_duplicates(
+        self, records: Sequence[TrafficRecord], kept: dict[str, list[tuple[int, TrafficRecord]]]
+    ) -> tuple[dict[str, list[tuple[int, TrafficRecord]]], list[int]]:
+        """``kept`` without the records whose id is known (stored, or earlier in this call),
+        and the positions of those duplicates in the callers' order."""
+        candidates = sorted(item for stream_items in kept.values() for item in stream_items)
+        if not candidates:
+            return kept, []
+        known = self.repository.locate_records([record.id for _, record in candidates])
+        seen: set[str] = set(known)
+        duplicates: list[int] = []
+        for position, record in candidates:
+            if record.id in seen:
+                duplicates.append(position)
+            seen.add(record.id)
+        if not duplicates:
+            return kept, []
+        dropped = set(duplicates)
+        fresh = {
+            stream: [item for item in stream_items if item[0] not in dropped]
+            for stream, stream_items in kept.items()
+        }
+        return fresh, duplicates
 
     def _sample(
         self, records: Sequence[TrafficRecord]
-    ) -> tuple[dict[str, list[TrafficRecord]], dict[str, int]]:
-        kept: dict[str, list[TrafficRecord]] = {}
+    ) -> tuple[dict[str, list[tuple[int, TrafficRecord]]], dict[str, int]]:
+        """Kept records by stream, each with its position in ``records``; skipped counts."""
+        kept: dict[str, list[tuple[int, TrafficRecord]]] = {}
         skipped: dict[str, int] = {}
-        for record in records:
+        for position, record in enumerate(records):
             rate = self._rates[record.stream]
             if is_sampled(record.id, rate):
                 weighted = replace(record, sampling_weight=sampling_weight(rate))
-                kept.setdefault(record.stream, []).append(weighted)
+                kept.setdefault(record.stream, []).append((position, weighted))
             else:
                 skipped[record.stream] = skipped.get(record.stream, 0) + 1
         return kept, skipped
 
-    def _cap(self, kept: dict[str, list[TrafficRecord]]) -> dict[str, list[TrafficRecord]]:
-        granted: dict[str, list[TrafficRecord]] = {}
-        for stream, stream_records in kept.items():
+    def _cap(
+        self, kept: dict[str, list[tuple[int, TrafficRecord]]]
+    ) -> dict[str, list[tuple[int, TrafficRecord]]]:
+        granted: dict[str, list[tuple[int, TrafficRecord]]] = {}
+        for stream, stream_items in kept.items():
             bucket = self._buckets.get(stream)
-            allowed = len(stream_records) if bucket is None else bucket.take(len(stream_records))
-            granted[stream] = stream_records[:allowed]
+            allowed = len(stream_items) if bucket is None else bucket.take(len(stream_items))
+            granted[stream] = stream_items[:allowed]
         return granted
 
-    def _enqueue(self, records: list[TrafficRecord]) -> None:
+    def _enqueue_locked(self, records: list[TrafficRecord]) -> None:
+        """Enqueue under ``self._lock`` (held by the caller), within the inbox depth limit."""
         if not records:
             return
-        with self._lock:
-            now = self._clock()
-            stale = now - self._depth_counted_at > DEPTH_RECOUNT_SECONDS
-            if stale or self._depth_estimate + len(records) > self._max_depth:
-                self._count_depth(now)
-            if self._depth_estimate + len(records) > self._max_depth:
-                raise InboxFullError(
-                    f"the inbox holds {self._depth_estimate:,} records; this batch of "
-                    f"{len(records):,} would pass its limit of {self._max_depth:,} "
-                    "([ingest] max_inbox_depth): retry later",
-                    retry_after=self._retry_after,
-                )
-            self.repository.enqueue(records)
-            self._depth_estimate += len(records)
+        now = self._clock()
+        stale = now - self._depth_counted_at > DEPTH_RECOUNT_SECONDS
+        if stale or self._depth_estimate + len(records) > self._max_depth:
+            self._count_depth(now)
+        if self._depth_estimate + len(records) > self._max_depth:
+            raise InboxFullError(
+                f"the inbox holds {self._depth_estimate:,} records; this batch of "
+                f"{len(records):,} would pass its limit of {self._max_depth:,} "
+                "([ingest] max_inbox_depth): retry later",
+                retry_after=self._retry_after,
+            )
+        self.repository.enqueue(records)
+        self._depth_estimate += len(records)
 
     def _count_depth(self, now: float) -> None:
         self._depth_estimate = self.repository.inbox_depth()

@@ -78,10 +78,13 @@ def test_sampling_is_deterministic_on_the_id_and_keeps_the_weight(
     assert {entry.record.sampling_weight for entry in held} == {2.0}
     # 400 draws at 0.5: the count is within 4 standard deviations (10) of 200.
     assert abs(len(expected) - 200) < 40
-    # The same ids again: exactly the same ones are kept.
+    # The same ids again: the same ones are kept by the sampler, and being known already
+    # they are duplicates, not stored (or counted as sampled) a second time.
     again = client.post("/v1/records", json={"records": records[:200]}).json()
-    assert again["sampled"] == first["sampled"]
-    assert counter(metrics, "half", "skipped") == 600 - len(expected) - again["sampled"]
+    assert again["sampled"] == 0
+    assert again["skipped"] == 200 - first["sampled"]
+    assert counter(metrics, "half", "duplicate") == first["sampled"]
+    assert counter(metrics, "half", "skipped") == 600 - len(expected) - first["sampled"]
 
 
 def test_rate_cap_skips_and_counts_what_is_over_it(repository: Repository) -> None:
