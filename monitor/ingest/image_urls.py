@@ -135,13 +135,17 @@ class ImageFetcher:
         max_bytes: int,
         resolver: Resolver = system_resolver,
         address_policy: AddressPolicy = refusal_reason,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``transport``: where the pinned requests go (None: httpx's own, over the network);
+        a test passes one that records every request it is handed."""
         self.allowed_hosts = tuple(settings.image_url_hosts)
         self.max_bytes = max_bytes
         self.max_redirects = settings.image_url_max_redirects
         self.timeout = settings.image_url_timeout.total_seconds()
         self._resolve = resolver
         self._policy = address_policy
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -151,6 +155,7 @@ class ImageFetcher:
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.timeout),
                 limits=httpx.Limits(max_keepalive_connections=0),
+                transport=self._transport,
             )
         return self._client
 

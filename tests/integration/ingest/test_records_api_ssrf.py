@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,13 @@ from prometheus_client import CollectorRegistry
 from monitor.config import IngestSettings, Settings
 from monitor.errors import ImageFetchError
 from monitor.ingest.app import create_app
-from monitor.ingest.image_urls import AddressPolicy, ImageFetcher, IPAddress, refusal_reason
+from monitor.ingest.image_urls import (
+    AddressPolicy,
+    ImageFetcher,
+    IPAddress,
+    Resolver,
+    refusal_reason,
+)
 from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
 from monitor.store.repository import Repository
@@ -223,3 +230,88 @@ def test_records_api_refuses_ssrf_urls_and_fetches_allowed_ones(repository: Repo
             assert fine.status_code == 202, fine.text
     (entry,) = repository.claim("w")
     assert entry.record.image == png_bytes() and entry.record.image_url is None
+
+
+def resolving(answers: dict[str, list[str]]) -> Resolver:
+    """A DNS stand-in: each name's addresses, in the order given."""
+
+    async def resolve(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address(a) for a in answers[host]]
+
+    return resolve
+
+
+MIXED_ANSWERS = [
+    (["127.0.0.1", "10.0.0.1"], "10.0.0.1", "private"),
+    (["10.0.0.1", "127.0.0.1"], "10.0.0.1", "private"),
+    (["127.0.0.1", "::1"], "::1", "loopback"),
+    (["::1", "127.0.0.1"], "::1", "loopback"),
+    (["127.0.0.1", "fd00::1"], "fd00::1", "private"),
+    (["127.0.0.1", "::ffff:10.0.0.1"], "::ffff:a00:1", "embeds 10.0.0.1: private"),
+    (["127.0.0.1", "169.254.169.254"], "169.254.169.254", "link-local"),
+]
+
+
+@pytest.mark.parametrize(("answer", "named", "why"), MIXED_ANSWERS)
+def test_a_name_with_a_public_and_a_private_address_is_refused_and_never_fetched(
+    answer: list[str], named: str, why: str
+) -> None:
+    """127.0.0.1 plays the public address (it passes the policy, and a fetch would reach the
+    server here): any other address of the name must still refuse it, in either order."""
+    site = Site()
+    with http_site("127.0.0.1", site) as base:
+        port = base.rsplit(":", 1)[1]
+        f = ImageFetcher(
+            IngestSettings(image_url_hosts=["img.example.com"]),
+            max_bytes=1024 * 1024,
+            resolver=resolving({"img.example.com": answer}),
+            address_policy=only_127_0_0_1,
+        )
+        with pytest.raises(ImageFetchError) as caught:
+            fetch(f, f"http://img.example.com:{port}/cat.png")
+    assert f"resolves to {named}, which is {why}" in str(caught.value)
+    assert site.hits == []
+
+
+def test_a_name_with_only_passing_addresses_is_fetched_from_the_checked_address() -> None:
+    """Positive control: the same name and policy fetch, over the network, from the address
+    checked (the name itself resolves nowhere: only the pinned address can be reached)."""
+    site = Site()
+    with http_site("127.0.0.1", site) as base:
+        port = base.rsplit(":", 1)[1]
+        f = ImageFetcher(
+            IngestSettings(image_url_hosts=["img.example.com"]),
+            max_bytes=1024 * 1024,
+            resolver=resolving({"img.example.com": ["127.0.0.1"]}),
+            address_policy=only_127_0_0_1,
+        )
+        assert fetch(f, f"http://img.example.com:{port}/cat.png") == png_bytes()
+    assert site.hits == ["/cat.png"]
+
+
+def test_records_api_refuses_a_name_with_a_private_address_naming_it(
+    repository: Repository,
+) -> None:
+    settings: Settings = make_settings(
+        ingest=TEST_INGEST.model_copy(update={"image_url_hosts": ["img.example.com"]})
+    )
+    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
+    site = Site()
+    with http_site("127.0.0.1", site) as base:
+        port = base.rsplit(":", 1)[1]
+        fetcher = ImageFetcher(
+            settings.ingest,
+            max_bytes=1024 * 1024,
+            resolver=resolving({"img.example.com": ["127.0.0.1", "fd00::1"]}),
+            address_policy=only_127_0_0_1,
+        )
+        service = IngestService(settings, repository, metrics, fetcher=fetcher)
+        client = TestClient(create_app(settings, repository, metrics, ingest=service))
+        answer = client.post(
+            "/v1/records",
+            json={"prompt": "q", "image": {"url": f"http://img.example.com:{port}/cat.png"}},
+        )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "image_url_refused" and "fd00::1" in error["message"]
+    assert site.hits == [] and repository.inbox_depth() == 0
