@@ -14,9 +14,14 @@ message**: its text parts, joined by newlines, are the prompt; the image is the 
 before it). System and assistant messages are not part of the query.
 
 Rules: ``id`` is generated (uuid4 hex) when absent; ``timestamp`` defaults to ``now``, must
-carry a time zone, lie after 1970 and not later than ``now + [ingest] max_future``;
-``stream`` defaults to "default" and must be a configured stream; a record needs a prompt, an
-image, or both. Unknown fields are ignored; wrong types, oversize text
+carry a time zone, lie after 1970 and not later than ``now + [ingest] max_future`` (read by
+:func:`monitor.timestamps.parse_instant`, the parser every door shares); ``stream`` defaults to
+"default" and must be a configured stream; a record needs a prompt, an image, or both. Ids,
+streams and model names must be printable: no control, format or unassigned characters
+(Unicode categories C*: C1 controls like U+009B, the bidi overrides and isolates U+202A-U+202E
+and U+2066-U+2069, the marks U+200E/U+200F, zero-width characters), no line separators; ids
+also no spaces. They end up in keys, logs and terminals, where such characters hide or reorder
+text. Unknown fields are ignored; wrong types, oversize text
 (``[ingest] max_text_chars``), NUL characters, lone surrogates, undecodable images
 (fully decoded here, so hostile images are refused before they reach the inbox) raise
 :class:`~monitor.errors.InvalidInputError` whose ``field`` names the offending input, prefixed
@@ -29,11 +34,9 @@ job, before the record is submitted.
 
 from __future__ import annotations
 
-import math
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from monitor.config import Settings
@@ -41,13 +44,10 @@ from monitor.embedding.images import ImageLimits, decode_image, image_bytes
 from monitor.errors import ImageDecodeError, InvalidInputError, PayloadTooLargeError
 from monitor.ingest.image_urls import check_image_url
 from monitor.records import TrafficRecord
+from monitor.timestamps import parse_instant
 
-# Ids and model names end up as database keys and metric-free labels: printable, no spaces.
-_TOKEN = re.compile(r"^[^\x00-\x20\x7f]+$")
 MAX_ID_CHARS = 128
 MAX_MODEL_CHARS = 256
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_EPOCH_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ def parse_record(obj: Any, *, settings: Settings, now: datetime, where: str = ""
     record_id = _record_id(obj.get("id"), _at(where, "id"))
     timestamp = _timestamp(obj.get("timestamp"), _at(where, "timestamp"), now, settings)
     stream = _stream(obj.get("stream"), _at(where, "stream"), settings)
-    model = _short_text(obj.get("model"), _at(where, "model"), MAX_MODEL_CHARS)
+    model = _model(obj.get("model"), _at(where, "model"))
     if "messages" in obj and obj["messages"] is not None:
         if obj.get("prompt") is not None or obj.get("image") is not None:
             raise InvalidInputError(
@@ -205,12 +205,22 @@ def _record_id(value: Any, field: str) -> str:
         return uuid.uuid4().hex
     if not isinstance(value, str):
         raise InvalidInputError(f"id must be a string, not {_type_name(value)}", field=field)
-    if not 0 < len(value) <= MAX_ID_CHARS or not _TOKEN.match(value):
+    if not 0 < len(value) <= MAX_ID_CHARS or not _printable(value, spaces=False):
         raise InvalidInputError(
-            f"id must be 1 to {MAX_ID_CHARS} printable characters without spaces", field=field
+            f"id must be 1 to {MAX_ID_CHARS} printable characters without spaces (no control, "
+            "invisible or text-direction characters)",
+            field=field,
         )
     _check_encodable(value, field)
     return value
+
+
+def _printable(value: str, *, spaces: bool) -> bool:
+    """Printable text: no character of Unicode category C* (controls, C1 included; format,
+    which holds the bidi overrides, isolates and marks; surrogates; private use; unassigned)
+    nor Z* other than the ASCII space (line and paragraph separators, no-break spaces), which
+    is what ``str.isprintable`` checks; with ``spaces`` False, no ASCII space either."""
+    return value.isprintable() and (spaces or " " not in value)
 
 
 def _timestamp(value: Any, field: str, now: datetime, settings: Settings) -> datetime:
@@ -221,29 +231,10 @@ def _timestamp(value: Any, field: str, now: datetime, settings: Settings) -> dat
             f"timestamp must be an RFC 3339 string or epoch seconds, not {_type_name(value)}",
             field=field,
         )
-    if isinstance(value, str):
-        if len(value) > 64:
-            raise InvalidInputError("timestamp is too long for a time", field=field)
-        try:
-            moment = datetime.fromisoformat(value.strip().upper())  # RFC 3339 allows t, z
-        except ValueError as exc:
-            raise InvalidInputError(
-                f"timestamp {value!r} is not RFC 3339 (like 2025-03-01T12:00:00Z)", field=field
-            ) from exc
-        if moment.tzinfo is None:
-            raise InvalidInputError(
-                f"timestamp {value!r} has no time zone: add Z or an offset like +02:00",
-                field=field,
-            )
-    else:
-        if not math.isfinite(value) or not 0 <= value <= _MAX_EPOCH_SECONDS:
-            raise InvalidInputError(
-                f"timestamp {value!r} is not a plausible epoch time in seconds", field=field
-            )
-        moment = datetime.fromtimestamp(value, UTC)
-    moment = moment.astimezone(UTC)
-    if moment < _EPOCH:
-        raise InvalidInputError(f"timestamp {value!r} is before 1970", field=field)
+    try:
+        moment = parse_instant(value)
+    except ValueError as exc:  # parse_instant lets nothing else out (overflow included)
+        raise InvalidInputError(f"timestamp {exc}", field=field) from exc
     if moment > now + settings.ingest.max_future:
         raise InvalidInputError(
             f"timestamp {value!r} is in the future (later than now + [ingest] max_future); "
@@ -258,6 +249,11 @@ def _stream(value: Any, field: str, settings: Settings) -> str:
         value = "default"
     if not isinstance(value, str):
         raise InvalidInputError(f"stream must be a string, not {_type_name(value)}", field=field)
+    if not _printable(value, spaces=True):
+        raise InvalidInputError(
+            "stream must be printable text (no control, invisible or text-direction characters)",
+            field=field,
+        )
     names = [s.name for s in settings.streams]
     if value not in names:
         shown = value if len(value) <= 64 else value[:64] + "..."
@@ -293,11 +289,25 @@ def _text(value: Any, field: str, limit: int) -> str | None:
     return value
 
 
-def _short_text(value: Any, field: str, limit: int) -> str | None:
-    text = _text(value, field, limit)
-    if text is not None and not _TOKEN.match(text.replace(" ", "_") or " "):
-        raise InvalidInputError(f"{_name(field)} must be printable text", field=field)
-    return text
+def _model(value: Any, field: str) -> str | None:
+    """A model name: short printable text (spaces allowed), with a limit of its own."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"model must be a string, not {_type_name(value)}", field=field)
+    if len(value) > MAX_MODEL_CHARS:
+        raise InvalidInputError(
+            f"model is {len(value):,} characters, over the limit of {MAX_MODEL_CHARS} for a "
+            "model name",
+            field=field,
+        )
+    if not value.strip() or not _printable(value, spaces=True):
+        raise InvalidInputError(
+            "model must be printable text (no control, invisible or text-direction characters)",
+            field=field,
+        )
+    _check_encodable(value, field)
+    return value
 
 
 def _response(value: Any, field: str, limit: int) -> str | None:
