@@ -8,8 +8,11 @@ lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
 1. Leadership. Only the holder of the leader lock (:mod:`monitor.store._leader`: a PostgreSQL
    advisory lock, or a file lock beside SQLite) computes windows. A standby retries each tick,
    so when the leader dies another replica takes over within about ``lock_timeout``. The
-   leader re-checks its lock every tick and between windows of a long catch-up, and stops
-   computing the moment it is gone.
+   leader re-checks its lock at every tick and before each window (one cheap query on the
+   lock's own connection), so a leader whose lock went away without it dying (its PostgreSQL
+   session dropped or terminated) stops before its next window and says so (log, gauge,
+   readiness), while another replica takes over. A replica that cannot reach the database to
+   ask for the lock reports "database unavailable" (not ready), not "standby".
 2. Due windows, per stream: from the end of the last computed window (or, for a new stream,
    from the window of its earliest stored sample) up to the newest window whose end plus
    ``windows.lateness`` has passed; at most ``scheduler.max_catch_up`` of them (the newest).
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +38,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.compute import apply_compute_settings
 from monitor.config import Settings
-from monitor.errors import MonitorError
+from monitor.errors import DatabaseUnavailableError, MonitorError, StorageError
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
 from monitor.records import WindowKey
@@ -80,7 +82,8 @@ class WindowScheduler:
         self._stopping = threading.Event()
         self._running = threading.Lock()  # one pass at a time (ticks, run_pending)
         self._stale_since: datetime | None = None
-        self._last_check = 0.0
+        self._lost_lock = False  # the last leadership ended by losing the lock
+        self._unreachable = False  # the last try to take the lock could not reach the database
         self._scheduler: BackgroundScheduler | None = None
         self._compute_threads: set[int] = set()
         metrics.set_window_settings(
@@ -138,6 +141,10 @@ class WindowScheduler:
             if not self._lead():
                 return 0
             return self.run_pass(self.clock())
+        except DatabaseUnavailableError as exc:
+            log.error("window pass failed", extra={"error": str(exc)})
+            self._set_ready(False, f"database unavailable: {exc}")
+            return 0
         except MonitorError as exc:
             log.error("window pass failed", extra={"error": str(exc)})
             self._set_ready(False, f"last window pass failed: {exc}")
@@ -152,15 +159,25 @@ class WindowScheduler:
     def _lead(self) -> bool:
         """True while this process holds the leader lock (taking it when free)."""
         if self.is_leader:
-            if self._check_lock():
+            if self.lock.check():
                 return True
-            log.error("leader lock lost: no longer computing windows")
-            self._step_down()
-        if not self.lock.try_acquire():
-            self._set_ready(True, "standby: another process computes windows")
+            self._lose_lock("leader lock lost: no longer computing windows")
+        try:
+            got = self.lock.try_acquire()
+        except StorageError as exc:
+            # Not "standby": nobody may be leading, and this replica cannot know.
+            if not self._unreachable:
+                log.warning("cannot reach the database for the leader lock: %s", exc)
+            self._unreachable = True
+            self._set_ready(False, f"database unavailable: {exc}")
+            return False
+        self._unreachable = False
+        if not got:
+            lost = "leader lock lost; " if self._lost_lock else ""
+            self._set_ready(True, f"standby: {lost}another process computes windows")
             return False
         self.is_leader = True
-        self._last_check = time.monotonic()
+        self._lost_lock = False
         self.metrics.scheduler_leader.set(1)
         self._set_ready(True, "leader")
         log.info("leader lock taken: computing windows", extra={"lock": self.lock.description})
@@ -170,10 +187,11 @@ class WindowScheduler:
         self._stale_since = last - STALE_SLACK if last is not None else self.clock()
         return True
 
-    def _check_lock(self) -> bool:
-        self._last_check = time.monotonic()
-        held = bool(self.lock.check())
-        return held
+    def _lose_lock(self, message: str) -> None:
+        log.error(message, extra={"lock": self.lock.description})
+        self._lost_lock = True
+        self._step_down()
+        self._set_ready(True, "standby: leader lock lost")
 
     def _step_down(self) -> None:
         if self.is_leader:
@@ -234,13 +252,12 @@ class WindowScheduler:
         return sorted(k for k in keys | readers if is_due(k, now, lateness))
 
     def _may_continue(self) -> bool:
-        """Between windows: stop on shutdown, and re-check the lock every half lock timeout."""
+        """Before each window: stop on shutdown, and re-check the lock (a window costs far
+        more than the check; a lost lock must not compute even one more)."""
         if self._stopping.is_set():
             return False
-        half = self.settings.scheduler.lock_timeout.total_seconds() / 2
-        if time.monotonic() - self._last_check >= half and not self._check_lock():
-            log.error("leader lock lost mid-pass: no longer computing windows")
-            self._step_down()
+        if not self.lock.check():
+            self._lose_lock("leader lock lost mid-pass: no longer computing windows")
             return False
         return True
 

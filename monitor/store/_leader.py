@@ -8,7 +8,9 @@
   frees it when the holding process exits, however it exits.
 
 Both answer ``try_acquire() -> bool`` (never blocks), ``check() -> bool`` (still held) and
-``release()``.
+``release()``. ``try_acquire`` raises :class:`~monitor.errors.StorageError`
+(``DatabaseUnavailableError`` when PostgreSQL cannot be reached) instead of answering False:
+"another process holds the lock" and "the database is away" call for different reports.
 """
 
 from __future__ import annotations
@@ -56,23 +58,22 @@ class AdvisoryLock:
         return f"PostgreSQL advisory lock {self._name!r} (key {self._key})"
 
     def try_acquire(self) -> bool:
+        """Take the lock if free; False when another session holds it. An unreachable
+        database raises DatabaseUnavailableError (it is not "someone else leads")."""
         if self._conn is not None:
             return self.check()
-        try:
-            with translate_errors(self._engine.url, "taking the leader lock"):
-                conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                try:
-                    got = bool(
-                        conn.execute(
-                            text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
-                        ).scalar_one()
-                    )
-                except BaseException:
-                    conn.invalidate()
-                    conn.close()
-                    raise
-        except StorageError:
-            return False
+        with translate_errors(self._engine.url, "taking the leader lock"):
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                got = bool(
+                    conn.execute(
+                        text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
+                    ).scalar_one()
+                )
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
         if got:
             self._conn = conn
         else:
