@@ -82,3 +82,48 @@ def test_policy_from_settings_and_validation() -> None:
     assert levels([HIT], RiskPolicy(k=1, m=1)) == [2]
     with pytest.raises(ValueError, match="k <= m"):
         RiskPolicy(k=3, m=2)
+
+
+def reference_levels(windows: list[WindowSignals], k: int, m: int) -> list[int]:
+    """The rule of the module docstring written out plainly (budget "auto", no EMID): level 2
+    when at least k of the last m sufficient windows, this one included, have a significant
+    bound; else 1 on a warning; insufficient windows are 0 and skipped in the count."""
+    out = []
+    for i, window in enumerate(windows):
+        if not window.sufficient:
+            out.append(0)
+            continue
+        last_m = [w for w in windows[: i + 1] if w.sufficient][-m:]
+        if sum(w.bound_significant is True for w in last_m) >= k:
+            out.append(2)
+        else:
+            out.append(1 if window.warning else 0)
+    return out
+
+
+@pytest.mark.parametrize(("k", "m"), [(1, 1), (1, 2), (2, 2), (1, 3), (2, 3), (3, 3), (2, 4)])
+def test_k_of_m_matches_the_rule_on_every_short_history(k: int, m: int) -> None:
+    """Every sequence of 6 windows (quiet, hit, insufficient): critical at exactly k hits in
+    the last m, never at k - 1, and the window count is exactly m (not m - 1 or m + 1)."""
+    policy = RiskPolicy(k=k, m=m)
+    kinds = (QUIET, HIT, THIN)
+    for code in range(len(kinds) ** 6):
+        windows = [kinds[code // len(kinds) ** i % len(kinds)] for i in range(6)]
+        assert levels(windows, policy) == reference_levels(windows, k, m), (k, m, windows)
+
+
+def test_a_bound_equal_to_its_budget_is_not_over_it() -> None:
+    """``bound_budget``: the bound must exceed it; equal is not over."""
+    policy = RiskPolicy(k=1, m=1, bound_budget=0.8)
+    at = WindowSignals(sufficient=True, bound_significant=True, bound=0.8)
+    above = WindowSignals(sufficient=True, bound_significant=True, bound=0.8000001)
+    assert levels([at, above, at], policy) == [0, 2, 0]
+
+
+def test_an_emid_interval_starting_at_the_budget_is_not_above_it() -> None:
+    """The whole interval must lie above ``emid_budget``: a lower end equal to it does not."""
+    policy = RiskPolicy(k=2, m=3, emid_budget=0.05)
+    at = WindowSignals(sufficient=True, bound_significant=False, emid_interval=(0.05, 0.2))
+    above = WindowSignals(sufficient=True, bound_significant=False, emid_interval=(0.0500001, 0.2))
+    assert assess_risk(at, [], policy).level is RiskLevel.OK
+    assert assess_risk(above, [], policy).level is RiskLevel.CRITICAL
