@@ -29,6 +29,10 @@
   An id that the deterministic sampler left out of its stream (the item's ``stream``, or every
   configured stream when none is given) is skipped quietly: its record was never kept. Any
   other unknown id raises :class:`~monitor.errors.UnknownRecordError` before anything is stored.
+  A record id holds at most ``[ingest] max_references_per_record`` references in all (a
+  corrected answer or two, not a flood): a request that would take an id past it is refused
+  whole (:class:`~monitor.errors.InvalidInputError` naming the reference that passes it,
+  a 422) and nothing of it is stored; the references already kept stay as they are.
 
 The inbox depth is counted at most once a second (plus what this process enqueued since), and
 again whenever the estimate comes near the limit; with several replicas the limit is therefore
@@ -115,6 +119,7 @@ class IngestService:
         }
         self._clock = clock
         self._max_depth = settings.ingest.max_inbox_depth
+        self._max_references = settings.ingest.max_references_per_record
         self._retry_after = settings.ingest.retry_after.total_seconds()
         self._lock = threading.Lock()
         self._depth_estimate = 0
@@ -295,16 +300,38 @@ class IngestService:
                     f"no record {ref.id!r} is waiting or embedded: send the record first",
                     field=f"references[{i}].id" if batch else "id",
                 )
-        joined = pending = 0
-        for ref, where in keep:
-            self.repository.add_late_reference(ref.id, ref.text)
-            if where == "sample":
-                joined += 1
-            else:
-                pending += 1
+        over = self.repository.add_late_references(
+            [(ref.id, ref.text) for ref, _ in keep], max_per_record=self._max_references
+        )
+        if over:
+            raise self._too_many_references(refs, over, batch=batch)
+        joined = sum(1 for _, where in keep if where == "sample")
+        pending = len(keep) - joined
         self.metrics.late_references.labels(outcome="joined").inc(joined)
         self.metrics.late_references.labels(outcome="pending").inc(pending)
         return ReferenceResult(joined=joined, pending=pending, skipped=skipped)
+
+    def _too_many_references(
+        self, refs: Sequence[ReferenceItem], over: dict[str, int], *, batch: bool
+    ) -> InvalidInputError:
+        """The error naming the first reference that takes its id past the bound."""
+        limit = self._max_references
+        held = dict(over)
+        for ref in refs:  # what was stored before this request: the total less this request's
+            if ref.id in held:
+                held[ref.id] -= 1
+        for i, ref in enumerate(refs):
+            if ref.id in held:
+                held[ref.id] += 1
+                if held[ref.id] > limit:
+                    shown = ref.id if len(ref.id) <= 64 else ref.id[:64] + "..."
+                    return InvalidInputError(
+                        f"record {shown!r} would hold {over[ref.id]:,} references, over the "
+                        f"limit of {limit:,} per record ([ingest] max_references_per_record); "
+                        "nothing of this request was stored",
+                        field=f"references[{i}].id" if batch else "id",
+                    )
+        raise AssertionError("the store reported an id over the bound that was not sent")
 
     def _never_sampled(self, ref: ReferenceItem) -> bool:
         streams = [ref.stream] if ref.stream is not None else list(self._rates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -347,6 +348,57 @@ class Samples:
                     .returning(LateReference.id)
                 ).scalar_one()
             )
+
+    def add_late_references(
+        self,
+        references: Sequence[tuple[str, str]],
+        *,
+        max_per_record: int | None = None,
+        received_at: datetime | None = None,
+    ) -> dict[str, int]:
+        """Keep (record id, text) references in one transaction, all or none.
+
+        With ``max_per_record``, an id may hold at most that many references in all (resolved
+        ones included: the bound is on rows per id, for ever): when these would take any id
+        past it, nothing is stored and the result maps each such id to the number it would
+        hold. An empty result means everything was stored. The count and the insert share one
+        write transaction (exact on SQLite, whose writers take turns; on PostgreSQL two
+        concurrent requests for one id can pass the bound by what they add together)."""
+        if not references:
+            return {}
+        moment = self._db.now(received_at)
+        adding = Counter(record_id for record_id, _ in references)
+        with self._db.write("storing late references") as conn:
+            if max_per_record is not None:
+                held: dict[str, int] = {}
+                for chunk in batched(list(adding), ID_BATCH):
+                    for record_id, count in conn.execute(
+                        select(LateReference.record_id, func.count())
+                        .where(LateReference.record_id.in_(chunk))
+                        .group_by(LateReference.record_id)
+                    ).all():
+                        held[record_id] = int(count)
+                over = {
+                    record_id: held.get(record_id, 0) + count
+                    for record_id, count in adding.items()
+                    if held.get(record_id, 0) + count > max_per_record
+                }
+                if over:
+                    return over
+            conn.execute(
+                self._db.insert(LateReference),
+                [
+                    {
+                        "record_id": record_id,
+                        "text": text,
+                        "reference_sha256": content_sha256(text),
+                        "received_at": moment,
+                        "resolved_at": None,
+                    }
+                    for record_id, text in references
+                ],
+            )
+        return {}
 
     def pending_late_references(self, limit: int = 100) -> list[LateReferenceEntry]:
         """Unresolved late references whose sample is stored (ready to embed), oldest first."""

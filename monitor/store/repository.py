@@ -9,7 +9,7 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
   ``move_aside`` and ``inbox_failures`` for records that cannot be embedded):
   ``monitor.store._inbox``
 * ``samples``, samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
-  ``iter_embeddings``), late references (``locate_records``, ``add_late_reference``), raw
+  ``iter_embeddings``), late references (``locate_records``, ``add_late_reference(s)``), raw
   retention (``purge_raw``): ``monitor.store._samples``
 * ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
   ``recent_windows``, ``next_windows``, ``last_window_end``, ``earliest_sample_time``,
@@ -82,6 +82,7 @@ class Repository:
         self.iter_embeddings = self.samples.iter_embeddings
         self.locate_records = self.samples.locate_records
         self.add_late_reference = self.samples.add_late_reference
+        self.add_late_references = self.samples.add_late_references
         self.pending_late_references = self.samples.pending_late_references
         self.get_late_reference = self.samples.get_late_reference
         self.resolve_late_reference = self.samples.resolve_late_reference
