@@ -373,3 +373,39 @@ def test_jsd_null_defaults_to_balanced_and_normalizes_on_request() -> None:
         jsd_null(comparison, scaled, 30, trials=20)
     rescaled = jsd_null(comparison, scaled, 30, trials=20, seed=1, normalize=True)
     np.testing.assert_allclose(rescaled.values, default.values, atol=1e-9)
+
+
+def test_is_significant_means_p_below_alpha_with_p_equal_to_alpha_not_significant() -> None:
+    null = NullDistribution(50, np.arange(199.0))  # p-values are multiples of 1/200
+    for observed in (150.0, 189.0, 190.0, 198.0, 1e9):
+        p = null.p_value(observed)
+        assert not null.is_significant(observed, p)
+        assert null.is_significant(observed, float(np.nextafter(p, 1.0)))
+        if p > 1 / 200:  # (1/200 has no threshold: no p-value is below it)
+            assert not observed > null.threshold(p)  # the threshold agrees at the boundary
+
+
+@pytest.mark.parametrize("trials", [19, 20, 21, 37, 199, 200])
+def test_threshold_agrees_with_p_value_for_any_trial_count(trials: int) -> None:
+    """alpha * (B + 1) whole or not: ``observed > threshold(alpha)`` iff ``p < alpha``, at
+    every null value and between them; where no threshold exists, no p-value is below alpha."""
+    null = NullDistribution(50, np.random.default_rng(trials).standard_normal(trials))
+    observations = np.r_[null.values, null.values + 1e-9, null.values - 1e-9]
+    for alpha in (0.01, 0.05, 0.1, 0.25, 1 / (trials + 1), 2 / (trials + 1)):
+        try:
+            t = null.threshold(alpha)
+        except CalibrationError:
+            assert null.p_value(1e9) >= alpha, (trials, alpha)
+            continue
+        for observed in observations:
+            assert (observed > t) == (null.p_value(observed) < alpha), (trials, alpha, observed)
+
+
+@pytest.mark.parametrize(("n", "rate", "level"), [(1, 0.5, 0.5), (2, 0.5, 0.25), (3, 0.5, 0.125)])
+def test_binomial_tail_equal_to_the_level_is_not_below_it(
+    n: int, rate: float, level: float
+) -> None:
+    """P(X >= n) = 0.5^n is exactly the level here (exact in floating point, logs included):
+    not significant, so no count qualifies; a level just above it makes k = n."""
+    assert binomial_count_threshold(n, rate, level) is None
+    assert binomial_count_threshold(n, rate, level * (1 + 1e-12)) == n
