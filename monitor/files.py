@@ -5,6 +5,9 @@
 * :func:`sha256_hex` / :func:`file_sha256`: the one content hash (sha256, hex) of the project.
 * :func:`exclusive_lock`: an advisory ``flock`` on a lock file, refused at once when held.
 * :func:`check_name`: names that become a directory (reference stores), validated in one place.
+* :func:`input_file` / :func:`output_file` / :func:`write_output`: a path the user names is a
+  regular file (never a FIFO that blocks, a device that never ends, a symlink loop), and every
+  error names it.
 
 Standard library only, so any layer (settings included) can import it.
 """
@@ -17,13 +20,14 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from monitor.errors import InvalidInputError
+from monitor.errors import InvalidInputError, MonitorError
 
 # A name that is one safe path component: no separators, no control or shell-special
 # characters, no leading dot (dot-files are a store's temporary and lock files). The same rule
@@ -112,3 +116,59 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat (through symlinks); None when nothing is there; an error naming the path
+    when it cannot be looked at (a symlink loop, no permission, a file as a directory)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MonitorError(f"{path} is a symlink loop") from exc
+        raise MonitorError(f"cannot use {path}: {exc.strerror or exc}") from exc
+
+
+def input_file(path: Path, what: str = "input file") -> Path:
+    """``path`` if it is a regular file (symlinks followed), else an error naming it and what
+    it is: reading a FIFO blocks until a writer comes, a device like /dev/zero never ends."""
+    found = _stat(path)
+    if found is None:
+        raise MonitorError(f"no such {what}: {path}")
+    if not stat.S_ISREG(found.st_mode):
+        raise MonitorError(f"{what} {path} is {_kind(found.st_mode)}, not a regular file")
+    return path
+
+
+def output_file(path: Path, what: str = "output file") -> Path:
+    """``path`` if it is a regular file or nothing yet, else an error naming it and what it is
+    (writing to a FIFO blocks until a reader comes; /dev/full fails only at the end)."""
+    found = _stat(path)
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        raise MonitorError(f"{what} {path} is {_kind(found.st_mode)}, not a regular file")
+    return path
+
+
+def write_output(path: Path, data: bytes, what: str = "output file") -> None:
+    """``data`` written atomically to ``path`` (checked by :func:`output_file`); any error
+    names the path."""
+    output_file(path, what)
+    try:  # through a symlink: the file it points to is replaced, not the link
+        write_bytes_atomic(Path(os.path.realpath(path)), data)
+    except OSError as exc:
+        raise MonitorError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc

@@ -32,6 +32,7 @@ from rich.progress import (
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
+from monitor.timestamps import parse_instant
 
 if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded when a command runs
     from monitor.reference.store import ReferenceStore
@@ -64,10 +65,26 @@ _MAX_MESSAGE = 2000
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
+# Not printable: C0/C1 controls (U+009B is a one-byte CSI), bidi overrides and other format
+# characters (U+202E reverses what follows), separators but the space, unassigned code points.
+_NOT_PRINTABLE = re.compile(r"[^ -~]")  # fast path: anything outside printable ASCII is checked
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped as Python writes it (``\\x9b``,
+    ``\\u202e``, ``\\n``): stored text (ids, names, messages from the database or a server)
+    cannot move the cursor, recolour or reorder a terminal. Rich markup escaping is separate."""
+    return _NOT_PRINTABLE.sub(lambda m: m[0] if m[0].isprintable() else repr(m[0])[1:-1], text)
+
+
+def echo(text: str = "", *, err: bool = False) -> None:
+    """``typer.echo`` of :func:`printable` text: what every command prints stored text with."""
+    typer.echo(printable(text), err=err)
+
+
 def one_line(text: str) -> str:
     """Whitespace collapsed, control characters escaped, URL credentials masked, length cut."""
-    text = " ".join(text.split())
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    text = printable(" ".join(text.split()))
     text = _URL.sub(lambda m: mask_url(m[0]), text)
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " [...]"
 
@@ -155,9 +172,8 @@ _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
     """``now``, a relative time (``-6h``, ``-30m``, ``+1d``; units ms s m h d w), an RFC 3339
-    time (``Z`` or an offset; a naive one is UTC) or epoch seconds; raises ValueError."""
-    from monitor.ingest.windows_api import parse_time
-
+    time (``Z`` or an offset; a naive one is UTC) or epoch seconds, 1970 to 9000 (the API's
+    rule, :func:`~monitor.timestamps.parse_instant`); raises ValueError, nothing else."""
     moment = now or datetime.now(UTC)
     text = value.strip()
     if text.lower() == "now":
@@ -170,7 +186,7 @@ def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
         return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
     if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
         raise ValueError(f"relative time {value!r} needs a unit: ms, s, m, h, d or w (like -6h)")
-    return parse_time(text, "time")
+    return parse_instant(text, naive_is_utc=True)
 
 
 def time_option(value: str | None, name: str) -> datetime | None:
@@ -187,6 +203,24 @@ def time_option(value: str | None, name: str) -> datetime | None:
 
 
 TIME_HELP = "RFC 3339, epoch seconds, 'now', or relative like -6h / -30m."
+
+
+def parse_window_id(value: str) -> str:
+    """``value`` as a window id, or the "no window" error when no window could have it (the
+    API's rule: plain digits within the database's 64-bit keys), said before anything is
+    opened or queried (SQLite cannot bind a larger number)."""
+    from monitor.ingest.windows_api import window_key
+
+    key = window_key(value.strip())
+    if key is None:
+        raise no_window(value)
+    return str(key)
+
+
+def no_window(window_id: str) -> MonitorError:
+    """The error (exit 1) for an id that names no stored window."""
+    shown = one_line(repr(window_id[:40] + ("..." if len(window_id) > 40 else "")))
+    return MonitorError(f"no window with id {shown} (see `mllm-monitor windows list`)")
 
 
 def load(config: Path | None, *, compute: bool = False) -> Settings:

@@ -18,8 +18,14 @@ Two forms:
   k-of-m risk rule reads the windows before). Windows already stored are kept unless
   ``--recompute``; an interrupted run simply runs again (each window is one idempotent upsert,
   so there are neither duplicates nor gaps). Only windows that are due (end + lateness passed)
-  are computed: a later one is the scheduler's. ``--dry-run`` reads, writes nothing, and says
-  what it would do.
+  are computed: a later one is the scheduler's. The range is planned by arithmetic (no list
+  of windows, so ten years cost what an hour does), and a range with more windows to compute
+  than ``--max-windows`` (default ``[scheduler] max_catch_up``) is refused, saying how many.
+  ``--dry-run`` reads, writes nothing, and says what it would do.
+
+``--from-jsonl FILE --dry-run`` parses and validates every line as the real run does and
+counts valid, invalid and duplicate lines and the windows it would recompute; it writes
+nothing, fetches no image and loads no encoder.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from prometheus_client import CollectorRegistry
 
 from monitor.commands._common import (
     TIME_HELP,
@@ -44,14 +52,17 @@ from monitor.commands._common import (
     Services,
     err_console,
     load,
+    one_line,
     out_console,
     require_stream,
     services,
     time_option,
 )
 from monitor.errors import InboxFullError, InvalidInputError, MonitorError
+from monitor.files import input_file
+from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord, WindowKey
-from monitor.windows import is_due, iter_windows, window_start
+from monitor.windows import last_due_end, window_start
 
 DEFAULT_BATCH = 512
 
@@ -91,19 +102,41 @@ def parse_line(
     """One JSONL line to a record, by the rules of live traffic (InvalidInputError otherwise)."""
     from monitor.ingest.parsing import parse_record
 
+    obj = load_line(line)
     try:
-        obj = json.loads(line.decode("utf-8"))
+        if obj.get("id") is None:
+            obj["id"] = content_id(obj)
+        if stream is not None and obj.get("stream") is None:
+            obj["stream"] = stream
+        return parse_record(obj, settings=settings, now=now)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        # A value the validator did not foresee (an offset past year 9999, an epoch of 400
+        # digits): it is this line that is bad, not the run.
+        raise InvalidInputError(f"unusable value: {type(exc).__name__}: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_line(line: bytes) -> dict[str, Any]:
+    """One JSONL line as a JSON object (strict: no NaN / Infinity), or InvalidInputError; a
+    line nested too deeply for the parser is invalid like any other."""
+    try:
+        obj = json.loads(line.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise InvalidInputError("not JSON: nested too deeply") from exc
+    except ValueError as exc:  # NaN, Infinity; an integer of more than 4300 digits
+        raise InvalidInputError(f"not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InvalidInputError("a record must be a JSON object")
-    if obj.get("id") is None:
-        obj["id"] = content_id(obj)
-    if stream is not None and obj.get("stream") is None:
-        obj["stream"] = stream
-    return parse_record(obj, settings=settings, now=now)
+    return obj
 
 
 @dataclass
@@ -177,7 +210,7 @@ class JsonlBackfill:
         self.summary.invalid += 1
         if len(self.summary.errors) < 100:
             self.summary.errors.append(str(error))
-        err_console.print(f"invalid {error}", markup=False)
+        err_console.print(one_line(f"invalid {error}"), markup=False)
         if self.strict:
             raise MonitorError(f"{error} (--strict: stopped at the first invalid line)")
 
@@ -189,7 +222,9 @@ class JsonlBackfill:
             if record.id in seen:
                 self.summary.duplicates += 1
                 err_console.print(
-                    f"duplicate line {number}: id {record.id!r} repeats line {seen[record.id]}",
+                    one_line(
+                        f"duplicate line {number}: id {record.id!r} repeats line {seen[record.id]}"
+                    ),
                     markup=False,
                 )
                 continue
@@ -268,6 +303,66 @@ class JsonlBackfill:
         return bool(self._outstanding)
 
 
+class JsonlCheck:
+    """``--from-jsonl FILE --dry-run``: every line parsed and validated as the real run does,
+    counted as valid, invalid or duplicate (repeated in the file, or already in the inbox or
+    stored); nothing is written, no image URL fetched, no encoder loaded."""
+
+    def __init__(
+        self, repository: Any, settings: Any, *, stream: str | None, batch: int = DEFAULT_BATCH
+    ) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.stream = stream
+        self.batch = batch
+        self.summary = IngestSummary()
+        # 8-byte digests of the ids seen so far: a repeat across batches is found without
+        # holding the ids themselves.
+        self._seen: set[bytes] = set()
+
+    def run(self, path: Path, reporter: Reporter) -> IngestSummary:
+        started = time.perf_counter()
+        pending: list[TrafficRecord] = []
+        now = datetime.now(UTC)
+        for number, line in read_lines(path):
+            self.summary.lines += 1
+            try:
+                record = parse_line(
+                    number, line, settings=self.settings, now=now, stream=self.stream
+                )
+            except InvalidInputError as exc:
+                error = LineError(number, exc.field, str(exc))
+                self.summary.invalid += 1
+                if len(self.summary.errors) < 100:
+                    self.summary.errors.append(str(error))
+                err_console.print(one_line(f"invalid {error}"), markup=False)
+                continue
+            digest = hashlib.blake2b(record.id.encode("utf-8", "surrogatepass"), digest_size=8)
+            if digest.digest() in self._seen:
+                self.summary.duplicates += 1
+                continue
+            self._seen.add(digest.digest())
+            pending.append(record)
+            if len(pending) >= self.batch:
+                self._count(pending)
+                reporter.advance(len(pending))
+                pending = []
+        if pending:
+            self._count(pending)
+            reporter.advance(len(pending))
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _count(self, records: list[TrafficRecord]) -> None:
+        known = self.repository.locate_records([r.id for r in records])
+        for record in records:
+            if record.id in known:
+                self.summary.duplicates += 1
+            else:
+                self.summary.accepted += 1  # would be accepted (sampling is not predicted)
+                self.summary.note_time(record)
+
+
 # -- the window side -------------------------------------------------------------------------
 
 
@@ -290,14 +385,49 @@ class RangeSummary:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of a range, by arithmetic: ``first`` is the start of the window holding
+    ``since``; ``due`` windows follow it (end + lateness passed), then ``not_due`` ones.
+    Nothing is listed, so a ten-year range costs what a one-hour one does; :meth:`windows` yields
+    the due windows one at a time."""
+
+    stream: str
+    first: datetime
+    size: timedelta
+    due: int
+    not_due: int
+
+    @property
+    def due_end(self) -> datetime:
+        """End of the last due window (``first`` when none is)."""
+        return self.first + self.due * self.size
+
+    def windows(self) -> Iterator[WindowKey]:
+        for i in range(self.due):
+            start = self.first + i * self.size
+            yield WindowKey(self.stream, start, start + self.size)
+
+    def holds(self, key: WindowKey) -> bool:
+        """True for a stored window that is one of the due windows (same grid and size)."""
+        offset = key.start - self.first
+        return (
+            key.end - key.start == self.size
+            and self.first <= key.start < self.due_end
+            and offset % self.size == timedelta(0)
+        )
+
+
 def plan_windows(
     settings: Any, stream: str, since: datetime, until: datetime, now: datetime
-) -> tuple[list[WindowKey], int]:
-    """The due windows of [since, until) oldest first, and how many are not due yet."""
+) -> WindowPlan:
+    """The windows of [since, until): how many are due, how many are not yet (none listed)."""
     size, lateness = settings.windows.size, settings.windows.lateness
-    keys = list(iter_windows(stream, since, until, size))
-    due = [k for k in keys if is_due(k, now, lateness)]
-    return due, len(keys) - len(due)
+    first = window_start(since, size)
+    total = max(0, -((first - until) // size))  # ceil((until - first) / size)
+    # A window is due once its end is at or before last_due_end (is_due's rule, on the grid).
+    due = min(total, max(0, (last_due_end(now, size, lateness) - first) // size))
+    return WindowPlan(stream, first, size, due, total - due)
 
 
 def backfill_range(
@@ -309,31 +439,41 @@ def backfill_range(
     recompute: bool,
     dry_run: bool,
     reporter_description: str = "windows",
+    max_windows: int | None = None,
 ) -> RangeSummary:
-    """(Re)compute the due windows of [since, until) of ``stream``; see the module doc."""
+    """(Re)compute the due windows of [since, until) of ``stream``; see the module doc.
+
+    With ``max_windows``, a range with more windows to compute is refused (TooManyWindowsError)
+    before anything is written."""
     from monitor.pipeline import WindowPipeline
 
     repository = found.repository
-    keys, not_due = plan_windows(found.settings, stream, since, until, datetime.now(UTC))
-    summary = RangeSummary(stream=stream, planned=len(keys), not_due=not_due, dry_run=dry_run)
-    if keys:
+    plan = plan_windows(found.settings, stream, since, until, datetime.now(UTC))
+    summary = RangeSummary(stream=stream, planned=plan.due, not_due=plan.not_due, dry_run=dry_run)
+    stored: set[datetime] = set()
+    if plan.due:
+        # Only the windows stored in the range are held (what the database has), never the
+        # plan's keys.
         stored = {
-            (w.key.start, w.key.end)
-            for w in repository.get_windows(stream, since=keys[0].start, until=keys[-1].end)
+            w.key.start
+            for w in repository.get_windows(stream, since=plan.first, until=plan.due_end)
+            if plan.holds(w.key)
         }
-        summary.existing = sum((k.start, k.end) in stored for k in keys)
-        summary.samples = repository.count_samples(stream, keys[0].start, keys[-1].end)
-        todo = keys if recompute else [k for k in keys if (k.start, k.end) not in stored]
-    else:
-        todo = []
+        summary.existing = len(stored)
+        summary.samples = repository.count_samples(stream, plan.first, plan.due_end)
+    todo = plan.due if recompute else plan.due - summary.existing
+    if max_windows is not None and todo > max_windows:
+        raise TooManyWindowsError(stream, todo, max_windows)
     if dry_run:
-        summary.computed = len(todo)  # what it would compute
+        summary.computed = todo  # what it would compute
         return summary
     pipeline = WindowPipeline(found.settings, repository, found.stores, found.metrics)
     pipeline.restore(stream)  # older windows recomputed do not rewrite the risk history
     started = time.perf_counter()
-    with Reporter(f"{reporter_description} {stream}", len(todo)) as reporter:
-        for key in todo:
+    with Reporter(f"{reporter_description} {stream}", todo) as reporter:
+        for key in plan.windows():
+            if not recompute and key.start in stored:
+                continue
             result = pipeline.compute(key)
             summary.computed += 1
             if result.status == "ok":
@@ -344,6 +484,18 @@ def backfill_range(
             reporter.advance()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+class TooManyWindowsError(MonitorError):
+    """A range with more windows to compute than --max-windows allows (a usage error)."""
+
+    def __init__(self, stream: str, count: int, cap: int) -> None:
+        super().__init__(
+            f"the range has {count:,} windows of stream {stream!r} to compute, more than "
+            f"--max-windows {cap:,} (default: [scheduler] max_catch_up): narrow --since/--until, "
+            f"or pass --max-windows {count} to compute them all"
+        )
+        self.count = count
 
 
 def windows_touched(
@@ -423,7 +575,12 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--recompute", help="Recompute windows already stored too.")
         ] = False,
         dry_run: Annotated[
-            bool, typer.Option("--dry-run", help="Say what would be done; write nothing.")
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Say what would be done; write nothing. With --from-jsonl: validate every "
+                "line, count valid / invalid / duplicate lines and the windows to recompute.",
+            ),
         ] = False,
         strict: Annotated[
             bool, typer.Option("--strict", help="Stop at the first invalid line.")
@@ -431,6 +588,15 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[
             int, typer.Option("--batch-size", min=1, max=100_000, help="Lines per batch.")
         ] = DEFAULT_BATCH,
+        max_windows: Annotated[
+            int | None,
+            typer.Option(
+                "--max-windows",
+                min=1,
+                help="Refuse a range with more windows to compute than this (default: "
+                "[scheduler] max_catch_up).",
+            ),
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
         """Feed historical traffic through the live path, or (re)compute a range's windows.
@@ -441,12 +607,12 @@ def register(app: typer.Typer) -> None:
         """
         start, end = time_option(since, "since"), time_option(until, "until")
         if from_jsonl is not None:
-            if since is not None or until is not None or dry_run:
+            if since is not None or until is not None:
                 raise typer.BadParameter(
-                    "--since/--until/--dry-run go with the range form, not with --from-jsonl",
+                    "--since/--until go with the range form, not with --from-jsonl",
                     param_hint="--from-jsonl",
                 )
-            _from_jsonl(config, from_jsonl, stream, strict, batch_size, as_json)
+            _from_jsonl(config, from_jsonl, stream, strict, batch_size, as_json, dry_run)
             return
         if stream is None or start is None or end is None:
             raise typer.BadParameter(
@@ -457,14 +623,38 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--until must be after --since", param_hint="--until")
         settings = load(config, compute=True)
         require_stream(settings, stream)
-        with services(settings, encoders=False) as found:
-            summary = backfill_range(
-                found, stream, start, end, recompute=recompute, dry_run=dry_run
-            )
+        cap = settings.scheduler.max_catch_up if max_windows is None else max_windows
+        opened = _read_only(settings) if dry_run else services(settings, encoders=False)
+        with opened as found:
+            try:
+                summary = backfill_range(
+                    found,
+                    stream,
+                    start,
+                    end,
+                    recompute=recompute,
+                    dry_run=dry_run,
+                    max_windows=cap,
+                )
+            except TooManyWindowsError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--max-windows") from exc
         if as_json:
             typer.echo(json.dumps({"windows": [_range_json(summary)]}, indent=2, default=str))
         else:
             _print_range_table([summary])
+
+
+@contextmanager
+def _read_only(settings: Any) -> Iterator[Services]:
+    """What a dry run needs: the repository, no encoders, no reference store."""
+    from monitor.store.repository import open_repository
+
+    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
+    found = Services(settings, open_repository(settings), metrics)
+    try:
+        yield found
+    finally:
+        found.close()
 
 
 def _from_jsonl(
@@ -474,26 +664,39 @@ def _from_jsonl(
     strict: bool,
     batch_size: int,
     as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     settings = load(config, compute=True)
     if stream is not None:
         require_stream(settings, stream)
-    if not path.is_file():
-        raise MonitorError(f"no such file: {path}")
-    with services(settings, encoders=True) as found:
-        job = JsonlBackfill(found, stream=stream, strict=strict, batch=batch_size)
-        with Reporter(f"records from {path.name}", None) as reporter:
-            ingested = job.run(path, reporter)
-        ranges: list[RangeSummary] = []
-        for name, (first, last) in windows_touched(settings, ingested.spans).items():
-            ranges.append(
-                backfill_range(
-                    found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
+    input_file(path, "--from-jsonl file")
+    ranges: list[RangeSummary] = []
+    if dry_run:
+        with _read_only(settings) as found:
+            check = JsonlCheck(found.repository, settings, stream=stream, batch=batch_size)
+            with Reporter(f"records from {path.name}", None) as reporter:
+                ingested = check.run(path, reporter)
+            for name, (first, last) in windows_touched(settings, ingested.spans).items():
+                ranges.append(
+                    backfill_range(
+                        found, name, first, last, recompute=ingested.accepted > 0, dry_run=True
+                    )
                 )
-            )
+    else:
+        with services(settings, encoders=True) as found:
+            job = JsonlBackfill(found, stream=stream, strict=strict, batch=batch_size)
+            with Reporter(f"records from {path.name}", None) as reporter:
+                ingested = job.run(path, reporter)
+            for name, (first, last) in windows_touched(settings, ingested.spans).items():
+                ranges.append(
+                    backfill_range(
+                        found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
+                    )
+                )
     data = asdict(ingested)
     data.pop("spans")
     data["records_per_second"] = ingested.lines / ingested.seconds if ingested.seconds else 0.0
+    data["dry_run"] = dry_run
     if as_json:
         typer.echo(
             json.dumps(
@@ -502,14 +705,20 @@ def _from_jsonl(
                 default=str,
             )
         )
-        return
-    typer.echo(
-        f"{ingested.lines:,} lines: {ingested.accepted:,} accepted, {ingested.sampled:,} sampled, "
-        f"{ingested.embedded:,} embedded here, {ingested.duplicates:,} already there, "
-        f"{ingested.invalid:,} invalid ({ingested.seconds:.1f} s, "
-        f"{data['records_per_second']:.0f} lines/s, embedding {ingested.embed_seconds:.1f} s)"
-    )
-    if ranges:
+    elif dry_run:
+        typer.echo(
+            f"dry run, nothing written: {ingested.lines:,} lines: {ingested.accepted:,} valid "
+            f"and new, {ingested.duplicates:,} duplicate (repeated or already there), "
+            f"{ingested.invalid:,} invalid ({ingested.seconds:.1f} s)"
+        )
+    else:
+        typer.echo(
+            f"{ingested.lines:,} lines: {ingested.accepted:,} accepted, {ingested.sampled:,} "
+            f"sampled, {ingested.embedded:,} embedded here, {ingested.duplicates:,} already "
+            f"there, {ingested.invalid:,} invalid ({ingested.seconds:.1f} s, "
+            f"{data['records_per_second']:.0f} lines/s, embedding {ingested.embed_seconds:.1f} s)"
+        )
+    if ranges and not as_json:
         _print_range_table(ranges)
     if ingested.invalid:
         raise typer.Exit(1)

@@ -22,7 +22,15 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from monitor.commands._common import ConfigOption, JsonOption, load, services
+from monitor.commands._common import (
+    ConfigOption,
+    JsonOption,
+    echo,
+    load,
+    no_window,
+    parse_window_id,
+    services,
+)
 from monitor.errors import MonitorError
 from monitor.records import WINDOW_TERMS, WindowResult
 
@@ -220,9 +228,9 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
 
 
 def explain_window(found: Any, window_id: str, top_k: int) -> dict[str, Any]:
-    window = found.repository.get_window(window_id)
+    window = found.repository.get_window(parse_window_id(window_id))
     if window is None:
-        raise MonitorError(f"no window with id {window_id!r} (see `mllm-monitor windows list`)")
+        raise no_window(window_id)
     store = found.stores.get(window.key.stream)
     if store is None:
         raise MonitorError(f"stream {window.key.stream!r} is not configured")
@@ -242,7 +250,6 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 def _print(data: dict[str, Any]) -> None:
     w = data["window"]
-    echo = typer.echo
     echo(
         f"window {w['id']}  stream {w['stream']}  {w['start']} .. {w['end']}  n={w['n']} "
         f"({w['status']}), risk level {w['risk_level']}"
@@ -304,6 +311,7 @@ def register(windows_app: typer.Typer) -> None:
     ) -> None:
         """Why a window has its risk level: terms against thresholds, the rule that fired
         (with the k-of-m history), and its most out-of-distribution samples."""
+        parse_window_id(window_id)  # an id no window can have: said before loading anything
         settings = load(config, compute=True)
         with services(settings, encoders=False) as found:
             data = explain_window(found, window_id, top_k)

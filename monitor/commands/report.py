@@ -21,8 +21,16 @@ from typing import Annotated, Any
 
 import typer
 
-from monitor.commands._common import TIME_HELP, ConfigOption, load, require_stream, time_option
+from monitor.commands._common import (
+    TIME_HELP,
+    ConfigOption,
+    echo,
+    load,
+    require_stream,
+    time_option,
+)
 from monitor.errors import MonitorError
+from monitor.files import output_file, write_output
 from monitor.records import WINDOW_TERMS, WindowResult
 
 PNG_SIZE = (1200, 1500)  # pixels of the --out .png image
@@ -271,11 +279,11 @@ def write_report(
         )
     suffix = out.suffix.lower()
     if suffix == ".png":
-        out.write_bytes(render_png(windows, alpha))
+        write_output(out, render_png(windows, alpha), "report file")
         return len(windows)
     reasons = {t.window_id: t.reason for t in repository.risk_transitions(stream) if t.window_id}
     page = render_html(stream, since, until, windows, transitions(windows, reasons), alpha)
-    out.write_text(page, encoding="utf-8")
+    write_output(out, page.encode("utf-8"), "report file")
     return len(windows)
 
 
@@ -302,6 +310,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must end in .html or .png", param_hint="--out")
         start, end = time_option(since, "since"), time_option(until, "until")
         assert start is not None and end is not None
+        output_file(out, "report file")  # a FIFO would block at the end, after all the work
         settings = load(config)
         require_stream(settings, stream)
         repository = open_repository(settings)
@@ -311,4 +320,4 @@ def register(app: typer.Typer) -> None:
             )
         finally:
             repository.close()
-        typer.echo(f"wrote {out} ({count} windows)")
+        echo(f"wrote {out} ({count} windows)")

@@ -4,25 +4,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from monitor.commands._common import EXIT_ERROR, ConfigOption, err_console
+from monitor.commands._common import (
+    TIME_HELP,
+    ConfigOption,
+    echo,
+    no_window,
+    parse_window_id,
+    time_option,
+)
 from monitor.config import load_settings
-
-
-def _time_option(value: str | None, name: str) -> datetime | None:
-    from monitor.ingest.windows_api import parse_time
-
-    if value is None:
-        return None
-    try:
-        return parse_time(value, name)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=f"--{name}") from exc
 
 
 def windows_list(
@@ -32,10 +26,10 @@ def windows_list(
         typer.Option("--stream", "-s", help="Only this stream (default: every configured one)."),
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Windows ending after this time (RFC 3339 or epoch s).")
+        str | None, typer.Option(help=f"Windows ending after this time. {TIME_HELP}")
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Windows starting before this time (RFC 3339 or epoch s).")
+        str | None, typer.Option(help=f"Windows starting before this time. {TIME_HELP}")
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"windows": [...]} as GET /v1/windows does.')
@@ -45,7 +39,7 @@ def windows_list(
     from monitor.ingest.windows_api import list_windows
     from monitor.store.repository import open_repository
 
-    start, end = _time_option(since, "since"), _time_option(until, "until")
+    start, end = time_option(since, "since"), time_option(until, "until")
     settings = load_settings(config)
     names = [s.name for s in settings.streams]
     if stream is not None and stream not in names:
@@ -64,13 +58,13 @@ def windows_list(
     if not found:
         typer.echo("no windows")
         return
-    typer.echo(f"{'id':>6}  {'stream':<12} {'start':<20} {'n':>6}  risk  status        bound  p")
+    echo(f"{'id':>6}  {'stream':<12} {'start':<20} {'n':>6}  risk  status        bound  p")
     for window in found:
         data = window.to_dict()
         bound = data["upper_bound"]["scale_adjusted"]
         p_values = {k: v for k, v in data["p_values"].items() if v is not None}
         smallest = min(p_values.items(), key=lambda kv: kv[1]) if p_values else None
-        typer.echo(
+        echo(
             f"{data['id']:>6}  {data['stream']:<12} {data['start']:<20} {data['n']:>6}  "
             f"{data['risk_level']:>4}  {data['status']:<12} "
             f"{'-' if bound is None else f'{bound:.4f}':>6}  "
@@ -85,17 +79,15 @@ def windows_show(
     """One window as JSON (the shape of GET /v1/windows/ID)."""
     from monitor.store.repository import open_repository
 
+    key = parse_window_id(window_id)
     settings = load_settings(config)
     repository = open_repository(settings)
     try:
-        found = repository.get_window(window_id)
+        found = repository.get_window(key)
     finally:
         repository.close()
     if found is None:
-        err_console.print(
-            f"[red]error:[/red] no window with id {escape(window_id)!r}", highlight=False
-        )
-        raise typer.Exit(EXIT_ERROR)
+        raise no_window(window_id)
     typer.echo(json.dumps(found.to_dict(), indent=2))
 
 
