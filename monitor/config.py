@@ -285,7 +285,7 @@ class IngestSettings(_Section):
     max_messages: int = Field(default=256, ge=1)  # OpenAI messages (and parts of one message)
     max_future: Duration = timedelta(hours=1)  # timestamps later than now + this are refused
     max_inbox_depth: int = Field(default=100_000, ge=1)  # 429 once the inbox holds this many
-    retry_after: Duration = timedelta(seconds=5)  # the Retry-After of a 429
+    retry_after: Duration = timedelta(seconds=5)  # Retry-After of a 429 (full) or 503 (storage)
     # http(s) image URLs are fetched only from these hosts ("cdn.example.com", "*.example.com");
     # empty = never. Private, loopback, link-local and metadata addresses are refused anyway.
     image_url_hosts: list[str] = Field(default_factory=list)

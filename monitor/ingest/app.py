@@ -9,11 +9,14 @@ routers (the sidecar, the windows API); they are included as they are. ``require
 Routes:
 
 * ``POST /v1/records`` (token): one record or ``{"records": [...]}`` (see
-  :mod:`monitor.ingest.parsing`), answered ``202 {"accepted", "sampled", "skipped", "ids"}``
-  once the sampled records are durable in the inbox. ``ids`` are the ids of all accepted
-  records in order (generated ones included). **A batch is all or nothing**: one invalid record
-  rejects the whole batch with the record's place in ``field`` (``records[3].timestamp``) and
-  nothing is written; so does a full inbox (``429`` with ``Retry-After``).
+  :mod:`monitor.ingest.parsing`), answered
+  ``202 {"accepted", "sampled", "duplicates", "skipped", "ids"}`` once the sampled records are
+  durable in the inbox. ``duplicates`` counts kept records whose id was already waiting or
+  embedded (not stored again, see :class:`~monitor.ingest.service.IngestService`); ``ids`` are
+  the ids of all accepted records in order (generated ones included). **A batch is all or
+  nothing**: one invalid record rejects the whole batch with the record's place in ``field``
+  (``records[3].timestamp``) and nothing is written; so does a full inbox (``429`` with
+  ``Retry-After``) and a storage outage (``503`` with ``Retry-After``).
 * ``POST /v1/references`` (token): ``{"id", "reference"}`` or ``{"references": [...]}``,
   answered ``202 {"joined", "pending", "skipped"}``; an unknown id is ``404`` (all or nothing,
   see :class:`~monitor.ingest.service.IngestService.add_references`).
@@ -23,19 +26,31 @@ Routes:
 
 Limits (``[ingest]``): the body must be ``application/json`` in UTF-8 and at most
 ``max_body_bytes`` (refused on its Content-Length before reading, and counted while streaming);
-JSON constants NaN/Infinity are refused, as is nesting too deep for the parser.
+it may come with ``Content-Encoding: gzip``, inflated to at most ``max_body_bytes`` as well (a
+gzip bomb stops at the cap); any other coding is a 415. JSON constants NaN/Infinity are
+refused, as is nesting too deep for the parser.
+
+Counting (``mllm_monitor_records_total``): a refused request counts its records as
+``rejected`` when they were read (a batch with one invalid record: each of its records), and
+once under ``_other`` when it was refused before (size, media type, JSON, a batch over
+``max_batch_records``); records refused by a storage outage count as ``unavailable``. The
+``inbox_depth`` gauge is NaN while the database cannot be read.
 
 Every error is ``{"error": {"code", "message", "field"}}`` (``field`` null when no single
 input is at fault) with a 4xx or 5xx: invalid_json 400, unauthorized 401, not_found /
 unknown_record 404, method_not_allowed 405, payload_too_large 413, unsupported_media_type 415,
 invalid_field / invalid_image / image_url_refused 422, inbox_full 429, internal_error 500,
-storage_unavailable 503. FastAPI's own validation errors and 404/405 use the same shape.
+storage_unavailable 503 (every 429 and 503 carries ``Retry-After``, ``[ingest] retry_after``).
+FastAPI's own validation errors and 404/405 use the same shape.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -64,6 +79,7 @@ from monitor.ingest.parsing import parse_records_body, parse_references_body
 from monitor.ingest.readiness import Readiness
 from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
+from monitor.records import TrafficRecord
 from monitor.store.repository import Repository
 
 __all__ = ["RequestRejectedError", "create_app", "error_body", "require_token"]
@@ -126,7 +142,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.readiness = readiness
     app.state.ingest = ingest
-    _install_error_handlers(app)
+    _install_error_handlers(app, retry_after=settings.ingest.retry_after.total_seconds())
     app.include_router(_records_router(settings, metrics, ingest))
     app.include_router(_health_router(metrics, readiness, ingest))
     for router in routers:
@@ -142,9 +158,10 @@ def _records_router(
 
     @router.post("/v1/records", status_code=202)
     async def post_records(request: Request) -> JSONResponse:
-        raw = await read_body(request, limit)
         body: Any = None
+        records: list[TrafficRecord] = []
         try:
+            raw = await read_body(request, limit)
             body = await run_in_threadpool(parse_json, raw)
             now = datetime.now(UTC)
             records = await run_in_threadpool(parse_records_body, body, settings=settings, now=now)
@@ -153,12 +170,19 @@ def _records_router(
             records = await ingest.resolve_images(records, fields=fields)
             result = await run_in_threadpool(ingest.submit, records)
         except (InvalidInputError, InboxFullError):
-            _count_rejected(metrics, body)
+            _count_rejected(metrics, body, settings.ingest.max_batch_records)
+            raise
+        except StorageError:
+            # Refused, not lost: the sender is told to retry (503 with Retry-After); counted so
+            # that an outage shows on the records counter and its alert.
+            for stream, count in Counter(record.stream for record in records).items():
+                metrics.count_records(stream, "unavailable", count)
             raise
         return JSONResponse(
             {
                 "accepted": result.accepted,
                 "sampled": result.sampled,
+                "duplicates": result.duplicates,
                 "skipped": result.skipped,
                 "ids": result.ids,
             },
@@ -198,7 +222,10 @@ def _health_router(
     async def metrics_endpoint() -> Response:
         try:
             await run_in_threadpool(ingest.refresh_inbox_depth)
-        except MonitorError as exc:  # a scrape still answers while the database is away
+        except StorageError as exc:
+            # The scrape still answers while the database is away, but the depth is unknown:
+            # NaN, not the last count (a frozen number reads as a healthy inbox).
+            metrics.inbox_depth.set(math.nan)
             log.warning("inbox depth not counted for /metrics: %s", exc)
         data = await run_in_threadpool(generate_latest, metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
@@ -235,14 +262,63 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
         if int(declared) > limit:
             raise _too_large(int(declared), limit)
+    gzipped = _gzipped(request.headers.get("content-encoding", ""))
     received = bytearray()
     async for chunk in request.stream():
         received += chunk
         if len(received) > limit:
             raise _too_large(None, limit)
-    if not received.strip():
+    data = bytes(received)
+    if gzipped:
+        data = await run_in_threadpool(gunzip, data, limit)
+    if not data.strip():
         raise RequestRejectedError(400, "invalid_json", "the body is empty", field="body")
-    return bytes(received)
+    return data
+
+
+def _gzipped(header: str) -> bool:
+    """Whether a Content-Encoding is gzip; identity (or none) is plain; anything else is 415."""
+    coding = header.strip().lower()
+    if coding in ("", "identity"):
+        return False
+    if coding in ("gzip", "x-gzip"):
+        return True
+    raise RequestRejectedError(
+        415,
+        "unsupported_media_type",
+        f"Content-Encoding {header.strip()[:100]!r} is not supported: send the body as it "
+        "is, or gzip",
+        field="content-encoding",
+    )
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate a gzip body (one or more members), refusing it as soon as it passes ``limit``.
+
+    The cap applies to the output: a small gzip bomb stops after ``limit`` bytes of work."""
+    out = bytearray()
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header required
+            chunk = inflater.decompress(rest, limit + 1 - len(out))
+            while True:
+                out += chunk
+                if len(out) > limit:
+                    raise _too_large(None, limit, inflated=True)
+                if not inflater.unconsumed_tail:
+                    break
+                chunk = inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(out))
+            if not inflater.eof:
+                raise RequestRejectedError(
+                    400, "invalid_encoding", "the gzip body is truncated", field="body"
+                )
+            rest = inflater.unused_data  # the next member, if any
+    except zlib.error as exc:
+        raise RequestRejectedError(
+            400, "invalid_encoding", f"the body is not valid gzip: {exc}", field="body"
+        ) from exc
+    return bytes(out)
 
 
 def _charset(params: str) -> str:
@@ -254,10 +330,11 @@ def _charset(params: str) -> str:
     return "utf-8"
 
 
-def _too_large(size: int | None, limit: int) -> PayloadTooLargeError:
+def _too_large(size: int | None, limit: int, *, inflated: bool = False) -> PayloadTooLargeError:
     shown = f"{size:,} bytes" if size is not None else "over the limit"
+    what = "the inflated body" if inflated else "the body"
     return PayloadTooLargeError(
-        f"the body is {shown}; the limit is {limit:,} bytes ([ingest] max_body_bytes)",
+        f"{what} is {shown}; the limit is {limit:,} bytes ([ingest] max_body_bytes)",
         field="body",
     )
 
@@ -289,11 +366,15 @@ def parse_json(raw: bytes) -> Any:
         ) from exc
 
 
-def _count_rejected(metrics: MonitorMetrics, body: Any) -> None:
-    """Count the records of a refused request as rejected, under their stream if configured."""
+def _count_rejected(metrics: MonitorMetrics, body: Any, max_batch: int) -> None:
+    """Count a refused request's records as rejected, under their stream if configured.
+
+    Only what was looked at counts: a request refused before its records were read (media
+    type, size, JSON, a batch over ``max_batch``) is one rejection under ``_other``, so that
+    one request cannot claim 100,000 rejections and trip the rejection alert alone."""
     items = body.get("records") if isinstance(body, dict) and "records" in body else [body]
-    if not isinstance(items, list):
-        items = [items]
+    if not isinstance(items, list) or len(items) > max_batch:
+        items = [None]
     for item in items:
         stream = item.get("stream", "default") if isinstance(item, dict) else None
         metrics.count_records(stream if isinstance(stream, str) else None, "rejected")
@@ -318,13 +399,15 @@ def _status_and_code(exc: MonitorError) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, *, retry_after: float) -> None:
     async def monitor_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, MonitorError)
         status, code = _status_and_code(exc)
         headers: dict[str, str] = {}
         if isinstance(exc, InboxFullError):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, StorageError):  # an outage is temporary: say when to come back
+            headers["Retry-After"] = str(max(1, round(retry_after)))
         if isinstance(exc, UnauthorizedError):
             headers["WWW-Authenticate"] = "Bearer"
         if status >= 500:

@@ -428,6 +428,7 @@ def test_over_real_http_bad_requests_then_good_ones(running_app: RunningApp) -> 
         assert accepted.json() == {
             "accepted": 2,
             "sampled": 2,
+            "duplicates": 0,
             "skipped": 0,
             "ids": ["good-1", "good-2"],
         }
