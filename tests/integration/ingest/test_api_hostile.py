@@ -219,6 +219,27 @@ def test_windows_id_that_cannot_exist_is_404(windows_client: TestClient, window_
     assert answer.json()["error"]["field"] == "id"
 
 
+def test_windows_api_over_loopback_http(
+    settings: Settings, repository: Repository, metrics: MonitorMetrics
+) -> None:
+    """The issue's requests as sent, through uvicorn: 400 naming the parameter, 404 for the id."""
+    names = [s.name for s in settings.streams]
+    app = create_app(
+        settings, repository, metrics, routers=[build_windows_router(repository, names)]
+    )
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for name in ("since", "until"):
+            for value in HOSTILE_TIMES[:3]:
+                answer = http.get("/v1/windows", params={name: value})
+                assert answer.status_code == 400, (name, value, answer.text)
+                assert answer.json()["error"]["field"] == name
+        answer = http.get("/v1/windows/9223372036854775808")
+        assert answer.status_code == 404 and answer.json()["error"]["field"] == "id"
+        assert http.get("/v1/windows", params={"since": "2026-03-01T12:00:00Z"}).json() == {
+            "windows": []
+        }
+
+
 # -- item 14: content codings -------------------------------------------------------------------
 
 
