@@ -384,3 +384,49 @@ def test_a_term_is_significant_exactly_when_p_is_below_its_level(
         )
         assert a.tests == 1 and a.p_values["text"] == p
         assert ("text" in a.significant_terms) is significant and a.warning is significant
+
+
+def test_a_level_equal_to_the_smallest_p_value_cannot_fire(
+    calibrated: tuple[IDArrays, dict[str, Any]],
+) -> None:
+    """200 trials: the smallest p-value is 1/201. At alpha = 1/201 a term could never be
+    significant, so the window is refused with the command to run; the bound (tested at alpha,
+    outside the warning) gets its p-value but no threshold, and is never significant."""
+    _, calibration = calibrated
+    assert calibration["trials"] == 200 and 201 * (1 / 201) == 1.0
+    text = null_for(calibration, "text", 50)
+    assert text is not None
+    top = float(text.values[-1]) + 1.0
+    with pytest.raises(CalibrationError, match="cannot resolve p-values"):
+        assess_window(
+            calibration,
+            {"text": top},
+            n=50,
+            n_images=0,
+            n_references=0,
+            ood_fraction=None,
+            alpha=1 / 201,
+        )
+    fires = assess_window(
+        calibration,
+        {"text": top},
+        n=50,
+        n_images=0,
+        n_references=0,
+        ood_fraction=None,
+        alpha=1.5 / 201,
+    )
+    assert fires.significant_terms == ("text",)
+    bound = bound_null(calibration, n=50, n_images=None, n_references=None)
+    assert bound is not None
+    a = assess_window(
+        calibration,
+        {"bound_scale_adjusted": float(bound.values[-1]) + 1.0},
+        n=50,
+        n_images=0,
+        n_references=0,
+        ood_fraction=None,
+        alpha=1 / 201,
+    )
+    assert a.p_values["bound"] == 1 / 201
+    assert a.thresholds["bound"] is None and a.bound_significant is False
