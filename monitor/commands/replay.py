@@ -7,10 +7,17 @@ Delivery is exactly once:
 * every record carries an id before it is sent: its own, or a stable one from its content
   (the same rule as ``backfill --from-jsonl``), so a batch sent again is the same batch;
 * a 429 (inbox full) or 503 writes nothing on the server (all or nothing), so the same batch is
-  sent again after ``Retry-After``; a connection error or timeout (did it arrive?) is retried
-  with the same ids, and the monitor stores a record id once;
+  sent again after ``Retry-After`` (capped at :data:`MAX_RETRY_WAIT`); a connection error or
+  no answer within ``--timeout`` (did it arrive?) is retried with the same ids, and the monitor
+  stores a record id once. At most ``--max-retries`` times in a row, each announced on stderr;
+  then the run stops, saying why;
 * a 400 refuses the whole batch: its records are then sent one by one, the invalid ones are
-  reported with their line numbers and skipped, the others delivered.
+  reported with their line numbers and skipped, the others delivered;
+* answers are read strictly: a 202 must carry the records API's JSON counts, a 5xx is "the
+  server failed", anything else stops the run naming the status and the start of the body.
+
+The bearer token of the settings (``[server] token``) goes only to the configured server's own
+host and port; any other ``--url`` gets a token only when ``--token`` gives one.
 
 ``--shift-time`` sets each record's timestamp to the moment its batch is sent (the content id
 is taken before, so reruns keep their ids).
@@ -27,12 +34,23 @@ from typing import Annotated, Any
 
 import typer
 
-from monitor.commands._common import ConfigOption, JsonOption, Reporter, err_console, load
-from monitor.commands.backfill import content_id, read_lines
-from monitor.errors import MonitorError
+from monitor.commands._common import (
+    ConfigOption,
+    JsonOption,
+    Reporter,
+    err_console,
+    load,
+    one_line,
+)
+from monitor.commands.backfill import content_id, load_line, read_lines
+from monitor.errors import InvalidInputError, MonitorError
+from monitor.files import input_file
 
 MAX_RETRY_WAIT = 60.0  # seconds, whatever Retry-After says
-TRANSPORT_RETRIES = 5
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_TIMEOUT = 30.0  # seconds for one request, from sending to the end of the answer
+MAX_ANSWER_BYTES = 1 << 20  # the records API answers a few hundred bytes
+_SHOWN = 200  # characters of an unexpected answer quoted in an error
 
 
 @dataclass
@@ -42,13 +60,38 @@ class ReplaySummary:
     sent: int = 0
     accepted: int = 0
     sampled: int = 0
-    retries: int = 0  # batches sent again after a 429 / 503 / connection error
+    duplicates: int = 0  # ids the monitor had already (a rerun)
+    retries: int = 0  # batches sent again after a 429 / 503 / connection error or timeout
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.accepted / self.seconds if self.seconds > 0 else 0.0
+
+
+class _NoAnswerError(Exception):
+    """No whole answer within the request's time, or a connection error: retried."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def start(self) -> str:
+        """The start of the body, for an error message (escaped by the CLI's error line)."""
+        text = self.body[: 4 * _SHOWN].decode("utf-8", "replace")
+        text = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+        return repr(text) if text else "an empty body"
+
+    def json_object(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        return data if isinstance(data, dict) else None
 
 
 class Replayer:
@@ -61,13 +104,18 @@ class Replayer:
         batch: int,
         stream: str | None,
         shift_time: bool,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         import httpx
 
         self.endpoint = url.rstrip("/") + "/v1/records"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
+        # httpx's timeout bounds each step (connect, each read); `timeout` also bounds the
+        # whole request, so a server that trickles its answer cannot hold the run.
+        self.client = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
+        self.timeout = timeout
+        self.max_retries = max_retries
         self.rate = rate
         self.batch = max(1, min(batch, int(rate))) if rate > 0 else batch
         self.stream = stream
@@ -101,19 +149,19 @@ class Replayer:
         text = f"line {number}: {message}"
         if len(self.summary.errors) < 100:
             self.summary.errors.append(text)
-        err_console.print(f"invalid {text}", markup=False)
+        err_console.print(one_line(f"invalid {text}"), markup=False)
 
     def _record(self, number: int, line: bytes) -> dict[str, Any] | None:
         try:
-            obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._invalid(number, f"not JSON: {exc}")
+            obj = load_line(line)
+            if obj.get("id") is None:
+                obj["id"] = content_id(obj)
+        except InvalidInputError as exc:
+            self._invalid(number, str(exc))
             return None
-        if not isinstance(obj, dict):
-            self._invalid(number, "a record must be a JSON object")
+        except (ValueError, RecursionError) as exc:  # content_id of an odd object
+            self._invalid(number, f"unusable record: {exc}")
             return None
-        if obj.get("id") is None:
-            obj["id"] = content_id(obj)
         if self.stream is not None and obj.get("stream") is None:
             obj["stream"] = self.stream
         return obj
@@ -133,48 +181,111 @@ class Replayer:
             stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             for record in records:
                 record["timestamp"] = stamp
-        status, body = self._post(records)
-        self.summary.sent += len(records)
-        if status == 202:
-            self.summary.accepted += int(body.get("accepted", len(records)))
-            self.summary.sampled += int(body.get("sampled", 0))
+        answer = self._post(records)
+        first = numbered[0][0]
+        lines = f"line {first}" if len(numbered) == 1 else f"lines {first}-{numbered[-1][0]}"
+        if answer.status == 202:
+            accepted, sampled, duplicates = _counts(answer, len(records), lines)
+            self.summary.sent += len(records)
+            self.summary.accepted += accepted
+            self.summary.sampled += sampled
+            self.summary.duplicates += duplicates
             return
-        if status == 400 and len(records) > 1:
-            self.summary.sent -= len(records)
-            for one in numbered:  # find the bad ones; the others are delivered
-                self._send([one], started)
+        body = answer.json_object()
+        if answer.status == 400 and body is not None:
+            if len(records) > 1:
+                for one in numbered:  # find the bad ones; the others are delivered
+                    self._send([one], started)
+                return
+            self.summary.sent += 1
+            self._invalid(first, _error_message(body) or "refused (HTTP 400)")
             return
-        message = _error_message(body) or f"HTTP {status}"
-        if status == 400:
-            self._invalid(numbered[0][0], message)
-            return
-        raise MonitorError(f"the monitor refused a batch (lines {numbered[0][0]}-): {message}")
+        detail = (_error_message(body) if body is not None else "") or answer.start()
+        if answer.status >= 500:
+            raise MonitorError(
+                f"the server failed (HTTP {answer.status}) on {lines} at {self.endpoint}: {detail}"
+            )
+        raise MonitorError(
+            f"{self.endpoint} refused {lines} with HTTP {answer.status}: {detail}"
+            + (" (--token?)" if answer.status in (401, 403) else "")
+        )
 
-    def _post(self, records: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    def _post(self, records: list[dict[str, Any]]) -> Answer:
         """POST one batch until it is answered for good: the same batch again after a 429,
-        a 503 or a connection error."""
-        import httpx
-
-        transport_failures = 0
+        a 503, a connection error or no answer in time, at most ``max_retries`` times."""
+        retries = 0
+        payload = json.dumps({"records": records}, ensure_ascii=False).encode("utf-8")
         while True:
             try:
-                answer = self.client.post(self.endpoint, json={"records": records})
-            except httpx.TransportError as exc:
-                transport_failures += 1
-                if transport_failures > TRANSPORT_RETRIES:
-                    raise MonitorError(f"cannot reach {self.endpoint}: {exc}") from exc
-                self.summary.retries += 1
-                time.sleep(min(MAX_RETRY_WAIT, 0.5 * 2**transport_failures))
-                continue
-            if answer.status_code in (429, 503):
-                self.summary.retries += 1
-                time.sleep(_retry_after(answer.headers.get("Retry-After")))
-                continue
-            try:
-                body = answer.json()
-            except ValueError:
-                body = {}
-            return answer.status_code, body if isinstance(body, dict) else {}
+                answer = self._request(payload)
+            except _NoAnswerError as exc:
+                problem = str(exc)
+                wait = min(MAX_RETRY_WAIT, 0.5 * 2**retries)
+            else:
+                if answer.status not in (429, 503):
+                    return answer
+                why = "inbox full" if answer.status == 429 else "unavailable"
+                problem = f"{self.endpoint} answered HTTP {answer.status} ({why})"
+                wait = _retry_after(answer.headers.get("retry-after"))
+            if retries >= self.max_retries:
+                raise MonitorError(
+                    f"{problem}; gave up after {retries} retries (--max-retries {self.max_retries})"
+                )
+            retries += 1
+            self.summary.retries += 1
+            err_console.print(
+                one_line(f"{problem}: retry {retries} of {self.max_retries} in {wait:.1f} s"),
+                markup=False,
+            )
+            time.sleep(wait)
+
+    def _request(self, payload: bytes) -> Answer:
+        """One POST and its whole answer, within ``timeout`` seconds and MAX_ANSWER_BYTES."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        headers = {"Content-Type": "application/json"}
+        try:
+            with self.client.stream("POST", self.endpoint, content=payload, headers=headers) as r:
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise MonitorError(
+                            f"{self.endpoint} answered HTTP {r.status_code} with over "
+                            f"{MAX_ANSWER_BYTES:,} bytes: not the records API"
+                        )
+                    if time.monotonic() > deadline:
+                        raise _NoAnswerError(
+                            f"no whole answer from {self.endpoint} within {self.timeout:g} s "
+                            "(--timeout)"
+                        )
+                return Answer(r.status_code, dict(r.headers), bytes(body))
+        except httpx.TimeoutException as exc:
+            raise _NoAnswerError(
+                f"no answer from {self.endpoint} within {self.timeout:g} s (--timeout)"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise _NoAnswerError(
+                f"cannot reach {self.endpoint}: {exc or type(exc).__name__}"
+            ) from exc
+
+
+def _counts(answer: Answer, sent: int, lines: str) -> tuple[int, int, int]:
+    """accepted, sampled, duplicates of a 202, or an error: a 202 without the records API's
+    counts is not an acknowledgement (the records may not be anywhere)."""
+    body = answer.json_object()
+    values = [body.get(k) if body is not None else None for k in ("accepted", "sampled")]
+    duplicates = body.get("duplicates", 0) if body is not None else 0
+    numbers = [*values, duplicates]
+    if not all(type(v) is int and v >= 0 for v in numbers) or not (
+        values[1] <= values[0] <= sent  # type: ignore[operator]
+    ):
+        raise MonitorError(
+            f"HTTP 202 for {lines} without the records API's counts (accepted, sampled): "
+            f"{answer.start()}; is the URL a mllm-monitor?"
+        )
+    return int(values[0]), int(values[1]), int(duplicates)  # type: ignore[arg-type]
 
 
 def _retry_after(value: str | None) -> float:
@@ -182,15 +293,36 @@ def _retry_after(value: str | None) -> float:
         seconds = float(value) if value is not None else 1.0
     except ValueError:
         seconds = 1.0
+    if seconds != seconds:  # NaN
+        seconds = 1.0
     return min(MAX_RETRY_WAIT, max(0.05, seconds))
 
 
-def _error_message(body: dict[str, Any]) -> str:
-    error = body.get("error")
+def _error_message(body: dict[str, Any] | None) -> str:
+    error = body.get("error") if body is not None else None
     if not isinstance(error, dict):
         return ""
     where = f"{error.get('field')}: " if error.get("field") else ""
     return f"{where}{error.get('message', '')}"
+
+
+def same_server(url: str, host: str, port: int) -> bool:
+    """True when ``url`` names the configured server itself: its host and port (a server bound
+    to every address is its own on loopback)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    target = (parsed.host or "").lower().strip("[]")
+    configured = host.lower().strip("[]")
+    default = 443 if parsed.scheme == "https" else 80
+    if (parsed.port or default) != port:
+        return False
+    loopback = {"127.0.0.1", "::1", "localhost"}
+    everywhere = {"0.0.0.0", "::", ""}
+    return target == configured or (target in loopback and configured in loopback | everywhere)
 
 
 def register(app: typer.Typer) -> None:
@@ -221,8 +353,31 @@ def register(app: typer.Typer) -> None:
         ] = False,
         token: Annotated[
             str | None,
-            typer.Option("--token", help="Bearer token (default: [server] token of the settings)."),
+            typer.Option(
+                "--token",
+                help="Bearer token. Default: [server] token of the settings, sent only to the "
+                "configured server's own host and port.",
+            ),
         ] = None,
+        max_retries: Annotated[
+            int,
+            typer.Option(
+                "--max-retries",
+                min=0,
+                max=1000,
+                help="Times one batch is sent again after a 429, a 503, a connection error or "
+                "no answer, before the run stops.",
+            ),
+        ] = DEFAULT_MAX_RETRIES,
+        timeout: Annotated[
+            float,
+            typer.Option(
+                "--timeout",
+                min=0.1,
+                max=3600.0,
+                help="Seconds one request may take, from sending to the end of the answer.",
+            ),
+        ] = DEFAULT_TIMEOUT,
         config: ConfigOption = None,
         batch_size: Annotated[
             int, typer.Option("--batch-size", min=1, max=1000, help="Records per request.")
@@ -231,21 +386,28 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Send JSONL traffic to a running monitor (POST /v1/records), exactly once.
 
-        429 / Retry-After are honoured (the same batch is sent again); invalid lines are
-        reported with their line number and skipped (exit 1 at the end).
+        429 / 503 and Retry-After are honoured (the same batch is sent again, at most
+        --max-retries times, said on stderr); invalid lines are reported with their line
+        number and skipped (exit 1 at the end).
         """
         settings = load(config)
+        host, port = settings.server.host, settings.server.port
         if url is None:
-            host, port = settings.server.host, settings.server.port
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        if token is None:
-            token = settings.server.token
         if not url.startswith(("http://", "https://")):
             raise typer.BadParameter("must start with http:// or https://", param_hint="--url")
-        if not file.is_file():
-            raise MonitorError(f"no such file: {file}")
+        if token is None:  # the settings' token is the configured server's, no one else's
+            token = settings.server.token if same_server(url, host, port) else ""
+        input_file(file, "replay file")
         replayer = Replayer(
-            url, token=token, rate=rate, batch=batch_size, stream=stream, shift_time=shift_time
+            url,
+            token=token,
+            rate=rate,
+            batch=batch_size,
+            stream=stream,
+            shift_time=shift_time,
+            timeout=timeout,
+            max_retries=max_retries,
         )
         with Reporter(f"replaying {file.name}", None) as reporter:
             summary = replayer.run(file, reporter)
@@ -256,7 +418,8 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(
                 f"{summary.lines:,} lines: {summary.accepted:,} accepted ({summary.sampled:,} "
-                f"sampled), {summary.invalid:,} invalid, {summary.retries:,} retries, "
+                f"sampled, {summary.duplicates:,} already there), {summary.invalid:,} invalid, "
+                f"{summary.retries:,} retries, "
                 f"{summary.seconds:.1f} s ({summary.rate:.0f} records/s)"
             )
         if summary.invalid:

@@ -73,7 +73,7 @@ def test_replay_delivers_every_record_exactly_once_across_429(workspace: Workspa
         url = _listening_url(log, process, timeout=180)
         result = workspace.cli(
             "replay", str(traffic), "--url", url, "--stream", "replay", "--batch-size", "25",
-            "--json",
+            "--max-retries", "60", "--json",  # the inbox drains at the pace of this machine
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
