@@ -15,8 +15,9 @@ runs, in one process:
 
 SIGTERM or SIGINT: uvicorn stops accepting connections and finishes in-flight requests, then
 the workers drain their batch, the scheduler finishes its window and releases the lock, and the
-database connections close. Readiness checks set here: ``database``, ``encoders``,
-``reference_store:<name>``, ``calibration:<stream>``, ``scheduler``, ``workers``.
+database connections close. Readiness checks set here: ``database`` (probed while serving:
+it answers, and for SQLite has disk space), ``encoders``, ``reference_store:<name>``,
+``calibration:<stream>``, ``scheduler``, ``workers``.
 
 Logs are one JSON object a line (``ts``, ``level``, ``logger``, ``msg`` and any extra fields)
 when stderr is not a terminal, and plain text when it is.
@@ -151,7 +152,9 @@ class Daemon:
         self.repository = open_repository(settings)
         ingest_app, ingest_service, readiness_mod = _import_ingest()
         self.readiness = readiness_mod.Readiness()
-        self.readiness.set("database", True, "schema at head")
+        # Probed at each /readyz (cached ~1 s): a database that goes away must turn it 503.
+        check = readiness_mod.database_check(self.repository.engine)
+        self.readiness.probe("database", readiness_mod.CachedProbe(check))
 
         self.encoders = encoders_from_settings(settings.encoders)
         self.readiness.set(
