@@ -16,7 +16,10 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -61,6 +64,32 @@ def decode_image(
         return _to_rgb(source)
     data = _read_bytes(source, limits, allow_paths=allow_paths, root=root)
     return _decode_bytes(data, limits)
+
+
+def check_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> None:
+    """Validate encoded image bytes as cheaply as the format allows; ImageDecodeError if not.
+
+    For ingest, where the image is only checked (the embedding worker decodes it later):
+    refused formats, the header and the pixel limit as :func:`decode_image` checks them, then
+    the body without building the full image where the format allows it: PNG by walking its
+    chunks and their CRCs (no pixel is inflated), JPEG decoded at 1/8 scale (every scan is
+    still read, so truncation shows, in 1/64 of the memory); other formats decode their first
+    frame. The decoded pixels are released before returning, not left to the garbage
+    collector. A PNG whose chunks are intact but whose compressed pixels are not passes here
+    and is refused by the worker (moved aside, counted ``failed``)."""
+    image = _open(data, limits)
+    try:
+        with _decoding_errors():
+            if image.format == "PNG":
+                image.verify()
+            else:
+                if image.format == "JPEG":
+                    width, height = image.size
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                image.seek(0)
+                image.load()
+    finally:
+        image.close()
 
 
 def image_bytes(
@@ -176,19 +205,37 @@ def _decode_text(text: str, limits: ImageLimits) -> bytes:
 
 
 def _decode_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
+    image = _open(data, limits)
+    with _decoding_errors():
+        image.seek(0)  # first frame of an animation
+        image.load()
+        return _to_rgb(image)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The image behind ``data`` opened (header read, no pixel decoded), within the limits."""
     head = data[:64].lstrip()
     for signature, reason in _REFUSED_SIGNATURES.items():
         if head[: len(signature)].lower() == signature.lower():
             raise ImageDecodeError(reason, field="image")
+    with _decoding_errors():
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    try:
+        _check_pixels(image.size, limits)
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+@contextmanager
+def _decoding_errors() -> Iterator[None]:
+    """PIL's many ways of saying no, as one ImageDecodeError saying why."""
     try:
         with warnings.catch_warnings():
             # PIL warns (and past 2x its limit, raises) on bombs; our own limit decides first.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            _check_pixels(image.size, limits)
-            image.seek(0)  # first frame of an animation
-            image.load()
-            return _to_rgb(image)
+            yield
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -200,7 +247,7 @@ def _decode_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageDecodeError(
             f"image refused as a decompression bomb: {exc}", field="image"
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
         raise ImageDecodeError(f"image is corrupt or truncated: {exc}", field="image") from exc
 
 

@@ -22,10 +22,16 @@ streams and model names must be printable: no control, format or unassigned char
 and U+2066-U+2069, the marks U+200E/U+200F, zero-width characters), no line separators; ids
 also no spaces. They end up in keys, logs and terminals, where such characters hide or reorder
 text. Unknown fields are ignored; wrong types, oversize text
-(``[ingest] max_text_chars``), NUL characters, lone surrogates, undecodable images
-(fully decoded here, so hostile images are refused before they reach the inbox) raise
+(``[ingest] max_text_chars``), NUL characters, lone surrogates, invalid images raise
 :class:`~monitor.errors.InvalidInputError` whose ``field`` names the offending input, prefixed
 with the record's place in a batch (``records[3].timestamp``).
+
+Images are checked as cheaply as their format allows (:func:`~monitor.embedding.images.
+check_image`: header, pixel limit, PNG chunks, JPEG at 1/8 scale), not decoded in full: the
+embedding worker decodes them once, and moves aside the rare one that passed the check but
+does not decode. With ``[encoders.image] kind = "none"`` no image is ever embedded, so an
+image (inline or URL) is dropped here unread: not decoded, not fetched, not kept in the inbox.
+It still counts as the record's content (an image-only record is accepted, with no prompt).
 
 An http(s) image URL is checked against ``[ingest] image_url_hosts`` here and kept in
 ``TrafficRecord.image_url``; fetching it (see :mod:`monitor.ingest.image_urls`) is the caller's
@@ -40,7 +46,7 @@ from datetime import datetime
 from typing import Any
 
 from monitor.config import Settings
-from monitor.embedding.images import ImageLimits, decode_image, image_bytes
+from monitor.embedding.images import ImageLimits, check_image, image_bytes
 from monitor.errors import ImageDecodeError, InvalidInputError, PayloadTooLargeError
 from monitor.ingest.image_urls import check_image_url
 from monitor.records import TrafficRecord
@@ -66,9 +72,10 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def validate_image(data: bytes, *, settings: Settings, field: str = "image") -> bytes:
-    """Decode the image fully (size, format, bomb and truncation checks); returns the bytes."""
+    """Check the image (size, format, bomb and truncation checks, see ``check_image``);
+    returns the bytes."""
     try:
-        decode_image(data, limits=image_limits(settings))
+        check_image(data, limits=image_limits(settings))
     except ImageDecodeError as exc:
         raise ImageDecodeError(str(exc), field=field) from exc
     return data
@@ -117,7 +124,7 @@ def parse_record(obj: Any, *, settings: Settings, now: datetime, where: str = ""
         prompt = _text(obj.get("prompt"), _at(where, "prompt"), limit)
         image_value, image_field = obj.get("image"), _at(where, "image")
     image, image_url = _image(image_value, image_field, settings)
-    if not prompt and image is None and image_url is None:
+    if not prompt and image_value is None:
         raise InvalidInputError(
             "a record needs a prompt, an image, or both", field=_at(where, "prompt")
         )
@@ -337,6 +344,8 @@ def _image(value: Any, field: str, settings: Settings) -> tuple[bytes | None, st
             f'image must be a data URL, base64 text or {{"url": ...}}, not {_type_name(value)}',
             field=field,
         )
+    if settings.encoders.image.kind == "none":
+        return None, None  # no encoder would use it: not decoded, fetched or kept
     text = value.strip()
     if "://" in text[:16] and not text.startswith("data:"):
         check_image_url(text, settings.ingest.image_url_hosts, field=field)
