@@ -24,7 +24,8 @@
   dependence between the terms; a min-p null over the shared pseudo-windows would lose less
   power when terms are correlated, but needs many more trials to resolve its own alpha tail.
 * The OOD fraction is tested with a binomial tail: each fresh ID sample is flagged with
-  probability 1 - TPR (the store's leave-one-out threshold), valid for any window size.
+  probability 1 - TPR (the store's leave-one-out threshold), valid for any window size; the
+  count is over the samples that have an OOD score (``ood_scored``), not extrapolated to all.
 * The bound (scale-adjusted) is tested at ``alpha`` against the bound of each calibration
   trial's term values, with the same terms present as in the window; it is the input of the
   critical rule (k of m windows), not of the warning.
@@ -139,6 +140,7 @@ def assess_window(
     alpha: float,
     ood_flag_rate: float | None = None,
     window_nulls: Mapping[str, TermNull] | None = None,
+    ood_scored: int | None = None,
 ) -> WindowAssessment:
     """p-values, thresholds and the warning of one window (``values`` from WindowStatistics).
 
@@ -146,6 +148,9 @@ def assess_window(
     OOD threshold); None reads it from the calibration, and without either OOD is not tested.
     ``window_nulls``: nulls drawn for this very window (terms and ``bound``; a permutation
     calibration, :mod:`monitor.reference.permutation`), read instead of the calibration's.
+    ``ood_scored``: how many samples ``ood_fraction`` is over (those with an OOD score; None:
+    all n). The binomial test counts flags among them: extrapolating a fraction of a few scored
+    samples to all n would make 2 flags of 10 look like 80 of 400.
     """
     counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
     p_values: dict[str, float | None] = dict.fromkeys(ASSESSED)
@@ -166,7 +171,8 @@ def assess_window(
                 p_values[term] = null.p_value(value)
     if ood_flag_rate is None and calibration is not None:
         ood_flag_rate = calibration.get("ood_flag_rate")
-    ood_tested = ood_fraction is not None and ood_flag_rate is not None and n >= 1
+    scored = n if ood_scored is None else ood_scored
+    ood_tested = ood_fraction is not None and ood_flag_rate is not None and scored >= 1
     tests = len(nulls) + int(ood_tested)
     level = alpha / tests if tests else None
     if level is not None and calibration is not None and nulls:
@@ -185,10 +191,10 @@ def assess_window(
     ood_threshold, ood_significant = None, False
     if ood_tested and level is not None:
         assert ood_fraction is not None and ood_flag_rate is not None
-        k = binomial_count_threshold(n, float(ood_flag_rate), level)
+        k = binomial_count_threshold(scored, float(ood_flag_rate), level)
         if k is not None:
-            ood_threshold = (k - 1) / n
-            ood_significant = round(ood_fraction * n) >= k
+            ood_threshold = (k - 1) / scored
+            ood_significant = round(ood_fraction * scored) >= k
     bound_significant: bool | None = None
     bound_value = values.get("bound_scale_adjusted")
     if calibration is not None and bound_value is not None:

@@ -430,3 +430,37 @@ def test_a_level_equal_to_the_smallest_p_value_cannot_fire(
     )
     assert a.p_values["bound"] == 1 / 201
     assert a.thresholds["bound"] is None and a.bound_significant is False
+
+
+def test_ood_test_counts_flags_among_the_scored_samples_only() -> None:
+    """A window of 400 whose first 10 samples only have an OOD score (a store added during
+    the window): 2 flags of 10 at a 5% rate is not significant, though 20% of 400 would be."""
+    n, scored, rate = 400, 10, 0.05
+    k = exact_ood_count_threshold(scored, rate, ALPHA)
+    assert k == 3
+    for flagged in range(scored + 1):
+        a = assess_window(
+            None,
+            {},
+            n=n,
+            n_images=0,
+            n_references=0,
+            ood_fraction=flagged / scored,
+            ood_flag_rate=rate,
+            alpha=ALPHA,
+            ood_scored=scored,
+        )
+        assert a.ood_significant is (flagged >= k), flagged
+        assert a.ood_threshold == pytest.approx((k - 1) / scored)
+    unscored = assess_window(
+        None,
+        {},
+        n=n,
+        n_images=0,
+        n_references=0,
+        ood_fraction=None,
+        ood_flag_rate=rate,
+        alpha=ALPHA,
+        ood_scored=0,
+    )
+    assert unscored.tests == 0 and not unscored.ood_significant
