@@ -13,10 +13,18 @@ What the client gets is what the upstream sent: status, headers (less the hop-by
 which belong to each connection) and body bytes, upstream errors included. The upstream gets
 the client's request as it came: method, path, query, headers (less the hop-by-hop ones) and
 body; nothing is added (no default user agent or accept-encoding) and nothing is kept between
-requests (no cookie jar). An SSE stream is relayed chunk by chunk as it arrives, never buffered,
-and the upstream request is abandoned when the client hangs up; a whole answer (JSON) is read
-and sent in one piece. The sidecar answers by itself only when it cannot reach the upstream at
-all: 502 (or 504 on a timeout) with an OpenAI-style error.
+requests (no cookie jar). A request body within ``[proxy] max_sample_bytes`` is read whole; a
+larger one (or one of unknown length) is streamed to the upstream as it arrives, never held. An
+SSE stream is relayed chunk by chunk as it arrives, never buffered; a whole answer (JSON) is read
+and sent in one piece. A client that hangs up (waiting for an answer, or mid-stream) ends the
+upstream request. An upstream that answers before the body is sent (an early 413) has its
+answer relayed. The sidecar answers by itself only when a request is over ``[proxy]
+max_body_bytes`` (413, on its Content-Length before reading, or as it arrives) or when it
+cannot reach the upstream at all: 502 (or 504 on a timeout), all with an OpenAI-style error. An
+upstream that breaks off an SSE answer gets the stream ended with an OpenAI-style error event
+(``data: {"error": ...}``, which OpenAI clients raise), never a clean ``[DONE]``. A client or an
+upstream that breaks off is an ordinary event: one warning line, and a lost sample counted
+``aborted``.
 
 Sampling is off the request path and fails open. The complete exchange (request body, answer
 bytes) goes on a bounded in-memory queue that a background task drains into
@@ -25,7 +33,14 @@ one hand-off to the thread per batch, not per exchange); the response has been r
 A full queue, a full inbox, a database outage or a monitor bug never changes, fails or delays
 what the client receives: the loss is counted in ``proxy_fail_open{reason}`` and as a
 ``dropped`` record (``invalid`` exchanges, which cannot become a record, count as
-``rejected``).
+``rejected``). An exchange whose request or (inflated) answer is over ``[proxy]
+max_sample_bytes`` passes unsampled, counted ``too_large``: a compressed answer is inflated
+with that cap, never whole.
+
+Sample ids: the upstream's completion id while it is new, so that a late reference can be
+posted under the id the client saw; a completion id the sidecar has seen recently (it keeps the
+last 16,384) or that is stored already gets an id of the sidecar's own,
+``<completion id>~<8 hex digits>``: an upstream that reuses ids never merges exchanges.
 
 ``[proxy] upstream`` is the inference server's root URL (``http://127.0.0.1:8000``); the request
 path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accepted too.
@@ -35,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import secrets
+import threading
 import time
-import zlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -54,6 +70,20 @@ from starlette.types import Receive, Scope, Send
 from monitor.config import Settings
 from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
 from monitor.ingest.parsing import parse_record
+from monitor.ingest.proxy_body import (
+    AnswerTooLargeError,
+    BodyTooLargeError,
+    ClientGoneError,
+    RequestBody,
+    assemble_json,
+    assemble_sse,
+    broken_event,
+    cancelled_on_hang_up,
+    declared_body,
+    decoded,
+    json_object,
+    upstream_transport,
+)
 from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
@@ -89,6 +119,10 @@ _SUBMIT_BATCH = 64
 _SUBMIT_LINGER_SECONDS = 0.05
 
 
+# Completion ids remembered to tell a reused one (an upstream answering chatcmpl-CONSTANT).
+_RECENT_IDS = 16_384
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """A completed chat completion as it passed through: what sampling starts from."""
@@ -98,6 +132,45 @@ class Exchange:
     content_type: str
     content_encoding: str
     received_at: datetime
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One request on its way through: its body, and whether its answer is to be sampled."""
+
+    body: RequestBody
+    sample: bool  # the route samples (chat completions)
+    sampled: bool = False  # ... and the upstream said 200
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class _RecentIds:
+    """A bounded memory of completion ids: a new one is used as it is, a repeated one gets a
+    random suffix (thread-safe: sampling threads call it)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def unique(self, completion_id: str) -> str:
+        with self._lock:
+            if completion_id not in self._seen:
+                self._remember(completion_id)
+                return completion_id
+        return self.own(completion_id)
+
+    def own(self, completion_id: str) -> str:
+        """An id of the sidecar's own for an exchange whose completion id is taken."""
+        own = f"{completion_id}~{secrets.token_hex(4)}"
+        with self._lock:
+            self._remember(own)
+        return own
+
+    def _remember(self, key: str) -> None:
+        self._seen[key] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
 
 
 class SidecarProxy:
@@ -134,13 +207,9 @@ class SidecarProxy:
         # them with other callers' requests, and cost more CPU per request. Redirects are the
         # upstream's answer and reach the client as they are; no env proxy is ever used.
         self._own_transport = transport is None
-        self.transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=proxy.max_connections,
-                max_keepalive_connections=proxy.max_connections,
-            ),
-            trust_env=False,
-        )
+        self.transport = transport or upstream_transport(proxy.max_connections)
+        self._max_body_bytes = proxy.max_body_bytes
+        self._recent_ids = _RecentIds(_RECENT_IDS)
         # Read-only, shared by every request (the transport reads the "timeout" extension).
         self._timeout = httpx.Timeout(
             proxy.timeout.total_seconds(), connect=proxy.connect_timeout.total_seconds()
@@ -189,7 +258,6 @@ class SidecarProxy:
         """Relay one request to the upstream and its response back, unchanged."""
         started = time.perf_counter()
         self._forwarded[route].inc()
-        body = await request.body()
         scope = request.scope
         url = self._url(scope.get("raw_path") or scope["path"].encode(), scope["query_string"])
         if url is None:
@@ -200,116 +268,149 @@ class SidecarProxy:
                 "routes on the upstream)",
                 error_type="invalid_request_error",
             )
+        headers = _forwardable(scope["headers"], _NOT_FORWARDED_UPSTREAM_BYTES)
+        declared, chunked = declared_body(scope["headers"])
+        if declared is not None and declared > self._max_body_bytes:
+            return self._too_large(declared)
+        body = RequestBody(
+            request, limit=self._max_body_bytes, keep=self._max_sample_bytes if sample else 0
+        )
+        content: bytes | RequestBody
+        try:
+            if declared is None and not chunked:
+                content = await body.read()  # no body (b""): its one empty message
+            elif declared is not None and declared <= self._max_sample_bytes:
+                content = await body.read()  # small: one piece, with its length
+            else:
+                # Large, or of unknown length: streamed to the upstream as it arrives, never
+                # held (only a sampling copy, while it is within max_sample_bytes).
+                content = body
+                if declared is not None:
+                    headers.append((b"content-length", str(declared).encode()))
+        except BodyTooLargeError:
+            return self._too_large(None)
+        except ClientGoneError as exc:
+            return self._aborted(sample, str(exc))
         upstream_request = httpx.Request(
             scope["method"],
             url,
-            headers=_forwardable(scope["headers"], _NOT_FORWARDED_UPSTREAM_BYTES),
-            content=body,
+            headers=headers,
+            content=content,
             extensions={"timeout": self._timeout},
         )
         sent = time.perf_counter()
-        try:
-            upstream = await self.transport.handle_async_request(upstream_request)
-        except httpx.TimeoutException as exc:
-            return _sidecar_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
-        except httpx.HTTPError as exc:
-            return _sidecar_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
-        answered = time.perf_counter()
-        request_body = body if sample and upstream.status_code == 200 else None
-        received_at = datetime.now(UTC) if request_body is not None else None
-        headers = _forwardable(upstream.headers.raw, _HOP_BY_HOP_BYTES)
-        response: Response
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            # A stream is relayed chunk by chunk as it arrives.
-            response = _Relayed(
-                lambda receive, send: self._relay(
-                    upstream, headers, request_body, received_at, receive, send
-                )
-            )
-        else:
-            # A whole answer (JSON, an error) is read and sent in one piece: the client cannot
-            # use half of it, and one piece costs the sidecar less than a relay.
-            try:
-                content = b"".join([chunk async for chunk in _raw_body(upstream)])
-            except httpx.HTTPError as exc:
-                return _sidecar_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
-            finally:
-                await upstream.aclose()
-            answered = time.perf_counter()
-            if not any(key.lower() == b"content-length" for key, _ in headers):
-                headers.append((b"content-length", str(len(content)).encode()))
-            response = _Whole(upstream.status_code, headers, content)
-            if request_body is not None and received_at is not None:
-                self._offer_answer(upstream, request_body, content, received_at)
+        exchange = _Exchange(body, sample)
+        async with cancelled_on_hang_up(request.receive, body) as hang_up:
+            result = await self._exchange(upstream_request, exchange)
+        if hang_up.hung_up:
+            return self._aborted(sample, "the client went away before the answer came")
+        response, answered = result
         self.metrics.proxy_added_latency_seconds.observe(
             (sent - started) + (time.perf_counter() - answered)
         )
         return response
 
+    async def _exchange(
+        self, upstream_request: httpx.Request, exchange: _Exchange
+    ) -> tuple[Response, float]:
+        """Send the request; the response to relay and when the sidecar had it."""
+        try:
+            upstream = await self.transport.handle_async_request(upstream_request)
+        except BodyTooLargeError:
+            return self._too_large(None), time.perf_counter()
+        except ClientGoneError as exc:
+            return self._aborted(exchange.sample, str(exc)), time.perf_counter()
+        except httpx.TimeoutException as exc:
+            error = _sidecar_error(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
+            return error, time.perf_counter()
+        except httpx.HTTPError as exc:
+            error = _sidecar_error(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
+            return error, time.perf_counter()
+        answered = time.perf_counter()
+        exchange.sampled = exchange.sample and upstream.status_code == 200
+        exchange.received_at = datetime.now(UTC)
+        headers = _forwardable(upstream.headers.raw, _HOP_BY_HOP_BYTES)
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            # A stream is relayed chunk by chunk as it arrives.
+            relayed = _Relayed(
+                lambda receive, send: self._relay(upstream, headers, exchange, receive, send)
+            )
+            return relayed, answered
+        # A whole answer (JSON, an error) is read and sent in one piece: the client cannot use
+        # half of it, and one piece costs the sidecar less than a relay.
+        try:
+            content = b"".join([chunk async for chunk in _raw_body(upstream)])
+        except httpx.HTTPError as exc:
+            self._warn_aborted(exchange.sampled, f"the upstream broke off its answer: {exc!r}")
+            error = _sidecar_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
+            return error, time.perf_counter()
+        finally:
+            await upstream.aclose()
+        answered = time.perf_counter()
+        if not any(key.lower() == b"content-length" for key, _ in headers):
+            headers.append((b"content-length", str(len(content)).encode()))
+        if exchange.sampled:
+            self._offer_answer(upstream, exchange, content)
+        return _Whole(upstream.status_code, headers, content), answered
+
     async def _relay(
         self,
         upstream: httpx.Response,
         headers: list[tuple[bytes, bytes]],
-        request_body: bytes | None,
-        received_at: datetime | None,
+        exchange: _Exchange,
         receive: Receive,
         send: Send,
     ) -> None:
         """Send the upstream's body bytes on as they arrive; offer the exchange for sampling
         once the answer is complete. A client that hangs up mid-answer cancels the relay: the
         upstream request is closed (the inference server can stop generating) and there is
-        nothing to sample."""
-        relaying = asyncio.current_task()
-        if relaying is None:
-            raise RuntimeError("the SSE relay runs outside a task")
-        finished = False
-        hung_up = False
-
-        async def watch_for_hang_up() -> None:
-            nonlocal hung_up
-            # The body has been read: the next message is the disconnect (also sent once the
-            # response is complete, which ``finished`` tells apart).
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not finished:
-                hung_up = True
-                relaying.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch_for_hang_up())
-        parts: list[bytes] | None = [] if request_body is not None else None
+        nothing to sample. An upstream that breaks off mid-answer gets the stream ended with
+        an OpenAI-style error event (an OpenAI client raises it), not a clean end."""
+        parts: list[bytes] | None = [] if exchange.sampled else None
         size = 0
-        try:
-            await send(
-                {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
-            )
-            async for chunk in _raw_body(upstream):
-                if parts is not None:
-                    size += len(chunk)
-                    if size > self._max_sample_bytes:
-                        parts = None
-                        self._lose("invalid", "answer larger than [proxy] max_sample_bytes")
-                    else:
-                        parts.append(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            # Ours (the client has gone) is done with; one from elsewhere too (the server
-            # shutting down) goes on.
-            if not hung_up or relaying.uncancel() > 0:
-                raise
-            return
-        finally:
-            watcher.cancel()
-            await upstream.aclose()
-        if parts is not None and request_body is not None and received_at is not None:
-            self._offer_answer(upstream, request_body, b"".join(parts), received_at)
+        broken: str | None = None
+        async with cancelled_on_hang_up(receive, None) as hang_up:
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": upstream.status_code,
+                        "headers": headers,
+                    }
+                )
+                try:
+                    async for chunk in _raw_body(upstream):
+                        if parts is not None:
+                            size += len(chunk)
+                            if size > self._max_sample_bytes:
+                                parts = None
+                                self._lose("too_large", "answer over [proxy] max_sample_bytes")
+                            else:
+                                parts.append(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    broken = f"the upstream broke off its answer: {exc!r}"
+                    hang_up.done = True
+                    await send({"type": "http.response.body", "body": broken_event(exc)})
+                else:
+                    hang_up.done = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                await upstream.aclose()
+        if hang_up.hung_up:
+            self._warn_aborted(exchange.sampled and parts is not None, "the client hung up")
+        elif broken is not None:
+            self._warn_aborted(exchange.sampled and parts is not None, broken)
+        elif parts is not None:
+            self._offer_answer(upstream, exchange, b"".join(parts))
 
-    def _offer_answer(
-        self, upstream: httpx.Response, request_body: bytes, answer: bytes, received_at: datetime
-    ) -> None:
+    def _offer_answer(self, upstream: httpx.Response, exchange: _Exchange, answer: bytes) -> None:
         if len(answer) > self._max_sample_bytes:
-            self._lose("invalid", "answer larger than [proxy] max_sample_bytes")
+            self._lose("too_large", "answer over [proxy] max_sample_bytes")
+            return
+        request_body = exchange.body.kept()
+        if request_body is None:
+            self._lose("too_large", "request over [proxy] max_sample_bytes")
             return
         self._offer(
             Exchange(
@@ -317,9 +418,29 @@ class SidecarProxy:
                 response_body=answer,
                 content_type=upstream.headers.get("content-type", ""),
                 content_encoding=upstream.headers.get("content-encoding", "identity"),
-                received_at=received_at,
+                received_at=exchange.received_at,
             )
         )
+
+    def _too_large(self, size: int | None) -> Response:
+        shown = f"{size:,} bytes" if size is not None else "over the limit"
+        return _sidecar_error(
+            413,
+            "payload_too_large",
+            f"the request body is {shown}; the limit is {self._max_body_bytes:,} bytes "
+            "([proxy] max_body_bytes)",
+            error_type="invalid_request_error",
+        )
+
+    def _aborted(self, sample: bool, detail: str) -> Response:
+        """What a client that has gone gets (nobody reads it); one warning, counted."""
+        self._warn_aborted(sample, detail)
+        return _sidecar_error(499, "client_closed_request", detail, error_type="client_error")
+
+    def _warn_aborted(self, lost_sample: bool, detail: str) -> None:
+        log.warning("sidecar: exchange broken off: %s", detail)
+        if lost_sample:
+            self._lose("aborted", detail)
 
     def _url(self, raw_path: bytes, query: bytes) -> httpx.URL | None:
         """The upstream URL of a request: the path as the client sent it (still escaped). None
@@ -411,6 +532,8 @@ class SidecarProxy:
             time.sleep(0)
             try:
                 records.append(self.exchange_to_record(exchange))
+            except AnswerTooLargeError as exc:
+                self._lose("too_large", str(exc))
             except InvalidInputError as exc:
                 self._lose("invalid", str(exc))
             except Exception:
@@ -420,7 +543,7 @@ class SidecarProxy:
 
     def _submit(self, records: list[TrafficRecord]) -> None:
         try:
-            self.ingest.submit(records)
+            self.ingest.submit(self._fresh_ids(records))
         except InboxFullError:
             self._lose("inbox_full", "the inbox is full", len(records))
         except StorageError as exc:
@@ -432,10 +555,27 @@ class SidecarProxy:
             log.exception("sidecar: submitting sampled exchanges failed")
             self._lose("internal_error", "submit failed", len(records))
 
+    def _fresh_ids(self, records: list[TrafficRecord]) -> list[TrafficRecord]:
+        """Records whose completion id is stored already (reused by the upstream before this
+        process began remembering ids) get an id of the sidecar's own instead of being
+        refused as duplicates (one indexed look-up per batch)."""
+        known = self.ingest.repository.locate_records([record.id for record in records])
+        if not known:
+            return records
+        return [
+            replace(record, id=self._recent_ids.own(record.id)) if record.id in known else record
+            for record in records
+        ]
+
     def exchange_to_record(self, exchange: Exchange) -> TrafficRecord:
-        """The record of an exchange: the request's messages, the assembled answer."""
-        request = _json_object(exchange.request_body, "request")
-        body = _decoded(exchange.response_body, exchange.content_encoding)
+        """The record of an exchange: the request's messages, the assembled answer.
+
+        Its id is the upstream's completion id while that is new (a late reference can be
+        posted under the id the client saw); an id seen among the last few thousand exchanges
+        gets a suffix of the sidecar's own, ``<completion id>~<8 hex>``, so an upstream that
+        reuses ids never merges two exchanges into one sample."""
+        request = json_object(exchange.request_body, "request")
+        body = decoded(exchange.response_body, exchange.content_encoding, self._max_sample_bytes)
         if exchange.content_type.startswith("text/event-stream"):
             answer, meta = assemble_sse(body)
         else:
@@ -447,8 +587,7 @@ class SidecarProxy:
             "response": answer,
         }
         if isinstance(meta.get("id"), str) and meta["id"]:
-            # The completion id the client saw: a late reference can be posted under it.
-            record["id"] = meta["id"]
+            record["id"] = self._recent_ids.unique(meta["id"])
         return parse_record(record, settings=self.settings, now=exchange.received_at)
 
     def _lose(self, reason: str, detail: str, count: int = 1) -> None:
@@ -490,79 +629,6 @@ def build_proxy_router(
     router = proxy.router
     router.proxy = proxy  # type: ignore[attr-defined]
     return router
-
-
-# -- answers ------------------------------------------------------------------------------
-
-
-def assemble_json(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The first choice's message content of a non-streamed chat completion."""
-    data = _json_object(body, "response")
-    content = _first_choice(data).get("message", {}).get("content")
-    return _text(content), data
-
-
-def assemble_sse(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The first choice's concatenated ``delta.content`` of a streamed chat completion."""
-    parts: list[str] = []
-    meta: dict[str, Any] = {}
-    for raw_line in body.decode("utf-8", errors="replace").splitlines():
-        line = raw_line.strip()
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]" or not payload:
-            continue
-        chunk = _json_object(payload.encode(), "response")
-        for key in ("id", "model"):
-            if key not in meta and isinstance(chunk.get(key), str):
-                meta[key] = chunk[key]
-        for choice in chunk.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                delta = choice.get("delta") or {}
-                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                    parts.append(delta["content"])
-    return "".join(parts), meta
-
-
-def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise InvalidInputError("the answer has no choices", field="choices")
-    first: dict[str, Any] = choices[0]
-    return first
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    raise InvalidInputError("the answer has no text content", field="choices.0.message.content")
-
-
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"the {what} is not JSON: {exc}", field=what) from exc
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"the {what} is not a JSON object", field=what)
-    return data
-
-
-def _decoded(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    try:
-        if encoding in ("", "identity"):
-            return body
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise InvalidInputError(f"the answer's {encoding} body is corrupt: {exc}") from exc
-    raise InvalidInputError(f"cannot read an answer with content-encoding {encoding!r}")
 
 
 # -- responses, headers and URLs ----------------------------------------------------------
@@ -637,4 +703,11 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in segments)
 
 
-__all__ = ["HOP_BY_HOP", "Exchange", "SidecarProxy", "assemble_sse", "build_proxy_router"]
+__all__ = [
+    "HOP_BY_HOP",
+    "Exchange",
+    "SidecarProxy",
+    "assemble_json",
+    "assemble_sse",
+    "build_proxy_router",
+]
