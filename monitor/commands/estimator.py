@@ -12,6 +12,7 @@ import typer
 from monitor.commands._common import (
     ConfigOption,
     StoreOption,
+    echo,
     open_configured_store,
     progress_bar,
 )
@@ -50,7 +51,7 @@ def estimator_train(
             seed=seed,
             on_epoch=lambda report: progress.update(task, completed=report.epoch),
         )
-    typer.echo(
+    echo(
         f"trained CLUB for store {store.name!r}: best epoch {model.metadata['best_epoch']}, "
         f"held-out log-likelihood {model.metadata['holdout_loglik']:.3f}"
     )
@@ -71,7 +72,7 @@ def estimator_import(
 
     _, store = open_configured_store(config, reference)
     model = import_store_estimator(store, path)
-    typer.echo(
+    echo(
         f"imported CLUB {model.x_dim}->{model.y_dim} (hidden {model.hidden}) into store "
         f"{store.name!r}"
     )
@@ -145,9 +146,9 @@ def calibrate(
             window_fraction=window_fraction,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    typer.echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")
+    echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")
     for term, reason in data.get("uncalibrated", {}).items():
-        typer.echo(f"  {term}: not calibrated ({reason})")
+        echo(f"  {term}: not calibrated ({reason})")
 
 
 def register(app: typer.Typer) -> None:

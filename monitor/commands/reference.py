@@ -10,6 +10,7 @@ import typer
 
 from monitor.commands._common import (
     ConfigOption,
+    echo,
     load_for_compute,
     progress_bar,
     stage_reporter,
@@ -95,7 +96,7 @@ def reference_build(
             replace=replace,
             progress=stage_reporter(progress),
         )
-    typer.echo(
+    echo(
         f"built reference store {store.name!r} at {store.path}: {len(store.ids)} records, "
         f"kinds {', '.join(store.kinds)}"
     )
@@ -136,16 +137,16 @@ def reference_show(
         "differences": differences or [],
     }
     if as_json:
-        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        echo(json.dumps(manifest, indent=2, sort_keys=True))
         return
     ood = store.ood
-    typer.echo(f"reference store {store.name!r} at {store.path} (checksums verified)")
-    typer.echo(f"  records:      {manifest['records']} (built {manifest['created_at']})")
-    typer.echo(
+    echo(f"reference store {store.name!r} at {store.path} (checksums verified)")
+    echo(f"  records:      {manifest['records']} (built {manifest['created_at']})")
+    echo(
         f"  encoders:     image {manifest['encoders']['image']}, "
         f"text {manifest['encoders']['text']}, fusion {manifest['fusion']}"
     )
-    typer.echo(
+    echo(
         "  configured:   "
         + (
             "not compared (--no-encoders)"
@@ -157,7 +158,7 @@ def reference_show(
     )
     for kind in store.kinds:
         index = manifest["index"][kind]
-        typer.echo(
+        echo(
             f"  {kind + ':':<13} {manifest['counts'][kind]} x {manifest['dims'][kind]}, "
             f"{index['kind']} index"
             + (
@@ -166,10 +167,8 @@ def reference_show(
                 else ""
             )
         )
-    typer.echo(
-        f"  OOD:          k = {ood['k']}, threshold {ood['threshold']:.4f} at TPR {ood['tpr']}"
-    )
-    typer.echo(
+    echo(f"  OOD:          k = {ood['k']}, threshold {ood['threshold']:.4f} at TPR {ood['tpr']}")
+    echo(
         "  calibration:  "
         + (
             describe_calibration(calibration)
@@ -178,7 +177,7 @@ def reference_show(
         )
     )
     estimator = manifest.get("estimator")
-    typer.echo(
+    echo(
         "  estimator:    "
         + (
             f"CLUB {estimator['x_dim']}->{estimator['y_dim']} (hidden {estimator['hidden']}), "

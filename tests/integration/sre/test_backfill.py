@@ -232,3 +232,65 @@ def test_report_png_and_html(workspace: Workspace, backfilled: dict[str, Any]) -
     for window in backfilled["windows"]:
         assert f"<td>{window.id}</td>" in text
     assert "http" not in text.replace("mllm-monitor", "")  # self-contained: nothing fetched
+
+
+def test_hostile_lines_are_invalid_lines_not_the_end_of_the_run(
+    workspace: Workspace, backfilled: dict[str, Any]
+) -> None:
+    start = BASE + timedelta(days=5)
+    records = window_records(workspace.mme[320:326], start, prefix="hostile")
+    lines = [json.dumps(r) for r in records]
+    lines[1] = json.dumps({**records[1], "timestamp": "0001-01-01T00:00:00+01:00"})
+    lines[2] = json.dumps({**records[2], "timestamp": "9999-12-31T23:59:59-01:00"})
+    lines[3] = json.dumps({**records[3], "timestamp": 10**400})  # too large for a float
+    lines[4] = "[" * 100_000 + "]" * 100_000  # RecursionError in the JSON parser
+    path = workspace.root / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = workspace.cli("backfill", "--from-jsonl", str(path), "--stream", "drill")
+    assert result.exit_code == 1, result.output  # invalid lines: 1, not 3
+    assert "unexpected" not in result.output and "Traceback" not in result.output
+    for number in (2, 3, 4, 5):
+        assert f"invalid line {number}:" in result.stderr, result.stderr
+    repository = workspace.repository()
+    try:
+        assert repository.locate_records(["hostile-0", "hostile-5"]) == {
+            "hostile-0": "sample",
+            "hostile-5": "sample",
+        }
+    finally:
+        repository.close()
+
+
+def test_windows_explain_escapes_stored_ids(
+    workspace: Workspace, backfilled: dict[str, Any]
+) -> None:
+    """Rows stored before ids were checked may hold C1 controls and bidi overrides: explain
+    shows them escaped, never raw to the terminal."""
+    import sqlite3
+
+    mixed = backfilled["windows"][MIXED]
+    hostile = "\u202e\x9b31m"
+    db = sqlite3.connect(workspace.root / "monitor.db")
+    rename = [
+        "PRAGMA foreign_keys = OFF",
+        "UPDATE samples SET id = id || ? WHERE id LIKE 'mix-shift-%'",
+        "UPDATE embeddings SET sample_id = sample_id || ? WHERE sample_id LIKE 'mix-shift-%'",
+    ]
+    try:
+        for statement in rename:
+            db.execute(statement, () if "PRAGMA" in statement else (hostile,))
+        db.commit()
+        result = workspace.cli("windows", "explain", str(mixed.id), "--top-k", "3")
+        assert result.exit_code == 0, result.output
+        assert "\u202e" not in result.stdout and "\x9b" not in result.stdout
+        assert "mix-shift-" in result.stdout and "\\u202e\\x9b31m" in result.stdout
+    finally:
+        db.execute("PRAGMA foreign_keys = OFF")
+        for table, column in (("samples", "id"), ("embeddings", "sample_id")):
+            db.execute(
+                f"UPDATE {table} SET {column} = substr({column}, 1, length({column}) - ?) "
+                f"WHERE {column} LIKE ?",
+                (len(hostile), f"%{hostile}"),
+            )
+        db.commit()
+        db.close()

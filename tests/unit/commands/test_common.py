@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.commands._common import parse_time_arg
+from monitor.commands._common import one_line, parse_time_arg, printable
 from monitor.commands.backfill import content_id, read_lines
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -55,3 +55,30 @@ def test_lines_split_on_newline_only(tmp_path: Path) -> None:
     assert [n for n, _ in lines] == [1, 3, 5]
     assert lines[0][1].decode() == '{"prompt": "a\u2028b"}'
     assert lines[1][1].decode() == '{"prompt": "c\u2029d\rx"}'
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain id-1", "plain id-1"),
+        ("csi\x9b31mred", "csi\\x9b31mred"),  # C1 control: a one-byte CSI on many terminals
+        ("abc\u202edcba", "abc\\u202edcba"),  # right-to-left override
+        ("isolate\u2066x\u2069", "isolate\\u2066x\\u2069"),
+        ("esc\x1b[2J", "esc\\x1b[2J"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("line\nbreak\ttab", "line\\nbreak\\ttab"),
+        ("café 中文 ü", "café 中文 ü"),  # printable non-ASCII stays as it is
+    ],
+)
+def test_printable_escapes_what_a_terminal_would_act_on(text: str, shown: str) -> None:
+    assert printable(text) == shown
+    assert one_line(text).replace(" ", "") == printable(" ".join(text.split())).replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1" + "0" * 400, "1e400", "nan"],
+)
+def test_times_out_of_range_are_value_errors(text: str) -> None:
+    with pytest.raises(ValueError, match=r"range|too long|plausible|1970|9000"):
+        parse_time_arg(text, now=NOW)
