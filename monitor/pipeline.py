@@ -24,8 +24,10 @@
   warning, the bound's significance) and :func:`monitor.risk.assess_risk` (k of m windows).
   Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
   without calibration gets values and null p-values.
-* Write: one idempotent upsert (same key, same row); a risk transition row when the stream's
-  level changes; the Prometheus gauges of the stream's newest sufficient window (None -> NaN).
+* Write: one transaction (``Windows.store_window``): the idempotent upsert (same key, same
+  row) and the risk transition when the stream's level changes (read under a per-stream lock,
+  so a failure between the two or a second writer cannot break the chain); then the Prometheus
+  gauges of the stream's newest sufficient window (None -> NaN).
 
 The pure part, :meth:`StreamModel.estimate`, takes a :class:`WindowData` and no IO.
 """
@@ -39,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +63,9 @@ from monitor.reference.permutation import (
 )
 from monitor.reference.window_stats import store_arrays
 from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
+
+if TYPE_CHECKING:
+    from monitor.store._windows import StoredWindow
 
 log = logging.getLogger("monitor.pipeline")
 
@@ -327,7 +332,6 @@ class WindowPipeline:
         self._models: dict[str, StreamModel] = {}
         self._shown: dict[str, datetime] = {}  # start of the window the gauges show
         self._last_end: dict[str, datetime] = {}
-        self._reasons: dict[str, str] = {}  # why the last computed window got its level
 
     def model(self, stream: str) -> StreamModel:
         if stream not in self._models:
@@ -356,13 +360,14 @@ class WindowPipeline:
             max_samples=self.settings.windows.max_compute_samples,
             ood_threshold=model.ood_threshold,
         )
+        reason = ""  # why the window got its level (a transition's reason)
         if data is None or data.n < self.settings.windows.min_samples:
             result = _insufficient(key, data, model, computed_at)
         else:
-            result = self._sufficient(key, data, model, computed_at)
-        window_id = self.repository.upsert_window(result)
-        result = _with_id(result, window_id)
-        self._after_store(result, model)
+            result, reason = self._sufficient(key, data, model, computed_at)
+        stored = self.repository.windows.store_window(result, reason=reason)
+        result = _with_id(result, stored.id)
+        self._after_store(result, stored, reason)
         elapsed = time.perf_counter() - started
         self.metrics.window_compute_seconds.labels(stream=key.stream).observe(elapsed)
         self.metrics.windows.labels(stream=key.stream, status=result.status).inc()
@@ -382,7 +387,7 @@ class WindowPipeline:
 
     def _sufficient(
         self, key: WindowKey, data: WindowData, model: StreamModel, computed_at: datetime
-    ) -> WindowResult:
+    ) -> tuple[WindowResult, str]:
         estimate = model.estimate(data, seed=_window_seed(key))
         assessment, values = estimate.assessment, estimate.values
         previous = [
@@ -402,8 +407,7 @@ class WindowPipeline:
             reasons=estimate.reasons,
         )
         decision = assess_risk(signals, previous, self.policy)
-        self._reasons[key.stream] = decision.reason
-        return WindowResult(
+        result = WindowResult(
             key=key,
             n=data.n,
             n_images=data.n_images,
@@ -429,40 +433,32 @@ class WindowPipeline:
             bound_significant=assessment.bound_significant,
             ood_threshold=assessment.ood_threshold,
         )
+        return result, decision.reason
 
-    def _after_store(self, result: WindowResult, model: StreamModel) -> None:
+    def _after_store(self, result: WindowResult, stored: StoredWindow, reason: str) -> None:
         stream = result.key.stream
         if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
             self._last_end[stream] = result.key.end
             self.metrics.last_window_end_timestamp_seconds.labels(stream=stream).set(
                 result.key.end.timestamp()
             )
-        if result.status != "ok":
-            return  # insufficient windows change neither the gauges nor the risk state
-        if result.key.start < self._shown.get(stream, datetime.min.replace(tzinfo=UTC)):
-            return  # a recomputed older window: the gauges show a newer one
-        self._publish(result)
-        before = self.repository.current_risk(stream)
-        if result.risk_level != before:
-            reason = self._reasons.pop(stream, "")
-            self.repository.record_risk_transition(
-                stream,
-                result.computed_at,
-                before,
-                result.risk_level,
-                window_id=result.id,
-                reason=reason,
-            )
-            (log.warning if result.risk_level > before else log.info)(
+        if stored.changed:  # (the store decided, in the window's transaction)
+            before, after = stored.level_before, stored.level_after
+            (log.warning if after > before else log.info)(
                 "risk level changed",
                 extra={
                     "stream": stream,
                     "from": int(before),
-                    "to": int(result.risk_level),
+                    "to": int(after),
                     "reason": reason,
                     "window": result.to_dict()["start"],
                 },
             )
+        if result.status != "ok":
+            return  # insufficient windows change the gauges no more than the risk level
+        if result.key.start < self._shown.get(stream, datetime.min.replace(tzinfo=UTC)):
+            return  # a recomputed older window: the gauges show a newer one
+        self._publish(result)
 
     def _publish(self, result: WindowResult) -> None:
         """Set the stream's window gauges from ``result`` (None -> NaN)."""

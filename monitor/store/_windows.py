@@ -1,11 +1,21 @@
-"""Window results and risk transitions."""
+"""Window results and risk transitions.
+
+A window and the risk transition it causes are written in one transaction
+(:meth:`Windows.store_window`): a failure between the two writes loses neither alone, and
+the level a transition starts from is read inside that transaction, under a per-stream lock
+(PostgreSQL: the stream's row, ``FOR NO KEY UPDATE``, which sample inserts referencing the
+stream do not wait for; SQLite: ``BEGIN IMMEDIATE`` already serialises writers), so two
+writers racing on one stream still leave one chain (each transition starts where the one
+before it ended).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, delete, func, or_, select, update
 
 from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store._base import Database, Streams
@@ -25,6 +35,20 @@ from monitor.store.types import (
 _WINDOW_KEY = ("stream_id", "window_start", "window_end")
 
 
+@dataclass(frozen=True, slots=True)
+class StoredWindow:
+    """What :meth:`Windows.store_window` wrote: the window's id and the stream's risk level
+    before and after the write (equal when the window did not move it)."""
+
+    id: str
+    level_before: RiskLevel
+    level_after: RiskLevel
+
+    @property
+    def changed(self) -> bool:
+        return self.level_before != self.level_after
+
+
 class Windows:
     """The windows part of the repository: window results and the risk-transition log."""
 
@@ -33,10 +57,33 @@ class Windows:
         self._streams = streams
 
     def upsert_window(self, result: WindowResult) -> str:
-        """Store a window result; the same (stream, start, end) updates the same row.
+        """Store a window result; the same (stream, start, end) updates the same row. The
+        stream's risk history is left alone (:meth:`store_window` moves it too).
 
         Returns the window's id (stable across recomputations)."""
         stream_id = self._streams.ensure(result.key.stream)
+        with self._db.write("storing a window") as conn:
+            return str(self._upsert(conn, result, stream_id))
+
+    def store_window(self, result: WindowResult, *, reason: str = "") -> StoredWindow:
+        """Store a window result and the risk transition it causes, in one transaction.
+
+        The window moves the stream's level only when it is sufficient and the newest
+        sufficient window of its stream (an older window recomputed leaves the history alone).
+        It causes at most one transition: a recomputation with another level updates the
+        window's own transition (or removes it when the window no longer changes the level),
+        never adds a second one. ``reason`` is the transition's."""
+        stream_id = self._streams.ensure(result.key.stream)
+        with self._db.write("storing a window") as conn:
+            # The lock first, so every writer of the stream takes its locks in one order.
+            conn.execute(
+                select(Stream.id).where(Stream.id == stream_id).with_for_update(key_share=True)
+            )
+            window_id = self._upsert(conn, result, stream_id)
+            before, after = self._move_risk(conn, stream_id, window_id, result, reason)
+        return StoredWindow(id=str(window_id), level_before=before, level_after=after)
+
+    def _upsert(self, conn: Connection, result: WindowResult, stream_id: int) -> int:
         values = _window_values(result, stream_id)
         changed = {k: v for k, v in values.items() if k not in _WINDOW_KEY}
         stmt = (
@@ -45,8 +92,67 @@ class Windows:
             .on_conflict_do_update(index_elements=list(_WINDOW_KEY), set_=changed)
             .returning(Window.id)
         )
-        with self._db.write("storing a window") as conn:
-            return str(conn.execute(stmt).scalar_one())
+        return int(conn.execute(stmt).scalar_one())
+
+    def _move_risk(
+        self,
+        conn: Connection,
+        stream_id: int,
+        window_id: int,
+        result: WindowResult,
+        reason: str,
+    ) -> tuple[RiskLevel, RiskLevel]:
+        """Inside store_window's transaction, under the stream's lock: the transition (if any)
+        that ``result`` causes. Returns the stream's level before and after."""
+        last = conn.execute(
+            select(RiskTransition.id, RiskTransition.at, RiskTransition.to_level)
+            .where(RiskTransition.stream_id == stream_id)
+            .order_by(RiskTransition.at.desc(), RiskTransition.id.desc())
+            .limit(1)
+        ).first()
+        current = RiskLevel(last.to_level) if last is not None else RiskLevel.OK
+        if result.status != "ok":
+            return current, current  # insufficient windows never move the level
+        newest = conn.execute(
+            select(func.max(Window.window_start)).where(
+                Window.stream_id == stream_id, Window.status == "ok"
+            )
+        ).scalar_one()
+        if newest is not None and as_utc(newest) > as_utc(result.key.start):
+            return current, current  # an older window: the level follows the newest one
+        own = conn.execute(
+            select(RiskTransition.id, RiskTransition.from_level).where(
+                RiskTransition.window_id == window_id
+            )
+        ).first()
+        if own is not None and last is not None and own.id != last.id:
+            return current, current  # history went on after this window's transition
+        prior = RiskLevel(own.from_level) if own is not None else current
+        target = result.risk_level
+        if target == current:
+            return current, current
+        # Never before the transition it follows: the history's order is the chain's order.
+        at = max(as_utc(result.computed_at), as_utc(last.at)) if last else result.computed_at
+        if own is None:
+            conn.execute(
+                self._db.insert(RiskTransition).values(
+                    stream_id=stream_id,
+                    window_id=window_id,
+                    at=as_utc(at),
+                    from_level=int(prior),
+                    to_level=int(target),
+                    reason=reason,
+                )
+            )
+        elif target == prior:  # the recomputed window no longer changes the level
+            conn.execute(delete(RiskTransition).where(RiskTransition.id == own.id))
+        else:
+            conn.execute(
+                update(RiskTransition)
+                .where(RiskTransition.id == own.id)
+                .values(to_level=int(target), at=as_utc(at), reason=reason)
+            )
+        return current, target
 
     def get_window(self, window_id: str) -> WindowResult | None:
         try:

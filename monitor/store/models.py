@@ -242,10 +242,11 @@ class Window(Base):
 
 
 class RiskTransition(Base):
-    """A change of a stream's risk level, with the window that caused it."""
+    """A change of a stream's risk level, with the window that caused it (at most one per
+    window: a recomputed window updates its own transition, never adds a second)."""
 
     __tablename__ = "risk_transitions"
-    __table_args__ = (Index(None, "stream_id", "at"),)
+    __table_args__ = (Index(None, "stream_id", "at"), Index(None, "window_id", unique=True))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from sqlalchemy import event
 
 from monitor.config import Settings
 from monitor.embedding import EncoderSet
@@ -296,3 +298,186 @@ def test_a_stale_window_recomputes_the_next_sufficient_windows_that_read_it(
     after = repository.get_windows("live")[:5]
     assert [w.computed_at > before[w.key] for w in after] == [True, True, False, True, False]
     scheduler.stop(5)
+
+
+# -- a window and its risk transition: one transaction (hardening item 19) ------------------
+
+
+def _on_statements(engine: Any, call: Any, when: str = "before_cursor_execute") -> Any:
+    """A real SQLAlchemy hook: ``call(statement)`` before (or, with ``when`` =
+    "after_cursor_execute", after) each statement; returns the listener (for event.remove)."""
+
+    def listener(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        call(statement)
+
+    event.listen(engine, when, listener)
+    return listener
+
+
+def _touches_transitions(statement: str, verbs: tuple[str, ...]) -> bool:
+    head = " ".join(statement.split()).upper()
+    return head.startswith(verbs) and "RISK_TRANSITIONS" in head.split(" WHERE ")[0]
+
+
+def _chain(repository: Repository, stream: str = "live") -> list[tuple[int, int]]:
+    return [(int(t.from_level), int(t.to_level)) for t in repository.risk_transitions(stream)]
+
+
+def test_a_failure_between_the_window_and_its_transition_loses_neither(
+    settings: Settings, repository: Repository
+) -> None:
+    """A write failure injected at the transition insert: before, the window was stored in a
+    transaction of its own and the 0 -> 1 transition lost for good (the history then read
+    0 -> 2); now neither is stored, and computing the window again stores both."""
+    pipeline = WindowPipeline(
+        settings, repository, stores(settings), MonitorMetrics(CollectorRegistry(), ["live"])
+    )
+    first = add_window(repository, "live", 0, 40, shift=3.0)
+
+    def fail(statement: str) -> None:
+        if _touches_transitions(statement, ("INSERT",)):
+            raise RuntimeError("injected: the transition write failed")
+
+    listener = _on_statements(repository.engine, fail)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            pipeline.compute(first)
+    finally:
+        event.remove(repository.engine, "before_cursor_execute", listener)
+    assert repository.get_windows("live") == []  # not stored: the scheduler computes it again
+    assert repository.risk_transitions("live") == []
+
+    result = pipeline.compute(first)
+    assert result.risk_level is RiskLevel.WARNING, "a shifted first window warns (1 of 2)"
+    assert _chain(repository) == [(0, 1)]
+    assert repository.risk_transitions("live")[0].window_id == result.id
+    second = pipeline.compute(add_window(repository, "live", 1, 40, shift=3.0))
+    assert second.risk_level is RiskLevel.CRITICAL
+    assert _chain(repository) == [(0, 1), (1, 2)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Any:
+    """``settings`` on SQLite, or the same on a fresh PostgreSQL database (from
+    MLLM_MONITOR_TEST_POSTGRES_URL)."""
+    if request.param == "sqlite":
+        yield settings
+        return
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("MLLM_MONITOR_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("MLLM_MONITOR_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
+    admin = create_engine(make_url(url), isolation_level="AUTOCOMMIT")
+    name = f"mllm_pipeline_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        database = make_url(url).set(database=name).render_as_string(hide_password=False)
+        on_postgres = settings.model_copy(
+            update={"database": settings.database.model_copy(update={"url": database})}
+        )
+        engine = engine_from_settings(on_postgres.database)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield on_postgres
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_two_pipelines_racing_on_one_stream_leave_one_chain(any_backend: Settings) -> None:
+    """`serve`'s scheduler and a backfill, each with its own repository, compute two windows of
+    one stream at once; the first is held just after it has read the stream's level, before it
+    writes its transition. Before, the second read the same level (still OK) meanwhile and the
+    history read 0 -> 1, then 0 -> 2; now the level is read under the stream's lock, inside
+    the window's transaction, so the second waits for the first to commit."""
+    settings = any_backend
+    serve, backfill = open_repository(settings), open_repository(settings)
+    try:
+        keys = [add_window(serve, "live", i, 40, shift=3.0) for i in range(2)]
+        first_inside, second_read = threading.Event(), threading.Event()
+        second_writing = threading.Event()
+
+        def hold_first(statement: str) -> None:
+            reads = _touches_transitions(statement, ("SELECT",))
+            if threading.current_thread().name == "serve" and reads and not first_inside.is_set():
+                first_inside.set()
+                # Until the other writer has read the level (a broken store lets it read the old
+                # one meanwhile), or has waited a while to write (a correct store makes it wait
+                # for this transaction).
+                second_writing.wait(timeout=60)
+                second_read.wait(timeout=1.0)
+
+        def note_second(statement: str) -> None:
+            if threading.current_thread().name != "backfill":
+                return
+            head = " ".join(statement.split()).upper()
+            if head.startswith(("BEGIN IMMEDIATE", "INSERT INTO WINDOWS")) or "FOR NO KEY" in head:
+                second_writing.set()  # (the store's first write statement, on either backend)
+
+        def note_second_read(statement: str) -> None:
+            reads = _touches_transitions(statement, ("SELECT",))
+            if threading.current_thread().name == "backfill" and reads:
+                second_read.set()  # (after the statement: the level is read)
+
+        listeners = [
+            (r.engine, when, _on_statements(r.engine, call, when))
+            for r in (serve, backfill)
+            for when, call in (
+                ("after_cursor_execute", hold_first),
+                ("before_cursor_execute", note_second),
+                ("after_cursor_execute", note_second_read),
+            )
+        ]
+        results: dict[str, Any] = {}
+
+        # Each with its stream's model built already: the second writer's compute is quick.
+        pipelines = {
+            name: WindowPipeline(
+                settings, repository, stores(settings), MonitorMetrics(CollectorRegistry(), [])
+            )
+            for name, repository in (("serve", serve), ("backfill", backfill))
+        }
+        for pipeline in pipelines.values():
+            pipeline.model("live")
+
+        def run(name: str, key: WindowKey) -> None:
+            if name == "backfill":
+                assert first_inside.wait(timeout=60), "the first writer never read the level"
+            try:
+                results[name] = pipelines[name].compute(key)
+            except BaseException as exc:  # re-raised below
+                results[name] = exc
+
+        threads = [
+            threading.Thread(target=run, name="serve", args=("serve", keys[0])),
+            threading.Thread(target=run, name="backfill", args=("backfill", keys[1])),
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+        finally:
+            for engine, when, listener in listeners:
+                event.remove(engine, when, listener)
+        for outcome in results.values():
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert set(results) == {"serve", "backfill"}
+        history = serve.risk_transitions("live")
+        assert history, "the shifted windows move the level"
+        level = RiskLevel.OK
+        for entry in history:
+            assert entry.from_level == level, _chain(serve)
+            level = entry.to_level
+        assert serve.current_risk("live") is level
+    finally:
+        serve.close()
+        backfill.close()
