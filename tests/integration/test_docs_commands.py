@@ -415,11 +415,10 @@ runner = CliRunner()
 def identity(argv: list[str]) -> tuple[str, ...]:
     """What a command line does, for running each once: its command path and parsed values
     (`calibrate` and `calibrate --reference default` are the same run)."""
-    command = cli_command(argv)
-    words = [w for w in argv if w != "--json"]
     try:
-        ctx = command.make_context("mllm-monitor", words[len(command_path(argv)) :])
-    except Exception:  # not parseable: run it and let the run report why
+        command = cli_command(argv)
+        ctx = command.make_context("mllm-monitor", argv[len(command_path(argv)) :])
+    except Exception:  # not parseable (AssertionError: no such option): the run says why
         return tuple(argv)
     return (*command_path(argv), json.dumps(ctx.params, default=str, sort_keys=True))
 
