@@ -35,7 +35,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +65,8 @@ from monitor.records import TrafficRecord, WindowKey
 from monitor.windows import last_due_end, window_start
 
 DEFAULT_BATCH = 512
+# Seconds range backfill waits for the leader lock (--lock-wait).
+DEFAULT_LOCK_WAIT = 30.0
 
 
 # -- the JSONL side --------------------------------------------------------------------------
@@ -88,12 +90,21 @@ class LineError:
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each non-blank line; split on b'\\n' only, streamed."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):  # binary iteration splits on \n only
-            line = raw.rstrip(b"\r\n")
-            if line.strip():
-                yield number, line
+    """(line number, bytes) of each non-blank line; split on b'\\n' only, streamed. A read
+    error names the file and the line (the OSError of a read names neither)."""
+    number = 0
+    try:
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):  # binary iteration splits on \n only
+                line = raw.rstrip(b"\r\n")
+                if line.strip():
+                    yield number, line
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise MonitorError(
+            f"cannot read {path} after line {number}: {exc.strerror or exc}"
+        ) from exc
 
 
 def parse_line(
@@ -597,6 +608,16 @@ def register(app: typer.Typer) -> None:
                 "[scheduler] max_catch_up).",
             ),
         ] = None,
+        lock_wait: Annotated[
+            float,
+            typer.Option(
+                "--lock-wait",
+                min=0,
+                help="Range form: seconds to wait for the leader lock, which the scheduler of "
+                "a running serve holds while it leads; the range is computed only while "
+                "holding it, so the two never race (0: one try). Not needed by --dry-run.",
+            ),
+        ] = DEFAULT_LOCK_WAIT,
         as_json: JsonOption = False,
     ) -> None:
         """Feed historical traffic through the live path, or (re)compute a range's windows.
@@ -625,7 +646,7 @@ def register(app: typer.Typer) -> None:
         require_stream(settings, stream)
         cap = settings.scheduler.max_catch_up if max_windows is None else max_windows
         opened = _read_only(settings) if dry_run else services(settings, encoders=False)
-        with opened as found:
+        with opened as found, _leader_lock(found, lock_wait, dry_run):
             try:
                 summary = backfill_range(
                     found,
@@ -642,6 +663,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"windows": [_range_json(summary)]}, indent=2, default=str))
         else:
             _print_range_table([summary])
+
+
+def _leader_lock(found: Services, wait: float, dry_run: bool) -> AbstractContextManager[None]:
+    """The leader lock while a range is computed (a dry run writes nothing: no lock)."""
+    from monitor.leadership import leader_lock_held
+
+    if dry_run:
+        return nullcontext()
+    return leader_lock_held(
+        found.repository,
+        found.settings,
+        wait=wait,
+        notify=lambda message: err_console.print(one_line(message), markup=False),
+    )
 
 
 @contextmanager

@@ -303,3 +303,10 @@ def test_range_over_the_cap_is_refused_naming_the_option(config: Path) -> None:
     capped = runner.invoke(app, [*args, "--max-windows", "2000000", "--json", "-c", str(config)])
     assert capped.exit_code == 0, capped.output
     assert json.loads(capped.stdout)["windows"][0]["computed"] > 1_000_000
+
+
+def test_a_read_error_names_the_file(config: Path) -> None:
+    # A regular file whose read fails (EIO at offset 0): the OSError of a read has no name.
+    args = ["backfill", "--from-jsonl", "/proc/self/mem", "--dry-run", "-c", str(config)]
+    result = runner.invoke(app, args)
+    assert_error(result, EXIT_ERROR, "cannot read /proc/self/mem after line 0")

@@ -82,3 +82,11 @@ def test_printable_escapes_what_a_terminal_would_act_on(text: str, shown: str) -
 def test_times_out_of_range_are_value_errors(text: str) -> None:
     with pytest.raises(ValueError, match=r"range|too long|plausible|1970|9000"):
         parse_time_arg(text, now=NOW)
+
+
+def test_a_read_error_names_the_file() -> None:
+    from monitor.errors import MonitorError
+
+    # A regular file whose read fails (EIO at offset 0); a read's OSError names no file.
+    with pytest.raises(MonitorError, match=r"cannot read /proc/self/mem after line 0"):
+        list(read_lines(Path("/proc/self/mem")))
