@@ -262,7 +262,9 @@ class WorkerSettings(_Section):
 
     count: int = Field(default=1, ge=0)  # 0: this replica ingests but never embeds
     batch_size: int = Field(default=32, ge=1)  # records claimed and embedded together
-    lease: Duration = timedelta(minutes=5)  # a crashed worker's batch is retried after this
+    # A claimed batch's lease, renewed every third of it while the batch is in hand: a worker
+    # that dies (SIGKILL) holds its records this long at most, a slow batch is never stolen.
+    lease: Duration = timedelta(seconds=30)
     max_attempts: int = Field(default=5, ge=1)  # claims of one record before it is moved aside
     poll_interval: Duration = timedelta(milliseconds=500)  # wait when the inbox is empty
 

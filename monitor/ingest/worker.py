@@ -3,6 +3,7 @@
     EmbeddingWorkers(settings, repository, encoders, stores, metrics, *, reference_model=None)
         .start()                  N threads ([workers] count), plus the reference-model sampler
         .stop(timeout)            finish the batch in hand, then stop
+        .worker_ids               this object's worker ids: ``<host>-<pid>-<random>-embed-<n>``
         .run_once(worker_id)      one inbox batch; returns how many records it settled
         .resolve_late_references(limit)   embed references that arrived after their record
 
@@ -14,16 +15,25 @@ in one transaction.
 
 Failure handling:
 
-* a worker that dies mid-batch holds nothing forever: its lease runs out and another worker
-  claims the records again; samples are stored idempotently (by record id), so a record
+* every worker id is unique to its process (host name, pid, random), so a restarted process
+  never takes its predecessor's claims for its own, nor one replica another's;
+* a batch is claimed under a short lease (``[workers] lease``, 30 s) that a heartbeat renews
+  every third of it while the batch is in hand, so a slow batch is never taken over;
+* a worker that dies mid-batch holds nothing for longer than the lease: it runs out and another
+  worker claims the records again; samples are stored idempotently (by record id), so a record
   embedded twice is stored once;
 * a record that cannot be embedded (an undecodable image, an embedding that is not finite) is
   moved aside with its reason (``Repository.move_aside``) and counted as ``failed``; the rest of
   its batch is stored;
 * a record claimed more than ``[workers] max_attempts`` times (it crashed or stalled every
   worker that took it) is moved aside without another try;
-* any other error (database down, encoder failure) leaves the batch to its lease and the loop
-  backs off; nothing is lost.
+* any other error (a failed sample write, an encoder failure) gives the batch back at once
+  (``release``), so it is claimable again without waiting for the lease, and the loop backs
+  off; when even that fails (the database is down) the lease runs out. Nothing is lost.
+
+While a batch is in hand its records are in no window yet: a window whose due time passes
+meanwhile is computed without them, and recomputed when their samples are stored (the
+scheduler's stale-window pass). With the short lease that is seconds, not minutes.
 
 ``stores`` maps stream names (or reference-store names) to loaded reference stores; a stream
 without one gets samples with no OOD score. Encoders are shared by all workers of the process
@@ -35,9 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -68,6 +82,14 @@ class ReferenceSampler(Protocol):
     def stop(self, timeout: float) -> None: ...
 
     def offer(self, record: TrafficRecord) -> bool: ...
+
+
+def process_worker_id() -> str:
+    """A prefix unique to this process and object: host name, pid and a random part (a pid
+    alone repeats across containers and restarts). At most 80 characters (the inbox keeps
+    128 for a worker id)."""
+    host = socket.gethostname()[:48] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def sample_fingerprint(encoders: EncoderSet) -> str:
@@ -103,6 +125,8 @@ class EmbeddingWorkers:
         self._encode_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        prefix = process_worker_id()
+        self.worker_ids = [f"{prefix}-embed-{n}" for n in range(settings.workers.count)]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,12 +137,14 @@ class EmbeddingWorkers:
         self._stop.clear()
         if self.reference_model is not None:
             self.reference_model.start()
-        for n in range(self.settings.workers.count):
+        for n, worker_id in enumerate(self.worker_ids):
             thread = threading.Thread(
-                target=self._loop, args=(f"embed-{n}", n == 0), name=f"embed-{n}", daemon=True
+                target=self._loop, args=(worker_id, n == 0), name=f"embed-{n}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
+        if self.worker_ids:
+            log.info("embedding workers started", extra={"workers": self.worker_ids})
 
     def stop(self, timeout: float) -> None:
         """Let each worker finish its batch, then stop; gives up waiting after ``timeout``
@@ -166,6 +192,15 @@ class EmbeddingWorkers:
         entries = self.repository.claim(worker_id, limit=cfg.batch_size, lease=cfg.lease)
         if not entries:
             return 0
+        try:
+            with self._lease_renewed(entries, worker_id):
+                return self._settle(entries, worker_id)
+        except Exception:
+            self._release(entries, worker_id)
+            raise
+
+    def _settle(self, entries: Sequence[InboxEntry], worker_id: str) -> int:
+        cfg = self.settings.workers
         started = time.perf_counter()
         failed: dict[int, str] = {}
         work: list[tuple[InboxEntry, TrafficRecord, Image.Image | None]] = []
@@ -173,7 +208,7 @@ class EmbeddingWorkers:
             if entry.attempts > cfg.max_attempts:
                 failed[entry.id] = (
                     f"gave up after {entry.attempts - 1} attempts (every worker that took it "
-                    "crashed or stalled)"
+                    "crashed, stalled or failed to store it)"
                 )
                 continue
             try:
@@ -196,6 +231,41 @@ class EmbeddingWorkers:
                 self.metrics.embedded_records.labels(stream=sample.stream).inc()
         self._offer_references(work, failed)
         return len(entries)
+
+    @contextmanager
+    def _lease_renewed(self, entries: Sequence[InboxEntry], worker_id: str) -> Iterator[None]:
+        """Renew the batch's lease every third of it until the block ends (a heartbeat thread:
+        one embedding call can outlast a lease, and cannot be interrupted to renew it)."""
+        lease = self.settings.workers.lease
+        ids = [entry.id for entry in entries]
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(lease.total_seconds() / 3):
+                try:
+                    held = self.repository.inbox.renew(ids, worker_id, lease=lease)
+                except Exception as exc:  # the next beat tries again; the lease may run out
+                    log.warning("renewing the lease of a batch failed: %s", exc)
+                    continue
+                if held == 0 and not done.is_set():
+                    log.warning("a batch's lease passed to another worker: %s", worker_id)
+
+        thread = threading.Thread(target=heartbeat, name=f"lease-{worker_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _release(self, entries: Sequence[InboxEntry], worker_id: str) -> None:
+        """Give a failed batch back at once (what is still held of it), not after its lease."""
+        try:
+            released = self.repository.release([entry.id for entry in entries], worker_id)
+        except Exception as exc:  # the database is away too: the lease runs out instead
+            log.warning("could not give back a failed batch; retried after its lease: %s", exc)
+            return
+        log.info("failed batch given back", extra={"worker": worker_id, "records": released})
 
     def _prepare(self, record: TrafficRecord) -> tuple[TrafficRecord, Image.Image | None]:
         """The record as it will be embedded and its decoded image (ImageDecodeError when the

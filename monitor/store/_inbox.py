@@ -1,9 +1,12 @@
 """The durable inbox: accepted records wait here, claimed under a lease, until embedded.
 
 A record is durable once :meth:`Inbox.enqueue` returns. Workers :meth:`claim` batches
-under a lease; a worker that crashes simply lets its lease run out, and its records become
-claimable again. :meth:`ack` deletes only what the acking worker still holds, so a record whose
-lease passed to another worker is acknowledged once, by that worker.
+under a lease and :meth:`renew` it while they work; a worker that crashes simply lets its
+lease run out, and its records become claimable again; one whose batch failed gives it back at
+once (:meth:`release`). Worker ids are unique per process (host, pid, random), so one process
+never mistakes another's claims, its own predecessor's included, for its own. :meth:`ack`
+deletes only what the acking worker still holds, so a record whose lease passed to another
+worker is acknowledged once, by that worker.
 
 Claims are atomic on both backends: PostgreSQL takes rows with ``FOR UPDATE SKIP LOCKED``
 (workers never wait on each other), SQLite runs the claim as one UPDATE in a
@@ -90,6 +93,30 @@ class Inbox:
         ]
         return sorted(entries, key=lambda entry: entry.id)
 
+    def renew(
+        self,
+        item_ids: Sequence[int],
+        worker_id: str,
+        *,
+        lease: timedelta,
+        now: datetime | None = None,
+    ) -> int:
+        """Extend the lease of records this worker still holds to ``now + lease`` (a batch in
+        progress); returns how many it still held."""
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+        until = self._db.now(now) + lease
+        renewed = 0
+        with self._db.write("renewing inbox leases") as conn:
+            for chunk in batched(list(item_ids), ID_BATCH):
+                result = conn.execute(
+                    update(InboxItem)
+                    .where(InboxItem.id.in_(chunk), InboxItem.claimed_by == worker_id)
+                    .values(lease_until=until)
+                )
+                renewed += result.rowcount
+        return renewed
+
     def ack(self, item_ids: Sequence[int], worker_id: str) -> int:
         """Delete processed records this worker still holds; returns how many it held."""
         with self._db.write("acknowledging inbox records") as conn:
@@ -171,6 +198,15 @@ class Inbox:
             )
             for row in rows
         ]
+
+    def oldest_received(self) -> dict[str, datetime]:
+        """Per stream, when its oldest record still in the inbox (waiting or being embedded)
+        was received; streams with nothing in the inbox are absent."""
+        with self._db.read("reading the inbox's oldest records") as conn:
+            rows = conn.execute(
+                select(InboxItem.stream, func.min(InboxItem.received_at)).group_by(InboxItem.stream)
+            ).all()
+        return {stream: as_utc(received) for stream, received in rows if received is not None}
 
     def depth(self) -> int:
         """Records waiting or in progress (the queue-depth gauge)."""
