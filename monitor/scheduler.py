@@ -17,6 +17,10 @@ lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
    from the window of its earliest stored sample) up to the newest window whose end plus
    ``windows.lateness`` has passed; at most ``scheduler.max_catch_up`` of them (the newest).
    With ``scheduler.catch_up`` off, a new leader computes only the newest due window.
+   A window is held back while the inbox still holds a record of its stream received before
+   the window's due time (it may belong to the window: published now, the window would be
+   short until recomputed), for at most twice ``workers.lease`` (a stuck backlog must not stop
+   the windows).
 3. Stale windows: windows whose data changed after they were computed (a sample stored late, a
    late reference resolved, both found by the repository) are recomputed, oldest first, and
    so are the next m - 1 sufficient windows stored after each, whose k-of-m risk level reads
@@ -202,14 +206,15 @@ class WindowScheduler:
         """Compute every due window, then every stale one (the caller holds the lock)."""
         computed = 0
         pass_started = self.clock()
+        until = self.due_until(now)
         for stream in self.streams:
-            for key in self.due(stream, now):
+            for key in self.due(stream, until.get(stream, now)):
                 if not self._may_continue():
                     return computed
                 self.pipeline.compute(key)
                 computed += 1
         if self._stale_since is not None:
-            for key in self.stale(self._stale_since, now):
+            for key in self.stale(self._stale_since, now, until=until):
                 if not self._may_continue():
                     return computed
                 self.pipeline.compute(key)
@@ -218,6 +223,16 @@ class WindowScheduler:
         if self.is_leader:
             self._set_ready(True, "leader")
         return computed
+
+    def due_until(self, now: datetime) -> dict[str, datetime]:
+        """Per stream with records in the inbox: windows due by this time are complete (every
+        record received before the oldest one still waiting is stored); windows due later wait
+        for the inbox, at most twice the workers' lease (a backlog must not stop windows)."""
+        hold = 2 * self.settings.workers.lease
+        return {
+            stream: min(now, max(received, now - hold))
+            for stream, received in self.repository.inbox.oldest_received().items()
+        }
 
     def due(self, stream: str, now: datetime) -> list[WindowKey]:
         cfg, windows = self.settings.scheduler, self.settings.windows
@@ -233,10 +248,13 @@ class WindowScheduler:
             limit=cfg.max_catch_up if cfg.catch_up else 1,
         )
 
-    def stale(self, since: datetime, now: datetime) -> list[WindowKey]:
+    def stale(
+        self, since: datetime, now: datetime, *, until: Mapping[str, datetime] | None = None
+    ) -> list[WindowKey]:
         """Due windows whose data changed after they were computed, and the stored windows
         whose risk level reads theirs (the next m - 1 sufficient ones: the k-of-m rule skips
-        insufficient windows), oldest first."""
+        insufficient windows), oldest first. A window never computed that is held for the
+        inbox (``until``, see :meth:`due_until`) is left to :meth:`due`."""
         size, lateness = self.settings.windows.size, self.settings.windows.lateness
         keys = {
             window_containing(loc.stream, loc.event_time, size)
@@ -249,7 +267,17 @@ class WindowScheduler:
             for key in keys
             for stored in self.repository.next_windows(key.stream, key.start, m - 1)
         }
-        return sorted(k for k in keys | readers if is_due(k, now, lateness))
+        due = {k for k in keys | readers if is_due(k, now, lateness)}
+        for stream, held_after in (until or {}).items():
+            end = self.repository.last_window_end(stream)
+            due -= {
+                k
+                for k in due
+                if k.stream == stream
+                and (end is None or k.start >= end)
+                and not is_due(k, held_after, lateness)
+            }
+        return sorted(due)
 
     def _may_continue(self) -> bool:
         """Before each window: stop on shutdown, and re-check the lock (a window costs far
