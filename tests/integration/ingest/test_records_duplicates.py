@@ -112,6 +112,7 @@ def test_records_api_a_resent_record_is_not_counted_as_sampled(
     assert again.status_code == 202, again.text
     body = again.json()
     assert body["accepted"] == 1 and body["sampled"] == 0 and body["skipped"] == 0
+    assert body["duplicates"] == 1
     assert body["ids"] == ["good-1"]
     assert inbox_prompts(repository) == {"good-1": ["what is in picture 1?"]}
     assert counted(metrics, "sampled") == 1
