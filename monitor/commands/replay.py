@@ -306,6 +306,30 @@ def _error_message(body: dict[str, Any] | None) -> str:
     return f"{where}{error.get('message', '')}"
 
 
+def base_url(url: str) -> str:
+    """``url`` if it can be the monitor's base URL (http(s), a host, a port that exists, no
+    query or fragment: /v1/records is appended), else a usage error saying why."""
+    import httpx
+
+    def bad(why: str) -> typer.BadParameter:
+        return typer.BadParameter(f"{one_line(repr(url[:200]))}: {why}", param_hint="--url")
+
+    if not url.startswith(("http://", "https://")):
+        raise bad("must start with http:// or https://")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise bad(f"not a URL ({exc})") from exc
+    host = parsed.host
+    if not host or any(not c.isprintable() or c.isspace() for c in host):
+        raise bad("no valid host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise bad(f"port {parsed.port} does not exist")
+    if parsed.query or parsed.fragment:
+        raise bad("a base URL has no query or fragment")
+    return url
+
+
 def same_server(url: str, host: str, port: int) -> bool:
     """True when ``url`` names the configured server itself: its host and port (a server bound
     to every address is its own on loopback)."""
@@ -394,8 +418,7 @@ def register(app: typer.Typer) -> None:
         host, port = settings.server.host, settings.server.port
         if url is None:
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        if not url.startswith(("http://", "https://")):
-            raise typer.BadParameter("must start with http:// or https://", param_hint="--url")
+        url = base_url(url)
         if token is None:  # the settings' token is the configured server's, no one else's
             token = settings.server.token if same_server(url, host, port) else ""
         input_file(file, "replay file")

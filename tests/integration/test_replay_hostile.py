@@ -279,3 +279,21 @@ def test_replay_input_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
     )
     assert code == 1, stderr
     assert str(path) in stderr and ("FIFO" in stderr or "device" in stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://[::1", "not a URL"),
+        ("http://", "no valid host"),
+        ("http://127.0.0.1:99999", "port 99999 does not exist"),
+        ("http://127.0.0.1:8080/?next=1", "no query or fragment"),
+        ("ftp://127.0.0.1", "must start with http:// or https://"),
+    ],
+)
+def test_a_url_that_cannot_be_the_monitor_is_a_usage_error(
+    traffic: Path, tmp_path: Path, url: str, why: str
+) -> None:
+    code, _, stderr, _ = replay(tmp_path, str(traffic), "--url", url, "-c", str(config(tmp_path)))
+    assert code == 2, stderr
+    assert why in " ".join(stderr.replace("│", " ").split()) and "Traceback" not in stderr
