@@ -399,7 +399,8 @@ class Workspace:
     def substitute(self, argv: list[str]) -> list[str]:
         out = []
         for token in argv:
-            token = SUBSTITUTIONS.get(token, token).format(window_id=self.window_id)
+            token = SUBSTITUTIONS.get(token, token)
+            token = self.window_id if token == "{window_id}" else token
             token = token.replace("HOST:8080", "127.0.0.1:8080")
             token = token.replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
             out.append(token)
