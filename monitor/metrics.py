@@ -110,6 +110,13 @@ class MonitorMetrics:
             ["stream"],
             registry=r,
         )
+        self.images_dropped = Counter(
+            _name("images_dropped"),
+            "Images of accepted records dropped unread because no image encoder is configured "
+            '([encoders.image] kind = "none"): the record counts, its image does not.',
+            ["stream"],
+            registry=r,
+        )
         self.late_references = Counter(
             _name("late_references"),
             "Reference answers received after their record, by outcome (joined, pending, unknown).",
@@ -286,6 +293,7 @@ class MonitorMetrics:
             self.reference_requests.labels(outcome=outcome)
         for stream in self.streams:
             self.embedded_records.labels(stream=stream)
+            self.images_dropped.labels(stream=stream)
             self.window_compute_seconds.labels(stream=stream)
             for status in WINDOW_STATUSES:
                 self.windows.labels(stream=stream, status=status)

@@ -43,6 +43,9 @@ class TrafficRecord:
     sampling_weight: float = 1.0
     # An http(s) image URL not fetched yet (the ingest API fetches it before enqueueing).
     image_url: str | None = None
+    # The record came with an image that no encoder would use (none configured): dropped unread,
+    # counted at submit; never stored.
+    image_dropped: bool = False
 
     @property
     def has_image(self) -> bool:

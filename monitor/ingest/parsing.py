@@ -138,6 +138,7 @@ def parse_record(obj: Any, *, settings: Settings, now: datetime, where: str = ""
         response=_response(obj.get("response"), _at(where, "response"), limit),
         reference=_text(obj.get("reference"), _at(where, "reference"), limit),
         image_url=image_url,
+        image_dropped=image_value is not None and settings.encoders.image.kind == "none",
     )
 
 

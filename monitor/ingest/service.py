@@ -160,6 +160,9 @@ class IngestService:
             self.metrics.count_records(stream, "skipped", count)
         for position in duplicates:
             self.metrics.count_records(records[position].stream, "duplicate")
+        for record in records:
+            if record.image_dropped:
+                self.metrics.images_dropped.labels(stream=record.stream).inc()
         return SubmitResult(
             accepted=len(records),
             sampled=len(to_enqueue),

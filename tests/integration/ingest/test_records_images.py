@@ -101,6 +101,9 @@ def test_with_no_image_encoder_images_are_dropped_unread(repository: Repository)
         # the wrong type of value is still a 422: only the image's content goes unread
         wrong = client.post("/v1/records", json={"prompt": "p", "image": 5})
         assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "image"
+        # dropped, but counted: an operator can see that images arrive and go unused
+        exposition = client.get("/metrics").text
+        assert 'mllm_monitor_images_dropped_total{stream="default"} 4.0' in exposition
     held = {entry.record.id: entry.record for entry in repository.claim("w", limit=100)}
     assert set(held) == {"image-only", "not-an-image", "url", "chat"}
     for record in held.values():
