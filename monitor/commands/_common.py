@@ -32,7 +32,7 @@ from rich.progress import (
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
-from monitor.timestamps import parse_instant
+from monitor.timestamps import MAX_TIME_CHARS, parse_instant
 
 if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded when a command runs
     from monitor.reference.store import ReferenceStore
@@ -176,6 +176,8 @@ def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
     rule, :func:`~monitor.timestamps.parse_instant`); raises ValueError, nothing else."""
     moment = now or datetime.now(UTC)
     text = value.strip()
+    if len(text) > MAX_TIME_CHARS:  # before any pattern, and never echoed whole
+        raise ValueError(f"too long for a time ({len(text):,} characters)")
     if text.lower() == "now":
         return moment
     match = _RELATIVE.match(text)

@@ -366,7 +366,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         rate: Annotated[
             float,
-            typer.Option(min=0.0, help="Records per second (0: as fast as the monitor accepts)."),
+            typer.Option(
+                min=0.0,
+                max=1_000_000.0,
+                help="Records per second (0: as fast as the monitor accepts).",
+            ),
         ] = 0.0,
         stream: Annotated[
             str | None, typer.Option("--stream", "-s", help="Stream of lines that name none.")

@@ -297,3 +297,11 @@ def test_a_url_that_cannot_be_the_monitor_is_a_usage_error(
     code, _, stderr, _ = replay(tmp_path, str(traffic), "--url", url, "-c", str(config(tmp_path)))
     assert code == 2, stderr
     assert why in " ".join(stderr.replace("│", " ").split()) and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("rate", ["inf", "1e400"])
+def test_an_infinite_rate_is_a_usage_error(traffic: Path, tmp_path: Path, rate: str) -> None:
+    args = ["--url", "http://127.0.0.1:9", "--rate", rate, "-c", str(config(tmp_path))]
+    code, _, stderr, _ = replay(tmp_path, str(traffic), *args)  # was int(inf): exit 3
+    assert code == 2, stderr
+    assert "--rate" in stderr and "Traceback" not in stderr
