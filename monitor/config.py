@@ -242,7 +242,9 @@ class ProxySettings(_Section):
     max_connections: int = Field(default=512, ge=1)  # pooled connections to the upstream
     sample_queue_size: int = Field(default=1000, ge=1)  # exchanges waiting to be sampled
     max_sample_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger: passed, unsampled
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # larger requests: 413
+    # Larger requests: 413. Bodies over max_sample_bytes are streamed to the upstream, not held,
+    # so this bounds what a client may send, not the sidecar's memory.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
 
 class ReferenceModelSettings(_Section):

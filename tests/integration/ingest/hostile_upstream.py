@@ -217,7 +217,9 @@ def main() -> None:
     args = parser.parse_args()
 
     async def run() -> None:
-        server = await asyncio.start_server(HostileUpstream().handle, "127.0.0.1", args.port)
+        upstream = HostileUpstream()
+        upstream._bombs[1024] = gzip_bomb(1024)  # made up front: a second of CPU, not mid-case
+        server = await asyncio.start_server(upstream.handle, "127.0.0.1", args.port)
         print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
         await server.serve_forever()
 
