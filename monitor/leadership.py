@@ -1,14 +1,17 @@
-"""Computing windows outside the scheduler (range backfill) under the scheduler's leader lock.
+"""Computing windows outside the scheduler (backfill) under the scheduler's leader lock.
 
     with leader_lock_held(repository, settings, wait=30.0, notify=print):
         ...  # compute windows: no scheduler computes any meanwhile
+    with leader_lock_if_free(repository, settings, notify=print) as held:
+        ...  # compute windows if held; else a scheduler computes them
 
 The scheduler of every ``serve`` replica computes windows only while it holds the leader lock
 (:mod:`monitor.store._leader`). A backfill that computed windows without it raced a running
 scheduler over the same streams (each reading the windows the other was writing); holding the
 same lock makes the two take turns. A running ``serve`` holds the lock for as long as it leads,
-so a backfill waits at most ``wait`` seconds, then stops with a message that says so and what
-to do, before writing anything.
+so a range backfill waits at most ``wait`` seconds, then stops with a message that says so and
+what to do, before writing anything; ``backfill --from-jsonl``, whose records a running
+scheduler finds on its own, leaves their windows to it.
 """
 
 from __future__ import annotations
@@ -58,5 +61,29 @@ def leader_lock_held(
         time.sleep(min(POLL_SECONDS, left))
     try:
         yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def leader_lock_if_free(
+    repository: Any, settings: Settings, *, notify: Callable[[str], None] | None = None
+) -> Iterator[bool]:
+    """Hold the leader lock inside the block when it is free (True). When another process
+    holds it (False; ``notify`` is told why), that process's scheduler computes the windows
+    itself: samples stored after a window was computed make it stale, and a new window's
+    samples make it due, so there is nothing to wait for."""
+    lock = repository.leader_lock(path=settings.scheduler.lock_path)
+    if not lock.try_acquire():
+        if notify is not None:
+            notify(
+                f"windows not computed here: another process holds the leader lock "
+                f"({lock.description}), most likely a running `mllm-monitor serve`, whose "
+                "scheduler computes the windows of these records on its own"
+            )
+        yield False
+        return
+    try:
+        yield True
     finally:
         lock.release()

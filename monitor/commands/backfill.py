@@ -5,14 +5,15 @@ Two forms:
 * ``backfill --from-jsonl FILE``: each line goes through what live traffic goes through:
   :func:`~monitor.ingest.parsing.parse_record` (validation), :class:`IngestService.submit`
   (sampling, the durable inbox), :meth:`EmbeddingWorkers.run_once` (embedding, kNN OOD score,
-  storage); then the windows the file touched are computed by
-  :meth:`WindowPipeline.compute`. The file is streamed in batches (memory holds one batch) and
-  split on ``\\n`` only (U+2028 inside a JSON string is valid). An invalid line is reported on
-  stderr with its line number and skipped (``--strict``: the run stops there). A line without
-  an ``id`` gets a stable one from its content (``h-`` + 32 hex digits of a SHA-256 of the
-  canonical JSON), so a rerun adds nothing twice: ids already in the inbox or stored are
-  skipped. The records go through the durable inbox, so every running replica's workers help
-  embed them; this process embeds too.
+  storage); then the windows the file touched are computed by :meth:`WindowPipeline.compute`
+  when the leader lock is free (else the process holding it, a running ``serve``, computes
+  them: its scheduler finds the new samples). The file is streamed in batches (memory holds one
+  batch) and split on ``\\n`` only (U+2028 inside a JSON string is valid). An invalid line is
+  reported on stderr with its line number and skipped (``--strict``: the run stops there). A
+  line without an ``id`` gets a stable one from its content (``h-`` + 32 hex digits of a
+  SHA-256 of the canonical JSON), so a rerun adds nothing twice: ids already in the inbox or
+  stored are skipped. The records go through the durable inbox, so every running replica's
+  workers help embed them; this process embeds too.
 * ``backfill --stream S --since T --until T``: computes the windows of a range from stored
   embeddings with the current reference store, estimator and calibration, oldest first (the
   k-of-m risk rule reads the windows before). Windows already stored are kept unless
@@ -21,6 +22,8 @@ Two forms:
   are computed: a later one is the scheduler's. The range is planned by arithmetic (no list
   of windows, so ten years cost what an hour does), and a range with more windows to compute
   than ``--max-windows`` (default ``[scheduler] max_catch_up``) is refused, saying how many.
+  The windows are computed holding the leader lock (:mod:`monitor.leadership`), so never
+  while a scheduler computes any: it waits up to ``--lock-wait`` seconds for it, then stops.
   ``--dry-run`` reads, writes nothing, and says what it would do.
 
 ``--from-jsonl FILE --dry-run`` parses and validates every line as the real run does and
@@ -567,7 +570,8 @@ def register(app: typer.Typer) -> None:
                 "--from-jsonl",
                 help="Historical traffic, one record a line (the DESIGN record or OpenAI "
                 "messages + response), fed through validation, sampling, embedding and storage "
-                "as live traffic; then its windows are computed.",
+                "as live traffic; then its windows are computed (left to the scheduler of a "
+                "running serve when it holds the leader lock).",
                 dir_okay=False,
             ),
         ] = None,
@@ -679,6 +683,18 @@ def _leader_lock(found: Services, wait: float, dry_run: bool) -> AbstractContext
     )
 
 
+def _leader_lock_if_free(found: Services) -> AbstractContextManager[bool]:
+    """The leader lock while --from-jsonl computes its windows, if free (a running scheduler
+    computes them otherwise)."""
+    from monitor.leadership import leader_lock_if_free
+
+    return leader_lock_if_free(
+        found.repository,
+        found.settings,
+        notify=lambda message: err_console.print(one_line(message), markup=False),
+    )
+
+
 @contextmanager
 def _read_only(settings: Any) -> Iterator[Services]:
     """What a dry run needs: the repository, no encoders, no reference store."""
@@ -722,12 +738,14 @@ def _from_jsonl(
             job = JsonlBackfill(found, stream=stream, strict=strict, batch=batch_size)
             with Reporter(f"records from {path.name}", None) as reporter:
                 ingested = job.run(path, reporter)
-            for name, (first, last) in windows_touched(settings, ingested.spans).items():
-                ranges.append(
-                    backfill_range(
-                        found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
+            with _leader_lock_if_free(found) as held:  # else the leader computes them
+                touched = windows_touched(settings, ingested.spans) if held else {}
+                for name, (first, last) in touched.items():
+                    ranges.append(
+                        backfill_range(
+                            found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
+                        )
                     )
-                )
     data = asdict(ingested)
     data.pop("spans")
     data["records_per_second"] = ingested.lines / ingested.seconds if ingested.seconds else 0.0
