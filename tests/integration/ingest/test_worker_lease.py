@@ -90,12 +90,16 @@ def test_two_worker_sets_claim_under_different_ids_unique_to_the_process(
     repo = sqlite_repository(tmp_path)
     repo.enqueue([record(1), record(2)])
     # Two processes' worth of workers on one inbox (one record each: batches of one).
-    a = workers_for(repo, slow(encoders, 1.5), store, batch_size=1)
-    b = workers_for(repo, slow(encoders, 1.5), store, batch_size=1)
+    a = workers_for(repo, slow(encoders, 3.0), store, batch_size=1)
+    b = workers_for(repo, slow(encoders, 3.0), store, batch_size=1)
     a.start()
     b.start()
     try:
-        wait_for(lambda: None not in claimed_by(repo), timeout=20, what="both records claimed")
+        wait_for(
+            lambda: len(held := claimed_by(repo)) == 2 and None not in held,
+            timeout=20,
+            what="both records claimed at once",
+        )
         holders = claimed_by(repo)
         assert len(set(holders)) == 2, holders  # not "embed-0" twice
         assert set(holders) == {a.worker_ids[0], b.worker_ids[0]}
