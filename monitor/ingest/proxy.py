@@ -16,7 +16,8 @@ body; nothing is added (no default user agent or accept-encoding) and nothing is
 requests (no cookie jar). A request body within ``[proxy] max_sample_bytes`` is read whole; a
 larger one (or one of unknown length) is streamed to the upstream as it arrives, never held. An
 SSE stream is relayed chunk by chunk as it arrives, never buffered; a whole answer (JSON) is read
-and sent in one piece. A client that hangs up (waiting for an answer, or mid-stream) ends the
+and sent in one piece, unless it is larger than ``max_sample_bytes``: that is relayed as it
+arrives too. A client that hangs up (waiting for an answer, or mid-stream) ends the
 upstream request. An upstream that answers before the body is sent (an early 413) has its
 answer relayed. The sidecar answers by itself only when a request is over ``[proxy]
 max_body_bytes`` (413, on its Content-Length before reading, or as it arrives) or when it
@@ -337,15 +338,35 @@ class SidecarProxy:
             )
             return relayed, answered
         # A whole answer (JSON, an error) is read and sent in one piece: the client cannot use
-        # half of it, and one piece costs the sidecar less than a relay.
+        # half of it, and one piece costs the sidecar less than a relay. One larger than
+        # max_sample_bytes (it will not be sampled) is relayed as it arrives, never held.
+        chunks = aiter(_raw_body(upstream))
+        parts: list[bytes] = []
+        size = 0
         try:
-            content = b"".join([chunk async for chunk in _raw_body(upstream)])
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > self._max_sample_bytes:
+                    if exchange.sampled:
+                        exchange.sampled = False
+                        self._lose("too_large", "answer over [proxy] max_sample_bytes")
+                    relayed = _Relayed(
+                        lambda receive, send: self._relay(
+                            upstream, headers, exchange, receive, send, parts, chunks
+                        )
+                    )
+                    return relayed, answered
         except httpx.HTTPError as exc:
+            await upstream.aclose()
             self._warn_aborted(exchange.sampled, f"the upstream broke off its answer: {exc!r}")
             error = _sidecar_error(502, "upstream_failed", f"the upstream failed: {exc!r}")
             return error, time.perf_counter()
-        finally:
+        except BaseException:
             await upstream.aclose()
+            raise
+        await upstream.aclose()
+        content = b"".join(parts)
         answered = time.perf_counter()
         if not any(key.lower() == b"content-length" for key, _ in headers):
             headers.append((b"content-length", str(len(content)).encode()))
@@ -360,12 +381,17 @@ class SidecarProxy:
         exchange: _Exchange,
         receive: Receive,
         send: Send,
+        read: Sequence[bytes] = (),
+        chunks: AsyncIterator[bytes] | None = None,
     ) -> None:
-        """Send the upstream's body bytes on as they arrive; offer the exchange for sampling
-        once the answer is complete. A client that hangs up mid-answer cancels the relay: the
-        upstream request is closed (the inference server can stop generating) and there is
-        nothing to sample. An upstream that breaks off mid-answer gets the stream ended with
-        an OpenAI-style error event (an OpenAI client raises it), not a clean end."""
+        """Send the upstream's body bytes on as they arrive (``read`` first: what was read
+        before, from ``chunks``); offer the exchange for sampling once the answer is complete.
+        A client that hangs up mid-answer cancels the relay: the upstream request is closed
+        (the inference server can stop generating) and there is nothing to sample. An upstream
+        that breaks off an SSE answer gets the stream ended with an OpenAI-style error event
+        (an OpenAI client raises it), not a clean end; any other answer is left incomplete
+        (the server closes the connection)."""
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         parts: list[bytes] | None = [] if exchange.sampled else None
         size = 0
         broken: str | None = None
@@ -378,8 +404,10 @@ class SidecarProxy:
                         "headers": headers,
                     }
                 )
+                for chunk in read:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 try:
-                    async for chunk in _raw_body(upstream):
+                    async for chunk in chunks or _raw_body(upstream):
                         if parts is not None:
                             size += len(chunk)
                             if size > self._max_sample_bytes:
@@ -391,7 +419,8 @@ class SidecarProxy:
                 except httpx.HTTPError as exc:
                     broken = f"the upstream broke off its answer: {exc!r}"
                     hang_up.done = True
-                    await send({"type": "http.response.body", "body": broken_event(exc)})
+                    if sse:
+                        await send({"type": "http.response.body", "body": broken_event(exc)})
                 else:
                     hang_up.done = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -14,7 +14,8 @@ What it does with ``POST /v1/chat/completions`` is chosen by the request header
   answering; it stops waiting when the caller goes away, and counts callers that did;
 * ``early-413``: reads only the request head, answers 413 and closes at once, the body unread
   (the connection is reset, as fake_upstream.py and many servers do);
-* ``abort-sse``: starts an SSE answer, sends two chunks, then closes mid-stream.
+* ``abort-sse``: starts an SSE answer, sends two chunks, then closes mid-stream;
+* ``huge-json``: a 200 JSON answer of ``x-hostile-mib`` MiB (default 64), sent as it is made.
 """
 
 from __future__ import annotations
@@ -143,6 +144,20 @@ class HostileUpstream:
                 await writer.drain()
                 await asyncio.sleep(0.05)
             return False  # closed mid-stream, no last chunk
+        elif mode == "huge-json":
+            size = int(headers.get("x-hostile-mib", "64")) * (1 << 20)
+            head = b'{"id": "chatcmpl-huge", "choices": [], "padding": "'
+            tail = b'"}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"\r\n%s" % (size, head)
+            )
+            left = size - len(head) - len(tail)
+            while left > 0:
+                writer.write(b"x" * min(left, 1 << 20))
+                left -= 1 << 20
+                await writer.drain()
+            writer.write(tail)
         elif mode == "constant-id":
             self._send(writer, 200, completion("chatcmpl-CONSTANT", f"answer {self.requests}"))
         else:

@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -122,6 +123,29 @@ def test_a_gzip_bomb_is_relayed_as_it_came_and_not_sampled(sidecar: Sidecar) -> 
     assert sidecar.records("dropped") == 1
     assert sidecar.lost("invalid") == 0
     assert sidecar.repo.inbox_depth() == 0
+
+
+def test_a_huge_answer_is_relayed_as_it_arrives_not_held(sidecar: Sidecar) -> None:
+    tracemalloc.start()  # this process: the sidecar's threads and the client's
+    try:
+        size = 0
+        with httpx.stream(
+            "POST",
+            f"{sidecar.url}/v1/chat/completions",
+            json=CHAT,
+            headers={"x-hostile": "huge-json", "x-hostile-mib": "48"},
+            timeout=60,
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-length"] == str(48 * MIB)
+            for chunk in response.iter_raw():
+                size += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == 48 * MIB
+    assert peak < 16 * MIB  # max_sample_bytes (2 MiB) read ahead, then relayed
+    wait_for(lambda: sidecar.lost("too_large") == 1, what="the answer counted too large")
 
 
 # -- 2. request bodies ------------------------------------------------------------------------
