@@ -81,7 +81,9 @@ def test_a_window_waits_for_its_records_in_the_inbox_within_the_hold(
     repo = open_repository(settings)
     try:
         now = datetime.now(UTC)
-        base = window_start(now - 3 * SIZE, SIZE)
+        # Three windows all due more than twice the short lease (2 min) ago, whatever the time
+        # of day: a window due less than that ago is rightly still held with a 1m lease.
+        base = window_start(now - 3 * SIZE - timedelta(minutes=2), SIZE)
         windows = [WindowKey("live", base + i * SIZE, base + (i + 1) * SIZE) for i in range(3)]
         repo.add_samples(
             [sample(live(i, base + timedelta(minutes=1, seconds=i))) for i in range(3)]
