@@ -205,6 +205,7 @@ class StreamModel:
             n_images=data.n_images,
             n_references=data.n_references,
             ood_fraction=data.ood_fraction,
+            ood_scored=data.ood_scored,
             alpha=self.alpha,
             ood_flag_rate=self.ood_flag_rate,
             window_nulls=window_nulls,

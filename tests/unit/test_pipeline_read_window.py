@@ -22,8 +22,15 @@ Sample = dict[str, np.ndarray]
 class ChunkedSamples:
     """The two read methods of the repository over samples held in memory, in chunks."""
 
-    def __init__(self, samples: Sequence[Sample], chunk_size: int, counted: int) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        chunk_size: int,
+        counted: int,
+        scores: Sequence[float] | None = None,
+    ) -> None:
         self.samples, self.chunk_size, self.counted = samples, chunk_size, counted
+        self.scores = np.full(len(samples), 0.5) if scores is None else np.asarray(scores)
 
     def count_samples(self, stream: str, start: datetime, end: datetime) -> int:
         return self.counted
@@ -45,7 +52,7 @@ class ChunkedSamples:
             yield EmbeddingChunk(
                 sample_ids=[f"id-{s + i}" for i in range(len(part))],
                 event_times=[KEY.start + timedelta(seconds=s + i) for i in range(len(part))],
-                ood_scores=np.full(len(part), 0.5),
+                ood_scores=self.scores[s : s + self.chunk_size],
                 sampling_weights=np.ones(len(part)),
                 vectors=vectors,
                 index=index,
@@ -118,3 +125,19 @@ def test_samples_after_the_count_without_a_kind_keep_rows_and_masks_aligned() ->
         np.testing.assert_allclose(got, rows, rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(data.present[kind], present)
     assert data.count("image") == 8 and len(data.of("image")) == 8  # type: ignore[arg-type]
+
+
+def test_ood_flags_are_scores_strictly_above_the_threshold_among_scored_samples() -> None:
+    """A score equal to the threshold is not flagged (the threshold is an ID score: at least TPR
+    of ID scores lie at or below it); samples without a score (NaN) count for neither side."""
+    scores = [0.2, 1.0, 1.5, float("nan"), 0.9, float("nan"), 1.0000001]
+    samples = _samples(len(scores))
+    data = read_window(
+        ChunkedSamples(samples, chunk_size=3, counted=len(scores), scores=scores),
+        KEY,
+        max_samples=100,
+        ood_threshold=1.0,
+    )
+    assert data is not None
+    assert (data.ood_flagged, data.ood_scored) == (2, 5)
+    assert data.ood_fraction == pytest.approx(2 / 5)
