@@ -366,7 +366,7 @@ class WindowPipeline:
             result = _insufficient(key, data, model, computed_at)
         else:
             result, reason = self._sufficient(key, data, model, computed_at)
-        stored = self.repository.windows.store_window(result, reason=reason)
+        stored = self.repository.store_window(result, reason=reason)
         result = _with_id(result, stored.id)
         self._after_store(result, stored, reason)
         elapsed = time.perf_counter() - started

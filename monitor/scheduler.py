@@ -231,7 +231,7 @@ class WindowScheduler:
         hold = 2 * self.settings.workers.lease
         return {
             stream: min(now, max(received, now - hold))
-            for stream, received in self.repository.inbox.oldest_received().items()
+            for stream, received in self.repository.oldest_received().items()
         }
 
     def due(self, stream: str, now: datetime) -> list[WindowKey]:

@@ -243,7 +243,7 @@ class EmbeddingWorkers:
         def heartbeat() -> None:
             while not done.wait(lease.total_seconds() / 3):
                 try:
-                    held = self.repository.inbox.renew(ids, worker_id, lease=lease)
+                    held = self.repository.renew(ids, worker_id, lease=lease)
                 except Exception as exc:  # the next beat tries again; the lease may run out
                     log.warning("renewing the lease of a batch failed: %s", exc)
                     continue

@@ -5,13 +5,15 @@ each in its own short transaction. The repository is composed of parts by concer
 small class sharing one :class:`~monitor.store._base.Database` (engine, clock, transactions):
 
 * ``streams`` (``ensure_stream``, ``list_streams``): ``monitor.store._base``
-* ``inbox``, the durable inbox (``enqueue``, ``claim``, ``ack``, ``release``, ``inbox_depth``,
-  ``move_aside`` and ``inbox_failures`` for records that cannot be embedded):
+* ``inbox``, the durable inbox (``enqueue``, ``claim``, ``renew``, ``ack``, ``release``,
+  ``inbox_depth``, ``oldest_received``, ``move_aside`` and ``inbox_failures`` for records that
+  cannot be embedded):
   ``monitor.store._inbox``
 * ``samples``, samples and embeddings (``add_samples``, ``get_sample``, ``count_samples``,
   ``iter_embeddings``), late references (``locate_records``, ``add_late_reference(s)``), raw
   retention (``purge_raw``): ``monitor.store._samples``
-* ``windows``, window results and risk transitions (``upsert_window``, ``get_windows``,
+* ``windows``, window results and risk transitions (``store_window``: a window and its
+  transition in one transaction; ``upsert_window``, ``get_windows``,
   ``recent_windows``, ``next_windows``, ``last_window_end``, ``earliest_sample_time``,
   ``stale_locations``, ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
 * ``leader``, the lock that lets one process compute windows: ``monitor.store._leader``
@@ -72,6 +74,8 @@ class Repository:
         self.claim = self.inbox.claim
         self.ack = self.inbox.ack
         self.release = self.inbox.release
+        self.renew = self.inbox.renew
+        self.oldest_received = self.inbox.oldest_received
         self.inbox_depth = self.inbox.depth
         self.move_aside = self.inbox.move_aside
         self.inbox_failures = self.inbox.failures
@@ -89,6 +93,7 @@ class Repository:
         self.get_raw = self.samples.get_raw
         self.purge_raw = self.samples.purge_raw
 
+        self.store_window = self.windows.store_window
         self.upsert_window = self.windows.upsert_window
         self.get_window = self.windows.get_window
         self.get_windows = self.windows.get_windows
