@@ -92,15 +92,37 @@ class LineError:
         return f"line {self.line}:{where} {self.message}"
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each non-blank line; split on b'\\n' only, streamed. A read
+class LineTooLong(bytes):
+    """What :func:`read_lines` yields for a line over its byte limit: its size, not its bytes."""
+
+    size: int
+
+
+def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line; split on b'\\n' only, streamed. A line over
+    ``max_bytes`` (the records API's body limit, for the same records) is not held: a
+    :class:`LineTooLong` stands for it, which :func:`load_line` reports as invalid. A read
     error names the file and the line (the OSError of a read names neither)."""
+    limit = max_bytes if max_bytes is not None else 1 << 62
     number = 0
     try:
         with path.open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):  # binary iteration splits on \n only
+            while raw := fh.readline(limit + 2):  # + 2: the line's own \r\n
+                number += 1
+                if not raw.endswith(b"\n") and len(raw) == limit + 2:
+                    size = len(raw)
+                    while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        size += len(rest)
+                    too_long = LineTooLong()
+                    too_long.size = size + len(rest.rstrip(b"\r\n"))
+                    yield number, too_long
+                    continue
                 line = raw.rstrip(b"\r\n")
-                if line.strip():
+                if len(line) > limit:
+                    too_long = LineTooLong()
+                    too_long.size = len(line)
+                    yield number, too_long
+                elif line.strip():
                     yield number, line
     except OSError as exc:
         if exc.filename is not None:
@@ -138,6 +160,10 @@ def _refuse_constant(name: str) -> Any:
 def load_line(line: bytes) -> dict[str, Any]:
     """One JSONL line as a JSON object (strict: no NaN / Infinity), or InvalidInputError; a
     line nested too deeply for the parser is invalid like any other."""
+    if isinstance(line, LineTooLong):
+        raise InvalidInputError(
+            f"a line of {line.size:,} bytes, over the limit of a request ([ingest] max_body_bytes)"
+        )
     try:
         obj = json.loads(line.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
@@ -198,7 +224,7 @@ class JsonlBackfill:
         started = time.perf_counter()
         pending: list[tuple[int, TrafficRecord]] = []
         now = datetime.now(UTC)
-        for number, line in read_lines(path):
+        for number, line in read_lines(path, self.settings.ingest.max_body_bytes):
             self.summary.lines += 1
             try:
                 record = parse_line(
@@ -338,7 +364,7 @@ class JsonlCheck:
         started = time.perf_counter()
         pending: list[TrafficRecord] = []
         now = datetime.now(UTC)
-        for number, line in read_lines(path):
+        for number, line in read_lines(path, self.settings.ingest.max_body_bytes):
             self.summary.lines += 1
             try:
                 record = parse_line(

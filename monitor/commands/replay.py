@@ -106,6 +106,7 @@ class Replayer:
         shift_time: bool,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        max_line_bytes: int | None = None,
     ) -> None:
         import httpx
 
@@ -116,6 +117,7 @@ class Replayer:
         self.client = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
         self.timeout = timeout
         self.max_retries = max_retries
+        self.max_line_bytes = max_line_bytes
         self.rate = rate
         self.batch = max(1, min(batch, int(rate))) if rate > 0 else batch
         self.stream = stream
@@ -126,7 +128,7 @@ class Replayer:
         started = time.monotonic()
         pending: list[tuple[int, dict[str, Any]]] = []
         try:
-            for number, line in read_lines(path):
+            for number, line in read_lines(path, self.max_line_bytes):
                 self.summary.lines += 1
                 record = self._record(number, line)
                 if record is None:
@@ -435,6 +437,7 @@ def register(app: typer.Typer) -> None:
             shift_time=shift_time,
             timeout=timeout,
             max_retries=max_retries,
+            max_line_bytes=settings.ingest.max_body_bytes,
         )
         with Reporter(f"replaying {file.name}", None) as reporter:
             summary = replayer.run(file, reporter)

@@ -310,3 +310,26 @@ def test_a_read_error_names_the_file(config: Path) -> None:
     args = ["backfill", "--from-jsonl", "/proc/self/mem", "--dry-run", "-c", str(config)]
     result = runner.invoke(app, args)
     assert_error(result, EXIT_ERROR, "cannot read /proc/self/mem after line 0")
+
+
+def test_a_line_over_the_request_limit_is_invalid_and_not_held(
+    config: Path, tmp_path: Path
+) -> None:
+    config.write_text(config.read_text() + "[ingest]\nmax_body_bytes = 100000\n")
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as fh:
+        fh.write(_line(id="small") + "\n")
+        fh.write('{"id": "big", "prompt": "' + "x" * 30_000_000 + '"}\n')  # 30 MB
+        fh.write(_line(id="after") + "\n")
+    args = ["backfill", "--from-jsonl", str(path), "--dry-run", "--json", "-c", str(config)]
+    tracemalloc.start()
+    try:
+        result = runner.invoke(app, args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert "invalid line 2: a line of 30,000,027 bytes, over the limit" in result.stderr
+    records = json.loads(result.stdout)["records"]
+    assert (records["lines"], records["invalid"], records["accepted"]) == (3, 1, 2)
+    assert peak < 10_000_000, peak  # the 30 MB line was never held

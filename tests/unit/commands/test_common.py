@@ -98,3 +98,20 @@ def test_a_read_error_names_the_file() -> None:
     # A regular file whose read fails (EIO at offset 0); a read's OSError names no file.
     with pytest.raises(MonitorError, match=r"cannot read /proc/self/mem after line 0"):
         list(read_lines(Path("/proc/self/mem")))
+
+
+def test_lines_over_the_limit_are_not_held(tmp_path: Path) -> None:
+    from monitor.commands.backfill import LineTooLong, load_line
+    from monitor.errors import InvalidInputError
+
+    path = tmp_path / "t.jsonl"
+    lines = [b"a" * 10, b"b" * 11, b"c" * 12, b"d" * 5000, b"e" * 10 + b"\r", b"f" * 13]
+    path.write_bytes(b"\n".join(lines))  # the last line has no newline
+    read = list(read_lines(path, max_bytes=10))
+    assert [n for n, _ in read] == [1, 2, 3, 4, 5, 6]
+    assert read[0][1] == b"a" * 10 and read[4][1] == b"e" * 10
+    for index, size in ((1, 11), (2, 12), (3, 5000), (5, 13)):
+        line = read[index][1]
+        assert isinstance(line, LineTooLong) and line.size == size and line == b""
+        with pytest.raises(InvalidInputError, match=f"a line of {size:,} bytes"):
+            load_line(line)
