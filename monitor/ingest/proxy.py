@@ -40,8 +40,10 @@ with that cap, never whole.
 
 Sample ids: the upstream's completion id while it is new, so that a late reference can be
 posted under the id the client saw; a completion id the sidecar has seen recently (it keeps the
-last 16,384) or that is stored already gets an id of the sidecar's own,
-``<completion id>~<8 hex digits>``: an upstream that reuses ids never merges exchanges.
+last 16,384) gets an id of the sidecar's own, ``<completion id>~<8 hex digits>``; so does one
+that the inbox reports as a duplicate (stored before this process began remembering ids: it is
+counted ``duplicate`` once, then sampled under the new id). An upstream that reuses ids never
+merges exchanges.
 
 ``[proxy] upstream`` is the inference server's root URL (``http://127.0.0.1:8000``); the request
 path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accepted too.
@@ -570,9 +572,9 @@ class SidecarProxy:
                 self._lose("internal_error", "reading the exchange failed")
         return records
 
-    def _submit(self, records: list[TrafficRecord]) -> None:
+    def _submit(self, records: list[TrafficRecord], *, again: bool = True) -> None:
         try:
-            self.ingest.submit(self._fresh_ids(records))
+            result = self.ingest.submit(records)
         except InboxFullError:
             self._lose("inbox_full", "the inbox is full", len(records))
         except StorageError as exc:
@@ -583,17 +585,17 @@ class SidecarProxy:
         except Exception:
             log.exception("sidecar: submitting sampled exchanges failed")
             self._lose("internal_error", "submit failed", len(records))
+        else:
+            if result.duplicate_ids and again:
+                self._submit(self._own_ids(records, set(result.duplicate_ids)), again=False)
 
-    def _fresh_ids(self, records: list[TrafficRecord]) -> list[TrafficRecord]:
-        """Records whose completion id is stored already (reused by the upstream before this
-        process began remembering ids) get an id of the sidecar's own instead of being
-        refused as duplicates (one indexed look-up per batch)."""
-        known = self.ingest.repository.locate_records([record.id for record in records])
-        if not known:
-            return records
+    def _own_ids(self, records: list[TrafficRecord], taken: set[str]) -> list[TrafficRecord]:
+        """The records whose completion id was stored already (an upstream that reused it
+        before this process began remembering ids), under ids of the sidecar's own."""
         return [
-            replace(record, id=self._recent_ids.own(record.id)) if record.id in known else record
+            replace(record, id=self._recent_ids.own(record.id))
             for record in records
+            if record.id in taken
         ]
 
     def exchange_to_record(self, exchange: Exchange) -> TrafficRecord:
