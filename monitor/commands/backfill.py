@@ -594,7 +594,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--from-jsonl",
-                help="Historical traffic, one record a line (the DESIGN record or OpenAI "
+                help="Historical traffic, one record a line (a POST /v1/records record or OpenAI "
                 "messages + response), fed through validation, sampling, embedding and storage "
                 "as live traffic; then its windows are computed (left to the scheduler of a "
                 "running serve when it holds the leader lock).",
