@@ -58,7 +58,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +68,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
 
 from monitor.config import Settings
 from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
@@ -77,7 +77,9 @@ from monitor.ingest.proxy_body import (
     AnswerTooLargeError,
     BodyTooLargeError,
     ClientGoneError,
+    RelayedResponse,
     RequestBody,
+    WholeResponse,
     assemble_json,
     assemble_sse,
     broken_event,
@@ -85,6 +87,7 @@ from monitor.ingest.proxy_body import (
     declared_body,
     decoded,
     json_object,
+    raw_body,
     upstream_transport,
 )
 from monitor.ingest.service import IngestService
@@ -272,7 +275,15 @@ class SidecarProxy:
                 error_type="invalid_request_error",
             )
         headers = _forwardable(scope["headers"], _NOT_FORWARDED_UPSTREAM_BYTES)
-        declared, chunked = declared_body(scope["headers"])
+        try:
+            declared, chunked = declared_body(scope["headers"])
+        except ValueError:
+            return _sidecar_error(
+                400,
+                "invalid_content_length",
+                "Content-Length is not a number",
+                error_type="invalid_request_error",
+            )
         if declared is not None and declared > self._max_body_bytes:
             return self._too_large(declared)
         body = RequestBody(
@@ -335,14 +346,14 @@ class SidecarProxy:
         headers = _forwardable(upstream.headers.raw, _HOP_BY_HOP_BYTES)
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             # A stream is relayed chunk by chunk as it arrives.
-            relayed = _Relayed(
+            relayed = RelayedResponse(
                 lambda receive, send: self._relay(upstream, headers, exchange, receive, send)
             )
             return relayed, answered
         # A whole answer (JSON, an error) is read and sent in one piece: the client cannot use
         # half of it, and one piece costs the sidecar less than a relay. One larger than
         # max_sample_bytes (it will not be sampled) is relayed as it arrives, never held.
-        chunks = aiter(_raw_body(upstream))
+        chunks = aiter(raw_body(upstream))
         parts: list[bytes] = []
         size = 0
         try:
@@ -353,7 +364,7 @@ class SidecarProxy:
                     if exchange.sampled:
                         exchange.sampled = False
                         self._lose("too_large", "answer over [proxy] max_sample_bytes")
-                    relayed = _Relayed(
+                    relayed = RelayedResponse(
                         lambda receive, send: self._relay(
                             upstream, headers, exchange, receive, send, parts, chunks
                         )
@@ -374,7 +385,7 @@ class SidecarProxy:
             headers.append((b"content-length", str(len(content)).encode()))
         if exchange.sampled:
             self._offer_answer(upstream, exchange, content)
-        return _Whole(upstream.status_code, headers, content), answered
+        return WholeResponse(upstream.status_code, headers, content), answered
 
     async def _relay(
         self,
@@ -409,7 +420,7 @@ class SidecarProxy:
                 for chunk in read:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 try:
-                    async for chunk in chunks or _raw_body(upstream):
+                    async for chunk in chunks or raw_body(upstream):
                         if parts is not None:
                             size += len(chunk)
                             if size > self._max_sample_bytes:
@@ -663,39 +674,6 @@ def build_proxy_router(
 
 
 # -- responses, headers and URLs ----------------------------------------------------------
-
-
-class _Whole(Response):
-    """A whole upstream answer, sent as it came: status, headers and body as given (Starlette's
-    ``Response`` would work out headers of its own first)."""
-
-    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
-        self.status_code = status_code
-        self.raw_headers = raw_headers
-        self.body = body
-        self.background = None
-
-
-class _Relayed(Response):
-    """A response that ``relay(receive, send)`` sends itself (the SSE relay): less work per
-    chunk than ``StreamingResponse``, which runs the body through an iterator in a task
-    group of its own."""
-
-    def __init__(self, relay: Callable[[Receive, Send], Awaitable[None]]):
-        self._relay = relay
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._relay(receive, send)
-
-
-def _raw_body(upstream: httpx.Response) -> httpx.AsyncByteStream:
-    """The upstream's body bytes as the transport hands them over, as they arrive (what
-    ``Response.aiter_raw`` yields, less its per-chunk re-chunking and bookkeeping)."""
-    stream = upstream.stream
-    if not isinstance(stream, httpx.AsyncByteStream):
-        raise TypeError(f"the upstream transport returned a synchronous body: {stream!r}")
-    return stream
 
 
 def _forwardable(

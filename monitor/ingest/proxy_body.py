@@ -7,6 +7,8 @@ its way to sampling, and the upstream connection that carries them.
   away mid-body is :class:`ClientGoneError`.
 * :func:`cancelled_on_hang_up`: a block cancelled when the client hangs up (the upstream
   request in it is closed).
+* :class:`WholeResponse`, :class:`RelayedResponse`, :func:`raw_body`: an upstream answer sent
+  on as it came, whole or as it arrives.
 * :func:`decoded`: a gzip / deflate answer inflated with an output cap
   (:class:`AnswerTooLargeError` past it), never whole: a small compressed answer can inflate to
   gigabytes.
@@ -24,14 +26,15 @@ import json
 import ssl
 import typing
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpcore
 import httpx
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Receive
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from monitor.errors import InvalidInputError
 
@@ -167,6 +170,42 @@ async def cancelled_on_hang_up(receive: Receive, body: RequestBody | None) -> As
     finally:
         state.done = True
         watcher.cancel()
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+class WholeResponse(Response):
+    """A whole upstream answer, sent as it came: status, headers and body as given (Starlette's
+    ``Response`` would work out headers of its own first)."""
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+        self.status_code = status_code
+        self.raw_headers = raw_headers
+        self.body = body
+        self.background = None
+
+
+class RelayedResponse(Response):
+    """A response that ``relay(receive, send)`` sends itself (the SSE relay): less work per
+    chunk than ``StreamingResponse``, which runs the body through an iterator in a task
+    group of its own."""
+
+    def __init__(self, relay: Callable[[Receive, Send], Awaitable[None]]):
+        self._relay = relay
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._relay(receive, send)
+
+
+def raw_body(upstream: httpx.Response) -> httpx.AsyncByteStream:
+    """The upstream's body bytes as the transport hands them over, as they arrive (what
+    ``Response.aiter_raw`` yields, less its per-chunk re-chunking and bookkeeping)."""
+    stream = upstream.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError(f"the upstream transport returned a synchronous body: {stream!r}")
+    return stream
 
 
 # -- answers ------------------------------------------------------------------------------
