@@ -635,7 +635,8 @@ def register(app: typer.Typer) -> None:
                 "--max-windows",
                 min=1,
                 help="Refuse a range with more windows to compute than this (default: "
-                "[scheduler] max_catch_up).",
+                "[scheduler] max_catch_up). With --from-jsonl: the records are stored, the "
+                "windows of a stream over it are left (exit 1).",
             ),
         ] = None,
         lock_wait: Annotated[
@@ -663,7 +664,9 @@ def register(app: typer.Typer) -> None:
                     "--since/--until go with the range form, not with --from-jsonl",
                     param_hint="--from-jsonl",
                 )
-            _from_jsonl(config, from_jsonl, stream, strict, batch_size, as_json, dry_run)
+            _from_jsonl(
+                config, from_jsonl, stream, strict, batch_size, as_json, dry_run, max_windows
+            )
             return
         if stream is None or start is None or end is None:
             raise typer.BadParameter(
@@ -742,23 +745,42 @@ def _from_jsonl(
     batch_size: int,
     as_json: bool,
     dry_run: bool = False,
+    max_windows: int | None = None,
 ) -> None:
     settings = load(config, compute=True)
     if stream is not None:
         require_stream(settings, stream)
     input_file(path, "--from-jsonl file")
+    cap = settings.scheduler.max_catch_up if max_windows is None else max_windows
     ranges: list[RangeSummary] = []
+    too_many: list[str] = []  # streams whose windows are over the cap: left, and said
+
+    def compute(
+        found: Services, name: str, first: datetime, last: datetime, recompute: bool
+    ) -> None:
+        try:
+            ranges.append(
+                backfill_range(
+                    found,
+                    name,
+                    first,
+                    last,
+                    recompute=recompute,
+                    dry_run=dry_run,
+                    max_windows=cap,
+                )
+            )
+        except TooManyWindowsError as exc:
+            stored = "would be stored" if dry_run else "are stored"
+            too_many.append(f"{exc} (the records {stored}; their windows are left)")
+
     if dry_run:
         with _read_only(settings) as found:
             check = JsonlCheck(found.repository, settings, stream=stream, batch=batch_size)
             with Reporter(f"records from {path.name}", None) as reporter:
                 ingested = check.run(path, reporter)
             for name, (first, last) in windows_touched(settings, ingested.spans).items():
-                ranges.append(
-                    backfill_range(
-                        found, name, first, last, recompute=ingested.accepted > 0, dry_run=True
-                    )
-                )
+                compute(found, name, first, last, ingested.accepted > 0)
     else:
         with services(settings, encoders=True) as found:
             job = JsonlBackfill(found, stream=stream, strict=strict, batch=batch_size)
@@ -767,11 +789,7 @@ def _from_jsonl(
             with _leader_lock_if_free(found) as held:  # else the leader computes them
                 touched = windows_touched(settings, ingested.spans) if held else {}
                 for name, (first, last) in touched.items():
-                    ranges.append(
-                        backfill_range(
-                            found, name, first, last, recompute=ingested.sampled > 0, dry_run=False
-                        )
-                    )
+                    compute(found, name, first, last, ingested.sampled > 0)
     data = asdict(ingested)
     data.pop("spans")
     data["records_per_second"] = ingested.lines / ingested.seconds if ingested.seconds else 0.0
@@ -799,5 +817,7 @@ def _from_jsonl(
         )
     if ranges and not as_json:
         _print_range_table(ranges)
-    if ingested.invalid:
+    for message in too_many:
+        err_console.print(one_line(f"error: {message}"), markup=False)
+    if ingested.invalid or too_many:
         raise typer.Exit(1)

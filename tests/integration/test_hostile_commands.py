@@ -333,3 +333,23 @@ def test_a_line_over_the_request_limit_is_invalid_and_not_held(
     records = json.loads(result.stdout)["records"]
     assert (records["lines"], records["invalid"], records["accepted"]) == (3, 1, 2)
     assert peak < 10_000_000, peak  # the 30 MB line was never held
+
+
+def test_from_jsonl_windows_over_the_cap_are_left_and_said(config: Path, tmp_path: Path) -> None:
+    path = tmp_path / "decade.jsonl"
+    path.write_text(
+        _line(id="old", timestamp="2016-01-01T00:00:00Z")
+        + "\n"
+        + _line(id="new", timestamp="2026-01-01T00:00:00Z")
+        + "\n"
+    )
+    args = ["backfill", "--from-jsonl", str(path), "--dry-run", "--json", "-c", str(config)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert "--max-windows 10,000" in flat(result.stderr) and "windows are left" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["records"]["accepted"] == 2 and data["windows"] == []
+    capped = runner.invoke(app, [*args, "--max-windows", "2000000"])
+    assert capped.exit_code == 0, capped.output
+    (windows,) = json.loads(capped.stdout)["windows"]
+    assert windows["computed"] == windows["planned"] > 1_000_000
