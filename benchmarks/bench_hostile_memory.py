@@ -60,33 +60,35 @@ def main() -> None:
     parser.add_argument("--megapixels", type=int, default=36)
     args = parser.parse_args()
     png = large_png(args.megapixels)
-    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
-        with hostile_serve(Path(tmp)) as running:
-            warm_up(running)
-            time.sleep(1)
-            idle = rss_bytes(running.pid)
-            probe = RssProbe(running.pid)
-            statuses: dict[str, str] = {}
-            cases: list[Measured] = [
-                probe.measure(
-                    f"gzip bomb (~1 MB -> {args.bomb_mib} MiB)",
-                    lambda: gzip_bomb(running, args.bomb_mib),
-                    lambda: None,
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp,
+        hostile_serve(Path(tmp)) as running,
+    ):
+        warm_up(running)
+        time.sleep(1)
+        idle = rss_bytes(running.pid)
+        probe = RssProbe(running.pid)
+        statuses: dict[str, str] = {}
+        cases: list[Measured] = [
+            probe.measure(
+                f"gzip bomb (~1 MB -> {args.bomb_mib} MiB)",
+                lambda: gzip_bomb(running, args.bomb_mib),
+                lambda: None,
+            ),
+            probe.measure(
+                f"{args.requests} x {args.request_mb} MB chat requests",
+                lambda: big_requests(
+                    running, count=args.requests, size=args.request_mb * 1000 * 1000
                 ),
-                probe.measure(
-                    f"{args.requests} x {args.request_mb} MB chat requests",
-                    lambda: big_requests(
-                        running, count=args.requests, size=args.request_mb * 1000 * 1000
-                    ),
-                    lambda: wait_embedded(running),
-                ),
-            ]
-            name = f"{args.images} PNGs x {args.megapixels} Mpx ({len(png) // 1024} KiB each)"
+                lambda: wait_embedded(running),
+            ),
+        ]
+        name = f"{args.images} PNGs x {args.megapixels} Mpx ({len(png) // 1024} KiB each)"
 
-            def images() -> None:
-                statuses[name] = str(large_images(running, count=args.images, png=png))
+        def images() -> None:
+            statuses[name] = str(large_images(running, count=args.images, png=png))
 
-            cases.append(probe.measure(name, images, lambda: wait_embedded(running)))
+        cases.append(probe.measure(name, images, lambda: wait_embedded(running)))
     print(
         f"python {platform.python_version()}, {platform.machine()}, serve idle RSS "
         f"{idle / MIB:.0f} MiB (after warm-up)"
