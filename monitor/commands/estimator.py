@@ -17,6 +17,9 @@ from monitor.commands._common import (
     progress_bar,
 )
 
+# Training seeds numpy (no negative seed) and torch (none past 64 bits): either was exit 3.
+SeedOption = Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")]
+
 
 class CalibrationMethod(StrEnum):
     auto = "auto"
@@ -35,7 +38,7 @@ def estimator_train(
             min=1, help="Stop after this many epochs without a better held-out likelihood."
         ),
     ] = 10,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Train CLUB on the store's ID pairs (x with reference and with model answers)."""
     from monitor.reference import train_store_estimator

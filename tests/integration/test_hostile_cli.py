@@ -206,3 +206,31 @@ def test_entry_point_interrupted() -> None:
     interrupt = "cli.load_settings = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())"
     code, output = run_cli("config", "check", code=interrupt)
     assert code == 130 and output == ""
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_training_seed_numpy_or_torch_cannot_take_is_a_usage_error(
+    tmp_path: Path, seed: str
+) -> None:
+    config = text_only_config(tmp_path, tmp_path / "refs")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"r{i}",
+                    "prompt": f"question {i}",
+                    "response": f"reply {i}",
+                    "reference": f"answer {i}",
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
+    build = runner.invoke(app, ["reference", "build", "-c", str(config), "-m", str(manifest)])
+    assert build.exit_code == 0, build.output
+    args = ["estimator", "train", "-c", str(config), "--epochs", "1", "--seed", seed]
+    result = runner.invoke(app, args)  # numpy refused -1 and torch 2**64: exit 3
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "--seed" in result.output and "unexpected" not in result.output
