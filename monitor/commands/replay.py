@@ -12,7 +12,8 @@ Delivery is exactly once:
   stores a record id once. At most ``--max-retries`` times in a row, each announced on stderr;
   then the run stops, saying why;
 * a 400 refuses the whole batch: its records are then sent one by one, the invalid ones are
-  reported with their line numbers and skipped, the others delivered;
+  reported with their line numbers and skipped, the others delivered; a 413 (over the
+  monitor's body limit) splits the batch in halves, down to one record, which is then invalid;
 * answers are read strictly: a 202 must carry the records API's JSON counts, a 5xx is "the
   server failed", anything else stops the run naming the status and the start of the body.
 
@@ -203,6 +204,15 @@ class Replayer:
             self._invalid(first, _error_message(body) or "refused (HTTP 400)")
             return
         detail = (_error_message(body) if body is not None else "") or answer.start()
+        if answer.status == 413:  # over the monitor's body limit: halves, down to one record
+            if len(records) > 1:
+                half = len(numbered) // 2
+                self._send(numbered[:half], started)
+                self._send(numbered[half:], started)
+                return
+            self.summary.sent += 1
+            self._invalid(first, f"too large for the monitor (HTTP 413): {detail}")
+            return
         if answer.status >= 500:
             raise MonitorError(
                 f"the server failed (HTTP {answer.status}) on {lines} at {self.endpoint}: {detail}"

@@ -47,7 +47,7 @@ def hostile() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler, int], None
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                self.rfile.read(length)
+                self.server.last_body = self.rfile.read(length)  # type: ignore[attr-defined]
                 state.requests.append(dict(self.headers))
                 state.respond(self, len(state.requests))
 
@@ -305,3 +305,27 @@ def test_an_infinite_rate_is_a_usage_error(traffic: Path, tmp_path: Path, rate: 
     code, _, stderr, _ = replay(tmp_path, str(traffic), *args)  # was int(inf): exit 3
     assert code == 2, stderr
     assert "--rate" in stderr and "Traceback" not in stderr
+
+
+def test_a_413_splits_the_batch_down_to_the_record_that_is_too_large(
+    hostile: Callable[..., Hostile], tmp_path: Path
+) -> None:
+    def limit(handler: BaseHTTPRequestHandler, n: int) -> None:
+        records = json.loads(handler.server.last_body)["records"]  # type: ignore[attr-defined]
+        if len(records) > 2 or any(r["id"] == "big" for r in records):
+            answer(413, b'{"error": {"message": "the body is over 1000 bytes"}}')(handler, n)
+        else:
+            count = str(len(records)).encode()
+            answer(202, b'{"accepted": ' + count + b', "sampled": ' + count + b"}")(handler, n)
+
+    server = hostile(limit)
+    path = tmp_path / "five.jsonl"
+    ids = ["a", "b", "big", "c", "d"]
+    path.write_text("".join(json.dumps({"id": i, "prompt": "p"}) + "\n" for i in ids))
+    code, stdout, stderr, _ = replay(
+        tmp_path, str(path), "--url", server.url, "--json", "-c", str(config(tmp_path))
+    )
+    assert code == 1, stderr  # one invalid line
+    assert "invalid line 3: too large for the monitor (HTTP 413)" in stderr
+    summary = json.loads(stdout)
+    assert (summary["accepted"], summary["invalid"]) == (4, 1)
