@@ -12,6 +12,7 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     │   ├── PayloadTooLargeError    a request body or batch over its configured limit
     │   └── UnknownRecordError      a late reference names a record the monitor never kept
     ├── InboxFullError              the durable inbox is at its configured depth (retry later)
+    ├── ClientGoneError             a sidecar client went away before its request was complete
     ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
     ├── ReferenceStoreError         a reference store is missing, corrupt, or built otherwise
     │   └── FingerprintMismatchError  the store was built with another encoder
@@ -133,6 +134,11 @@ class PayloadTooLargeError(InvalidInputError):
 
 class UnknownRecordError(InvalidInputError):
     """A late reference names a record that is neither waiting in the inbox nor embedded."""
+
+
+class ClientGoneError(MonitorError):
+    """A sidecar client went away before its request body was complete (an ordinary event:
+    counted as an aborted exchange, never an error of the monitor)."""
 
 
 class InboxFullError(MonitorError):

@@ -71,12 +71,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Send
 
 from monitor.config import Settings
-from monitor.errors import ConfigError, InboxFullError, InvalidInputError, StorageError
+from monitor.errors import (
+    ClientGoneError,
+    ConfigError,
+    InboxFullError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    StorageError,
+)
 from monitor.ingest.parsing import parse_record
 from monitor.ingest.proxy_body import (
-    AnswerTooLargeError,
-    BodyTooLargeError,
-    ClientGoneError,
     RelayedResponse,
     RequestBody,
     WholeResponse,
@@ -301,7 +305,7 @@ class SidecarProxy:
                 content = body
                 if declared is not None:
                     headers.append((b"content-length", str(declared).encode()))
-        except BodyTooLargeError:
+        except PayloadTooLargeError:
             return self._too_large(None)
         except ClientGoneError as exc:
             return self._aborted(sample, str(exc))
@@ -330,7 +334,7 @@ class SidecarProxy:
         """Send the request; the response to relay and when the sidecar had it."""
         try:
             upstream = await self.transport.handle_async_request(upstream_request)
-        except BodyTooLargeError:
+        except PayloadTooLargeError:
             return self._too_large(None), time.perf_counter()
         except ClientGoneError as exc:
             return self._aborted(exchange.sample, str(exc)), time.perf_counter()
@@ -574,7 +578,7 @@ class SidecarProxy:
             time.sleep(0)
             try:
                 records.append(self.exchange_to_record(exchange))
-            except AnswerTooLargeError as exc:
+            except PayloadTooLargeError as exc:
                 self._lose("too_large", str(exc))
             except InvalidInputError as exc:
                 self._lose("invalid", str(exc))

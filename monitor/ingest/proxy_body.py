@@ -2,15 +2,15 @@
 its way to sampling, and the upstream connection that carries them.
 
 * :class:`RequestBody`: the client's body as it arrives, counted against ``[proxy]
-  max_body_bytes`` (:class:`BodyTooLargeError`), handed to the upstream chunk by chunk, with a copy
-  for sampling kept only while it is within ``[proxy] max_sample_bytes``; a client that goes
-  away mid-body is :class:`ClientGoneError`.
+  max_body_bytes`` (``PayloadTooLargeError``), handed to the upstream chunk by chunk, with a
+  copy for sampling kept only while it is within ``[proxy] max_sample_bytes``; a client that
+  goes away mid-body is ``ClientGoneError`` (both of :mod:`monitor.errors`).
 * :func:`cancelled_on_hang_up`: a block cancelled when the client hangs up (the upstream
   request in it is closed).
 * :class:`WholeResponse`, :class:`RelayedResponse`, :func:`raw_body`: an upstream answer sent
   on as it came, whole or as it arrives.
 * :func:`decoded`: a gzip / deflate answer inflated with an output cap
-  (:class:`AnswerTooLargeError` past it), never whole: a small compressed answer can inflate to
+  (:class:`PayloadTooLargeError` past it), never whole: a small compressed answer can inflate to
   gigabytes.
 * :func:`assemble_json`, :func:`assemble_sse`: the answer text of a chat completion.
 * :func:`upstream_transport`: the httpx transport to the upstream, whose connections stop
@@ -36,25 +36,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from monitor.errors import InvalidInputError
+from monitor.errors import ClientGoneError, InvalidInputError, PayloadTooLargeError
 
 # The upstream's early answer is looked for between slices of a large write (a whole body is
 # otherwise one write that nothing interrupts).
 _WRITE_SLICE = 256 * 1024
 # Keep-alive of idle upstream connections, as httpx's transport has it by default.
 _KEEPALIVE_EXPIRY = 5.0
-
-
-class BodyTooLargeError(Exception):
-    """The client's body passed ``[proxy] max_body_bytes`` while it arrived."""
-
-
-class ClientGoneError(Exception):
-    """The client went away before its body was complete."""
-
-
-class AnswerTooLargeError(InvalidInputError):
-    """A (decoded) answer or a request over ``[proxy] max_sample_bytes``: not sampled."""
 
 
 class RequestBody:
@@ -89,7 +77,7 @@ class RequestBody:
                 break
         self.size += len(chunk)
         if self.size > self._limit:
-            raise BodyTooLargeError(f"over {self._limit:,} bytes")
+            raise PayloadTooLargeError(f"over {self._limit:,} bytes")
         if self._parts is not None:
             if self.size > self._keep:
                 self._parts = None
@@ -213,7 +201,7 @@ def raw_body(upstream: httpx.Response) -> httpx.AsyncByteStream:
 
 def decoded(body: bytes, encoding: str, limit: int) -> bytes:
     """``body`` under its Content-Encoding, inflated to at most ``limit`` bytes: past that it
-    raises :class:`AnswerTooLargeError` having inflated no more than ``limit + 1`` bytes."""
+    raises :class:`PayloadTooLargeError` having inflated no more than ``limit + 1`` bytes."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -234,7 +222,7 @@ def decoded(body: bytes, encoding: str, limit: int) -> bytes:
             part = inflater.decompress(rest, limit + 1 - size)
             size += len(part)
             if size > limit or inflater.unconsumed_tail:
-                raise AnswerTooLargeError(
+                raise PayloadTooLargeError(
                     f"the answer inflates to over {limit:,} bytes ([proxy] max_sample_bytes)"
                 )
             parts.append(part)

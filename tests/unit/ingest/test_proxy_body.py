@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from monitor.errors import InvalidInputError
-from monitor.ingest.proxy_body import AnswerTooLargeError, decoded
+from monitor.errors import InvalidInputError, PayloadTooLargeError
+from monitor.ingest.proxy_body import decoded
 from tests.integration.ingest.hostile_upstream import gzip_bomb
 
 MIB = 1024 * 1024
@@ -19,7 +19,7 @@ def test_a_gzip_bomb_stops_inflating_at_the_cap() -> None:
     bomb = gzip_bomb(256)  # 256 KB inflating to 256 MiB
     tracemalloc.start()
     try:
-        with pytest.raises(AnswerTooLargeError, match="max_sample_bytes"):
+        with pytest.raises(PayloadTooLargeError, match="max_sample_bytes"):
             decoded(bomb, "gzip", 4 * MIB)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -33,7 +33,7 @@ def test_answers_within_the_cap_are_inflated_as_before() -> None:
     assert decoded(gzip.compress(text[:9]) + gzip.compress(text[9:]), "x-gzip", MIB) == text
     assert decoded(zlib.compress(text), "Deflate", MIB) == text
     assert decoded(text, "identity", 10) == text  # not compressed: the caller checks its size
-    with pytest.raises(AnswerTooLargeError):
+    with pytest.raises(PayloadTooLargeError):
         decoded(gzip.compress(text), "gzip", len(text) - 1)
 
 
