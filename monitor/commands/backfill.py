@@ -644,6 +644,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--lock-wait",
                 min=0,
+                max=86_400,
                 help="Range form: seconds to wait for the leader lock, which the scheduler of "
                 "a running serve holds while it leads; the range is computed only while "
                 "holding it, so the two never race (0: one try). Not needed by --dry-run.",

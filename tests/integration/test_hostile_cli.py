@@ -234,3 +234,12 @@ def test_a_training_seed_numpy_or_torch_cannot_take_is_a_usage_error(
     result = runner.invoke(app, args)  # numpy refused -1 and torch 2**64: exit 3
     assert result.exit_code == EXIT_USAGE, result.output
     assert "--seed" in result.output and "unexpected" not in result.output
+
+
+@pytest.mark.parametrize("wait", ["inf", "-1", "86401"])
+def test_a_lock_wait_out_of_range_is_a_usage_error(tmp_path: Path, wait: str) -> None:
+    config = text_only_config(tmp_path, tmp_path / "refs")
+    args = ["backfill", "-c", str(config), "--since", "-1h", "--until", "now", "--lock-wait", wait]
+    result = runner.invoke(app, args)  # inf was taken: a backfill that waits forever
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "--lock-wait" in result.output
