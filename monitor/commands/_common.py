@@ -78,8 +78,9 @@ def printable(text: str) -> str:
 
 
 def echo(text: str = "", *, err: bool = False) -> None:
-    """``typer.echo`` of :func:`printable` text: what every command prints stored text with."""
-    typer.echo(printable(text), err=err)
+    """``typer.echo`` of :func:`printable` text, line by line (its line breaks are kept): what
+    every command prints stored text with."""
+    typer.echo("\n".join(printable(line) for line in text.split("\n")), err=err)
 
 
 def one_line(text: str) -> str:

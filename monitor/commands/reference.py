@@ -137,7 +137,7 @@ def reference_show(
         "differences": differences or [],
     }
     if as_json:
-        echo(json.dumps(manifest, indent=2, sort_keys=True))
+        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))  # ASCII: nothing to escape
         return
     ood = store.ood
     echo(f"reference store {store.name!r} at {store.path} (checksums verified)")

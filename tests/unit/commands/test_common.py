@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.commands._common import one_line, parse_time_arg, printable
+from monitor.commands._common import echo, one_line, parse_time_arg, printable
 from monitor.commands.backfill import content_id, read_lines
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +73,15 @@ def test_lines_split_on_newline_only(tmp_path: Path) -> None:
 def test_printable_escapes_what_a_terminal_would_act_on(text: str, shown: str) -> None:
     assert printable(text) == shown
     assert one_line(text).replace(" ", "") == printable(" ".join(text.split())).replace(" ", "")
+
+
+def test_echo_keeps_line_breaks_and_escapes_within_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Multi-line output (a JSON document, a table) keeps its lines; what is in them is escaped
+    (escaping the breaks too made ``reference show --json`` unreadable as JSON)."""
+    echo('{\n  "id": "a\u202eb"\n}')
+    assert capsys.readouterr().out == '{\n  "id": "a\\u202eb"\n}\n'
 
 
 @pytest.mark.parametrize(
