@@ -16,16 +16,11 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -43,6 +38,7 @@ from monitor.metrics import MonitorMetrics
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
+from tests.integration.daemon.own_postgres import OwnPostgres, own_postgres
 from tests.integration.ingest.conftest import TEST_INGEST, make_settings, serve
 
 JSON = {"content-type": "application/json"}
@@ -312,76 +308,12 @@ def test_identity_content_encoding_is_plain(client: TestClient) -> None:
 
 # -- item 18: a storage outage, through HTTP ----------------------------------------------------
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-
-
-def _pg_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in PG_BIN_DIRS:
-        if (directory / name).exists():
-            return str(directory / name)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class OwnCluster:
-    """A throwaway PostgreSQL cluster on a free loopback port, that the test stops and starts
-    (never the shared server other tests use). As root, the tools run as user postgres."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.port = _free_port()
-        self.user = "monitor"
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        path = _pg_tool(tool)
-        assert path is not None
-        subprocess.run([*self._as, path, *args], check=True, capture_output=True, timeout=60)
-
-    def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.root / "log")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
 
 @pytest.fixture
-def own_cluster() -> Iterator[OwnCluster]:
-    if _pg_tool("initdb") is None or _pg_tool("pg_ctl") is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: initdb refuses root")
-    root = Path(tempfile.mkdtemp(prefix="mllm-pg-outage-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, user="postgres")
-    cluster = OwnCluster(root)
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        with suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            cluster.stop()  # unless the test left it stopped
-        shutil.rmtree(root, ignore_errors=True)
+def own_cluster() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server of the test's own, that it stops and starts (never the shared one)."""
+    with own_postgres() as server:
+        yield server
 
 
 def scraped(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -416,7 +348,7 @@ def app_on(url: str, settings: Settings) -> Iterator[tuple[str, Repository, Moni
 
 
 def test_postgres_outage_is_503_with_retry_after_counted_and_a_nan_inbox_gauge(
-    own_cluster: OwnCluster,
+    own_cluster: OwnPostgres,
 ) -> None:
     settings = make_settings(
         ingest=IngestSettings(**{**TEST_INGEST.model_dump(), "retry_after": "7s"})
