@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -205,7 +204,7 @@ class JsonlBackfill:
         self, found: Services, *, stream: str | None, strict: bool, batch: int = DEFAULT_BATCH
     ) -> None:
         from monitor.ingest.service import IngestService
-        from monitor.ingest.worker import EmbeddingWorkers
+        from monitor.ingest.worker import EmbeddingWorkers, process_worker_id
 
         self.found = found
         self.settings = found.settings
@@ -216,7 +215,7 @@ class JsonlBackfill:
         self.workers = EmbeddingWorkers(
             found.settings, found.repository, found.encoders, found.stores, found.metrics
         )
-        self.worker_id = f"backfill-{os.getpid()}"
+        self.worker_id = f"{process_worker_id()}-backfill"  # unique, as the daemon's are
         self.summary = IngestSummary()
         self._outstanding: set[str] = set()
 
