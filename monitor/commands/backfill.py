@@ -14,14 +14,15 @@ Two forms:
   SHA-256 of the canonical JSON), so a rerun adds nothing twice: ids already in the inbox or
   stored are skipped. The records go through the durable inbox, so every running replica's
   workers help embed them; this process embeds too.
-* ``backfill --stream S --since T --until T``: computes the windows of a range from stored
-  embeddings with the current reference store, estimator and calibration, oldest first (the
-  k-of-m risk rule reads the windows before). Windows already stored are kept unless
-  ``--recompute``; an interrupted run simply runs again (each window is one idempotent upsert,
-  so there are neither duplicates nor gaps). Only windows that are due (end + lateness passed)
-  are computed: a later one is the scheduler's. The range is planned by arithmetic (no list
-  of windows, so ten years cost what an hour does), and a range with more windows to compute
-  than ``--max-windows`` (default ``[scheduler] max_catch_up``) is refused, saying how many.
+* ``backfill --stream S --since T [--until T]``: computes the windows of a range (``--until``
+  defaults to now) from stored embeddings with the current reference store, estimator and
+  calibration, oldest first (the k-of-m risk rule reads the windows before). Windows already
+  stored are kept unless ``--recompute``; an interrupted run simply runs again (each window
+  is one idempotent upsert, so there are neither duplicates nor gaps). Only windows that are
+  due (end + lateness passed) are computed: a later one is the scheduler's. The range is
+  planned by arithmetic (no list of windows, so ten years cost what an hour does), and a range
+  with more windows to compute than ``--max-windows`` (default ``[scheduler] max_catch_up``)
+  is refused, saying how many.
   The windows are computed holding the leader lock (:mod:`monitor.leadership`), so never
   while a scheduler computes any: it waits up to ``--lock-wait`` seconds for it, then stops.
   ``--dry-run`` reads, writes nothing, and says what it would do.
@@ -610,7 +611,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         since: Annotated[str | None, typer.Option(help=f"Range start. {TIME_HELP}")] = None,
-        until: Annotated[str | None, typer.Option(help=f"Range end. {TIME_HELP}")] = None,
+        until: Annotated[
+            str | None, typer.Option(help=f"Range end (default: now). {TIME_HELP}")
+        ] = None,
         recompute: Annotated[
             bool, typer.Option("--recompute", help="Recompute windows already stored too.")
         ] = False,
@@ -668,11 +671,12 @@ def register(app: typer.Typer) -> None:
                 config, from_jsonl, stream, strict, batch_size, as_json, dry_run, max_windows
             )
             return
-        if stream is None or start is None or end is None:
+        if stream is None or start is None:
             raise typer.BadParameter(
-                "give --from-jsonl FILE, or --stream S --since T --until T",
+                "give --from-jsonl FILE, or --stream S --since T [--until T]",
                 param_hint="--stream",
             )
+        end = end if end is not None else datetime.now(UTC)  # as report and windows list
         if end <= start:
             raise typer.BadParameter("--until must be after --since", param_hint="--until")
         settings = load(config, compute=True)
