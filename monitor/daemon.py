@@ -86,11 +86,29 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that writes to ``sys.stderr`` as it is when a record is emitted, not as it was
+    when logging was set up: a command run inside another program (a test runner's CLI
+    invocation) may swap stderr for a buffer it later closes, and every later record would
+    then fail on the closed buffer."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(level: int = logging.INFO, *, json_logs: bool | None = None) -> None:
     """Send every log to stderr: JSON lines unless stderr is a terminal."""
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         JsonFormatter()
         if json_logs
