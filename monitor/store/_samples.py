@@ -162,6 +162,13 @@ class Samples:
             if self._store_raw and sample.raw is not None:
                 raw_rows.append(_raw_row(sample.id, sample.raw, now, now + self._raw_ttl))
         with self._db.write("storing samples") as conn:
+            # Stamped once the write lock is held, not before waiting for it: a window read
+            # while this batch waited would otherwise be computed after the stamp, miss the
+            # samples, and never be found stale (computed_at < created_at) -- published short
+            # for good.
+            stored_at = self._db.now()
+            for row in sample_rows:
+                row["created_at"] = stored_at
             if sample_rows:
                 conn.execute(self._db.insert(Sample).on_conflict_do_nothing(), sample_rows)
             if vector_rows:
@@ -426,8 +433,8 @@ class Samples:
         retention is on). Returns where the sample falls, so its window can be recomputed;
         None when the reference or its sample is unknown."""
         dim, blob = encode_vector(vector, field_name="reference")
-        moment = self._db.now(now)
         with self._db.write("resolving a late reference") as conn:
+            moment = self._db.now(now)  # once the lock is held: see add_samples
             ref = conn.execute(
                 select(LateReference.__table__).where(LateReference.id == ref_id)
             ).first()
