@@ -373,7 +373,8 @@ class SchedulerSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Every setting of the monitor; see DESIGN section 3 for the meaning of each key."""
+    """Every setting of the monitor (``mllm-monitor config example`` prints each, with its
+    meaning)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -43,7 +43,7 @@ RECORD_OUTCOMES: tuple[str, ...] = (
     "duplicate",  # a record id already waiting or embedded: not stored again
     "unavailable",  # refused with 503 while storage was down (the sender should retry)
 )
-#: The two forms of the EMID upper bound (DESIGN section 1).
+#: The two forms of the EMID upper bound (entropy-scaled, and scale-adjusted: H = 1, no factor 4).
 BOUND_FORMS: tuple[str, ...] = ("scale_adjusted", "entropy_scaled")
 #: Stream label for records rejected before their stream is known (or naming an unknown one).
 OTHER_STREAM = "_other"

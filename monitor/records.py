@@ -1,7 +1,7 @@
 """Plain data passed between the layers: traffic records, window keys, window results.
 
 No dependencies beyond the standard library, so every layer can import it. Field names follow
-the contracts of DESIGN section 3; ``WindowResult.to_dict`` is the JSON shape of
+the documented record and window contracts; ``WindowResult.to_dict`` is the JSON shape of
 ``GET /v1/windows`` and ``mllm-monitor windows list --json``.
 """
 
@@ -107,7 +107,7 @@ class WindowResult:
     emid: float | None = None
     emid_interval: tuple[float, float] | None = None
     ood_fraction: float | None = None
-    # Added to the DESIGN shape: how the terms were computed and judged.
+    # Beyond the documented core fields: how the terms were computed and judged.
     jsd_mode: str | None = None  # "balanced" | "paper": the calibration's mode
     bound_p_value: float | None = None  # of the scale-adjusted bound, under its null
     bound_threshold: float | None = None

@@ -1,4 +1,5 @@
-"""Risk levels of DESIGN section 4, from one window's assessment and the windows before it. Pure.
+"""Risk levels (0 ok, 1 warning, 2 critical), from one window's assessment and the windows
+before it. Pure.
 
 * 0 ok: none of the below.
 * 1 warning: a term's shift is significant after correcting for the number of terms tested, or

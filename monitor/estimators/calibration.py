@@ -1,7 +1,7 @@
 """Null calibration (ID-vs-ID splits), p-values, thresholds and bootstrap intervals.
 
 A raw JSD or bound value means nothing on its own: it is biased upwards at small n. It is
-compared with what pure ID traffic of the same window size produces. As DESIGN section 4 asks,
+compared with what pure ID traffic of the same window size produces. To mimic deployment,
 the ID data is split once into a *comparison* set and a disjoint *pool*; pseudo-windows drawn
 from the pool are compared with the comparison set, and live windows are later compared with that
 same set. (A pseudo-window drawn from inside the comparison set looks closer than any held-out

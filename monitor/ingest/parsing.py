@@ -1,7 +1,7 @@
 """From what clients send to :class:`~monitor.records.TrafficRecord`: one set of rules for every
 way in (records API, sidecar, JSONL replay and backfill). Plain functions, no app needed.
 
-A record is a JSON object (DESIGN section 3)::
+A record is a JSON object::
 
     {"id": "...", "timestamp": "2025-03-01T12:00:00Z" | 1740830400, "stream": "default",
      "model": "...", "prompt": "...", "image": "data:image/png;base64,..." | "<base64>" |
@@ -106,7 +106,7 @@ def parse_records_body(body: Any, *, settings: Settings, now: datetime) -> list[
 
 
 def parse_record(obj: Any, *, settings: Settings, now: datetime, where: str = "") -> TrafficRecord:
-    """One record (DESIGN form or OpenAI ``messages`` form), validated; see the module doc."""
+    """One record (plain form or OpenAI ``messages`` form), validated; see the module doc."""
     if not isinstance(obj, dict):
         raise InvalidInputError("a record must be a JSON object", field=where or "body")
     limit = settings.ingest.max_text_chars

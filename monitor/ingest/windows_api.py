@@ -1,4 +1,4 @@
-"""``GET /v1/windows`` and ``GET /v1/windows/{id}``: computed windows as DESIGN section 3 shapes.
+"""``GET /v1/windows`` and ``GET /v1/windows/{id}``: computed windows as JSON.
 
     GET /v1/windows?stream=S&since=T&until=T  ->  {"windows": [WindowResult.to_dict(), ...]}
 

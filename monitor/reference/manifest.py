@@ -1,10 +1,11 @@
 """The JSONL manifest a reference store is built from: one ID record per line.
 
-A line is a DESIGN Record (:class:`~monitor.records.TrafficRecord`): ``prompt`` and
-``response`` (required here), ``reference`` (optional), ``image`` (optional: a path under the
-image root, a ``data:image/...;base64,`` URL, or ``{"url": ...}`` holding either), ``id``
-(optional, ``line-N`` when absent), ``timestamp`` (RFC 3339 or epoch seconds; default now),
-``stream``, ``model``. Unknown fields are ignored; errors name the file and line.
+A line is a record as the records API takes it (:class:`~monitor.records.TrafficRecord`):
+``prompt`` and ``response`` (required here), ``reference`` (optional), ``image`` (optional: a
+path under the image root, a ``data:image/...;base64,`` URL, or ``{"url": ...}`` holding
+either), ``id`` (optional, ``line-N`` when absent), ``timestamp`` (RFC 3339 or epoch
+seconds; default now), ``stream``, ``model``. Unknown fields are ignored; errors name the
+file and line.
 
 Lines are split on ``\\n`` only: JSON strings may hold U+2028, U+0085 and other characters
 that :meth:`str.splitlines` would also break on.

@@ -4,10 +4,10 @@
 window against it. Calibration pushes pseudo-windows drawn from the pool through the very same
 methods, so a live value and its null are computed identically.
 
-Every term's null is keyed by the count of records that actually enter that term (DESIGN
-section 4: a JSD depends on how many rows it is computed from, not on the window's record
-count): ``text`` and ``response`` by the window's records n, ``visual`` by its images,
-``output_live`` by its reference pairs. One calibration trial draws one random order of the
+Every term's null is keyed by the count of records that actually enter that term (a JSD
+depends on how many rows it is computed from, not on the window's record count): ``text``
+and ``response`` by the window's records n, ``visual`` by its images, ``output_live`` by its
+reference pairs. One calibration trial draws one random order of the
 pool; the pseudo-window of size s for text is the first s records of that order, the visual
 one the first c records with an image, the output one the first c records with a reference.
 Values of one trial therefore come from (nearly) the same records whatever the buckets, which

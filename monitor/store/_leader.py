@@ -1,4 +1,4 @@
-"""The leader lock: exactly one process at a time computes windows (DESIGN section 5).
+"""The leader lock: exactly one process at a time computes windows.
 
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a dedicated
   connection. When the holder dies, or its connection does, PostgreSQL ends the session and
