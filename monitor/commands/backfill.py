@@ -65,7 +65,7 @@ from monitor.errors import InboxFullError, InvalidInputError, MonitorError
 from monitor.files import input_file
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord, WindowKey
-from monitor.windows import last_due_end, window_start
+from monitor.windows import iter_windows, last_due_end, window_start
 
 DEFAULT_BATCH = 512
 # Seconds range backfill waits for the leader lock (--lock-wait).
@@ -444,9 +444,7 @@ class WindowPlan:
         return self.first + self.due * self.size
 
     def windows(self) -> Iterator[WindowKey]:
-        for i in range(self.due):
-            start = self.first + i * self.size
-            yield WindowKey(self.stream, start, start + self.size)
+        return iter_windows(self.stream, self.first, self.due_end, self.size)
 
     def holds(self, key: WindowKey) -> bool:
         """True for a stored window that is one of the due windows (same grid and size)."""

@@ -75,6 +75,7 @@ from monitor.errors import (
     UnknownRecordError,
 )
 from monitor.ingest.auth import UnauthorizedError, require_token
+from monitor.ingest.inflate import GZIP_WBITS, inflate
 from monitor.ingest.parsing import parse_records_body, parse_references_body
 from monitor.ingest.readiness import Readiness
 from monitor.ingest.service import IngestService
@@ -296,29 +297,18 @@ def gunzip(data: bytes, limit: int) -> bytes:
     """Inflate a gzip body (one or more members), refusing it as soon as it passes ``limit``.
 
     The cap applies to the output: a small gzip bomb stops after ``limit`` bytes of work."""
-    out = bytearray()
-    rest = data
     try:
-        while rest:
-            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header required
-            chunk = inflater.decompress(rest, limit + 1 - len(out))
-            while True:
-                out += chunk
-                if len(out) > limit:
-                    raise _too_large(None, limit, inflated=True)
-                if not inflater.unconsumed_tail:
-                    break
-                chunk = inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(out))
-            if not inflater.eof:
-                raise RequestRejectedError(
-                    400, "invalid_encoding", "the gzip body is truncated", field="body"
-                )
-            rest = inflater.unused_data  # the next member, if any
+        return inflate(data, GZIP_WBITS, limit)
+    except PayloadTooLargeError as exc:
+        raise _too_large(None, limit, inflated=True) from exc
+    except InvalidInputError as exc:  # truncated
+        raise RequestRejectedError(
+            400, "invalid_encoding", "the gzip body is truncated", field="body"
+        ) from exc
     except zlib.error as exc:
         raise RequestRejectedError(
             400, "invalid_encoding", f"the body is not valid gzip: {exc}", field="body"
         ) from exc
-    return bytes(out)
 
 
 def _charset(params: str) -> str:

@@ -219,8 +219,7 @@ def _record_id(value: Any, field: str) -> str:
             "invisible or text-direction characters)",
             field=field,
         )
-    _check_encodable(value, field)
-    return value
+    return value  # printable: no NUL, no lone surrogate (what _check_encodable refuses)
 
 
 def _printable(value: str, *, spaces: bool) -> bool:
@@ -314,7 +313,6 @@ def _model(value: Any, field: str) -> str | None:
             "model must be printable text (no control, invisible or text-direction characters)",
             field=field,
         )
-    _check_encodable(value, field)
     return value
 
 

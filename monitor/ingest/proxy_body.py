@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from monitor.errors import ClientGoneError, InvalidInputError, PayloadTooLargeError
+from monitor.ingest.inflate import DEFLATE_WBITS, GZIP_WBITS, inflate
 
 # The upstream's early answer is looked for between slices of a large write (a whole body is
 # otherwise one write that nothing interrupts).
@@ -49,7 +50,7 @@ class RequestBody:
     """The client's body, read as the upstream takes it (an async iterable of chunks).
 
     ``keep`` is the most bytes kept for sampling (0: keep nothing); past it the copy is
-    dropped and :attr:`over_sample_limit` is set. ``done`` is set once the last chunk has been
+    dropped (:meth:`kept` is then None). ``done`` is set once the last chunk has been
     handed on (the client's next message can then only be its hang-up)."""
 
     def __init__(self, request: Request, *, limit: int, keep: int) -> None:
@@ -58,7 +59,6 @@ class RequestBody:
         self._keep = keep
         self._parts: list[bytes] | None = [] if keep > 0 else None
         self.size = 0
-        self.over_sample_limit = False
         self.done = asyncio.Event()
 
     def __aiter__(self) -> RequestBody:
@@ -81,7 +81,6 @@ class RequestBody:
         if self._parts is not None:
             if self.size > self._keep:
                 self._parts = None
-                self.over_sample_limit = True
             else:
                 self._parts.append(chunk)
         return chunk
@@ -206,32 +205,21 @@ def decoded(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
+        wbits = GZIP_WBITS
     elif encoding == "deflate":
-        wbits = zlib.MAX_WBITS
+        wbits = DEFLATE_WBITS
     else:
         raise InvalidInputError(f"cannot read an answer with content-encoding {encoding!r}")
-    parts: list[bytes] = []
-    size = 0
-    rest = body
     try:
-        # A gzip body may hold several members one after the other (RFC 1952): each is
-        # inflated in turn, all under the one cap.
-        while rest:
-            inflater = zlib.decompressobj(wbits)
-            part = inflater.decompress(rest, limit + 1 - size)
-            size += len(part)
-            if size > limit or inflater.unconsumed_tail:
-                raise PayloadTooLargeError(
-                    f"the answer inflates to over {limit:,} bytes ([proxy] max_sample_bytes)"
-                )
-            parts.append(part)
-            if not inflater.eof:
-                raise InvalidInputError(f"the answer's {encoding} body is truncated")
-            rest = inflater.unused_data if wbits != zlib.MAX_WBITS else b""
+        return inflate(body, wbits, limit)
+    except PayloadTooLargeError as exc:
+        raise PayloadTooLargeError(
+            f"the answer inflates to over {limit:,} bytes ([proxy] max_sample_bytes)"
+        ) from exc
+    except InvalidInputError as exc:  # truncated
+        raise InvalidInputError(f"the answer's {encoding} body is truncated") from exc
     except zlib.error as exc:
         raise InvalidInputError(f"the answer's {encoding} body is corrupt: {exc}") from exc
-    return b"".join(parts)
 
 
 def assemble_json(body: bytes) -> tuple[str, dict[str, Any]]:
