@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -192,10 +192,47 @@ class IngestSummary:
     spans: dict[str, list[datetime]] = field(default_factory=dict)  # stream -> [first, last]
     errors: list[str] = field(default_factory=list)  # the first few, for --json
 
+    def note_invalid(self, error: LineError) -> None:
+        """Count and report an invalid line (the first 100 are kept for --json)."""
+        self.invalid += 1
+        if len(self.errors) < 100:
+            self.errors.append(str(error))
+        err_console.print(one_line(f"invalid {error}"), markup=False)
+
     def note_time(self, record: TrafficRecord) -> None:
         span = self.spans.setdefault(record.stream, [record.timestamp, record.timestamp])
         span[0] = min(span[0], record.timestamp)
         span[1] = max(span[1], record.timestamp)
+
+
+def parsed_batches(
+    path: Path,
+    settings: Any,
+    *,
+    stream: str | None,
+    batch: int,
+    summary: IngestSummary,
+    invalid: Callable[[LineError], None],
+) -> Iterator[list[tuple[int, TrafficRecord]]]:
+    """The file's valid records with their line numbers, ``batch`` at a time; every line is
+    counted in ``summary`` and each invalid one handed to ``invalid``. "Now" (the future-time
+    rule) is read again after each batch: a long file is judged by the time it is read at."""
+    pending: list[tuple[int, TrafficRecord]] = []
+    now = datetime.now(UTC)
+    for number, line in read_lines(path, settings.ingest.max_body_bytes):
+        summary.lines += 1
+        try:
+            record = parse_line(number, line, settings=settings, now=now, stream=stream)
+        except InvalidInputError as exc:
+            invalid(LineError(number, exc.field, str(exc)))
+            continue
+        pending.append((number, record))
+        if len(pending) >= batch:
+            yield pending
+            pending = []
+            now = datetime.now(UTC)
+    if pending:
+        yield pending
 
 
 class JsonlBackfill:
@@ -222,35 +259,22 @@ class JsonlBackfill:
 
     def run(self, path: Path, reporter: Reporter) -> IngestSummary:
         started = time.perf_counter()
-        pending: list[tuple[int, TrafficRecord]] = []
-        now = datetime.now(UTC)
-        for number, line in read_lines(path, self.settings.ingest.max_body_bytes):
-            self.summary.lines += 1
-            try:
-                record = parse_line(
-                    number, line, settings=self.settings, now=now, stream=self.stream
-                )
-            except InvalidInputError as exc:
-                self._invalid(LineError(number, exc.field, str(exc)))
-                continue
-            pending.append((number, record))
-            if len(pending) >= self.batch:
-                self._submit(pending)
-                reporter.advance(len(pending))
-                pending = []
-                now = datetime.now(UTC)
-        if pending:
-            self._submit(pending)
-            reporter.advance(len(pending))
+        for numbered in parsed_batches(
+            path,
+            self.settings,
+            stream=self.stream,
+            batch=self.batch,
+            summary=self.summary,
+            invalid=self._invalid,
+        ):
+            self._submit(numbered)
+            reporter.advance(len(numbered))
         self._drain(final=True)
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
     def _invalid(self, error: LineError) -> None:
-        self.summary.invalid += 1
-        if len(self.summary.errors) < 100:
-            self.summary.errors.append(str(error))
-        err_console.print(one_line(f"invalid {error}"), markup=False)
+        self.summary.note_invalid(error)
         if self.strict:
             raise MonitorError(f"{error} (--strict: stopped at the first invalid line)")
 
@@ -362,40 +386,30 @@ class JsonlCheck:
 
     def run(self, path: Path, reporter: Reporter) -> IngestSummary:
         started = time.perf_counter()
-        pending: list[TrafficRecord] = []
-        now = datetime.now(UTC)
-        for number, line in read_lines(path, self.settings.ingest.max_body_bytes):
-            self.summary.lines += 1
-            try:
-                record = parse_line(
-                    number, line, settings=self.settings, now=now, stream=self.stream
-                )
-            except InvalidInputError as exc:
-                error = LineError(number, exc.field, str(exc))
-                self.summary.invalid += 1
-                if len(self.summary.errors) < 100:
-                    self.summary.errors.append(str(error))
-                err_console.print(one_line(f"invalid {error}"), markup=False)
-                continue
-            digest = hashlib.blake2b(record.id.encode("utf-8", "surrogatepass"), digest_size=8)
-            if digest.digest() in self._seen:
-                self.summary.duplicates += 1
-                continue
-            self._seen.add(digest.digest())
-            pending.append(record)
-            if len(pending) >= self.batch:
-                self._count(pending)
-                reporter.advance(len(pending))
-                pending = []
-        if pending:
-            self._count(pending)
-            reporter.advance(len(pending))
+        for numbered in parsed_batches(
+            path,
+            self.settings,
+            stream=self.stream,
+            batch=self.batch,
+            summary=self.summary,
+            invalid=self.summary.note_invalid,
+        ):
+            self._count([record for _, record in numbered])
+            reporter.advance(len(numbered))
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
     def _count(self, records: list[TrafficRecord]) -> None:
-        known = self.repository.locate_records([r.id for r in records])
+        fresh: list[TrafficRecord] = []
         for record in records:
+            digest = hashlib.blake2b(record.id.encode("utf-8", "surrogatepass"), digest_size=8)
+            if digest.digest() in self._seen:
+                self.summary.duplicates += 1  # repeated in the file
+                continue
+            self._seen.add(digest.digest())
+            fresh.append(record)
+        known = self.repository.locate_records([r.id for r in fresh])
+        for record in fresh:
             if record.id in known:
                 self.summary.duplicates += 1
             else:
