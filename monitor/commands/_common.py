@@ -266,9 +266,10 @@ class Services:
 
 
 @contextmanager
-def services(settings: Settings, *, encoders: bool) -> Iterator[Services]:
+def services(settings: Settings, *, encoders: bool, stores: bool = True) -> Iterator[Services]:
     """Open what the daemon opens: the repository (schema checked), the streams' reference
-    stores (checked against the encoders when these are loaded) and the encoders."""
+    stores (checked against the encoders when these are loaded; none without ``stores``, as
+    a dry run needs) and the encoders."""
     from monitor.reference import load_store, open_store
     from monitor.store.repository import open_repository
 
@@ -279,8 +280,8 @@ def services(settings: Settings, *, encoders: bool) -> Iterator[Services]:
 
         loaded_encoders = encoders_from_settings(settings.encoders)
     by_name: dict[str, Any] = {}
-    stores: dict[str, Any] = {}
-    for stream in settings.streams:
+    by_stream: dict[str, Any] = {}
+    for stream in settings.streams if stores else ():
         name = stream.reference
         if name not in by_name:
             root = settings.reference.root
@@ -289,9 +290,9 @@ def services(settings: Settings, *, encoders: bool) -> Iterator[Services]:
                 if loaded_encoders is not None
                 else load_store(root, name)
             )
-        stores[stream.name] = by_name[name]
+        by_stream[stream.name] = by_name[name]
     repository = open_repository(settings)
-    found = Services(settings, repository, metrics, stores, loaded_encoders)
+    found = Services(settings, repository, metrics, by_stream, loaded_encoders)
     try:
         yield found
     finally:

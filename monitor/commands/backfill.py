@@ -38,14 +38,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from prometheus_client import CollectorRegistry
 
 from monitor.commands._common import (
     TIME_HELP,
@@ -63,7 +62,6 @@ from monitor.commands._common import (
 )
 from monitor.errors import InboxFullError, InvalidInputError, MonitorError
 from monitor.files import input_file
-from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord, WindowKey
 from monitor.windows import iter_windows, last_due_end, window_start
 
@@ -694,7 +692,7 @@ def register(app: typer.Typer) -> None:
         settings = load(config, compute=True)
         require_stream(settings, stream)
         cap = settings.scheduler.max_catch_up if max_windows is None else max_windows
-        opened = _read_only(settings) if dry_run else services(settings, encoders=False)
+        opened = services(settings, encoders=False, stores=not dry_run)  # a dry run reads only
         with opened as found, _leader_lock(found, lock_wait, dry_run):
             try:
                 summary = backfill_range(
@@ -740,19 +738,6 @@ def _leader_lock_if_free(found: Services) -> AbstractContextManager[bool]:
     )
 
 
-@contextmanager
-def _read_only(settings: Any) -> Iterator[Services]:
-    """What a dry run needs: the repository, no encoders, no reference store."""
-    from monitor.store.repository import open_repository
-
-    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
-    found = Services(settings, open_repository(settings), metrics)
-    try:
-        yield found
-    finally:
-        found.close()
-
-
 def _from_jsonl(
     config: Path | None,
     path: Path,
@@ -791,7 +776,7 @@ def _from_jsonl(
             too_many.append(f"{exc} (the records {stored}; their windows are left)")
 
     if dry_run:
-        with _read_only(settings) as found:
+        with services(settings, encoders=False, stores=False) as found:
             check = JsonlCheck(found.repository, settings, stream=stream, batch=batch_size)
             with Reporter(f"records from {path.name}", None) as reporter:
                 ingested = check.run(path, reporter)
