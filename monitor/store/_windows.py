@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store._base import Database, Streams
@@ -248,8 +249,9 @@ class Windows:
     def stale_locations(self, since: datetime) -> list[WindowLocation]:
         """Where data changed after its window was computed, for changes at or after ``since``:
         samples stored, or late references resolved, after the computation of the window that
-        holds them (or with no window holding them yet). The scheduler maps these to windows and
-        recomputes the due ones. One location per (stream, event time)."""
+        holds them (or with no window holding them yet), and windows that hold more samples now
+        than they were computed with. The scheduler maps these to windows and recomputes the
+        due ones. One location per (stream, event time)."""
         moment = as_utc(since)
         covering = and_(
             Window.stream_id == Sample.stream_id,
@@ -277,12 +279,37 @@ class Windows:
                 or_(Window.id.is_(None), Window.computed_at < LateReference.resolved_at),
             )
         )
+        # A window read while a sample batch was being written (stamped, not yet committed)
+        # looks newer than samples it never saw: its stored count, short of what its range
+        # holds now, finds it (timestamps alone cannot: the stamp precedes the commit).
+        held = aliased(Sample)
+        holds_now = (
+            select(func.count())
+            .select_from(held)
+            .where(
+                held.stream_id == Window.stream_id,
+                held.event_time >= Window.window_start,
+                held.event_time < Window.window_end,
+            )
+            .correlate(Window)
+            .scalar_subquery()
+        )
+        short_windows = (
+            select(Stream.name, func.min(Sample.event_time))
+            .select_from(Sample)
+            .join(Stream, Stream.id == Sample.stream_id)
+            .join(Window, covering)
+            .where(Sample.created_at >= moment)
+            .group_by(Stream.name, Window.id)
+            .having(Window.n < holds_now)
+        )
         with self._db.read("finding stale windows") as conn:
             found = {
                 (row[0], as_utc(row[1]))
                 for stmt in (late_samples, late_references)
                 for row in conn.execute(stmt.distinct())
             }
+            found |= {(row[0], as_utc(row[1])) for row in conn.execute(short_windows)}
         return [WindowLocation(stream=name, event_time=at) for name, at in sorted(found)]
 
     # -- risk state ---------------------------------------------------------------------------

@@ -165,6 +165,12 @@ def settled(
     return all(by_start.get(rfc3339(first + i * SIZE), {}).get("n") == per for i in range(count))
 
 
+def progress(server: Server, streams: tuple[str, ...]) -> str:
+    """What a timed-out wait saw: each stream's windows (start, n, status) and the log's tail."""
+    seen = {s: [(w["start"], w["n"], w["status"]) for w in server.windows(s)] for s in streams}
+    return f"windows: {seen}\nlog tail:\n{server.log_text()[-4000:]}"
+
+
 def test_serve_flags_shifts_not_id_traffic_and_survives_sigkill(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     settings = load_settings(config)
@@ -209,6 +215,7 @@ def test_serve_flags_shifts_not_id_traffic_and_survives_sigkill(tmp_path: Path) 
             ),
             timeout=600,
             what="the ID and MM-Vet windows",
+            explain=lambda: progress(server, ("mmbench", "mmvet")),
         )
         id_windows = server.windows("mmbench")
         assert server.metric("mllm_monitor_risk_level", stream="mmbench") < 2
@@ -226,6 +233,7 @@ def test_serve_flags_shifts_not_id_traffic_and_survives_sigkill(tmp_path: Path) 
             lambda: settled(server, "mmbench", first, total),
             timeout=600,
             what="every mmbench window after the restart",
+            explain=lambda: progress(server, ("mmbench",)),
         )
         windows = server.windows("mmbench")
         scrape_risk = server.metric("mllm_monitor_risk_level", stream="mmbench")
