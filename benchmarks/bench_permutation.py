@@ -21,8 +21,8 @@ import numpy as np
 
 from monitor.compute import apply_compute_settings
 from monitor.config import ComputeSettings
-from monitor.reference.permutation import PermutationTest
-from monitor.reference.window_stats import IDArrays, WindowStatistics
+from monitor.detection.permutation import PermutationTest
+from monitor.detection.window_stats import IDArrays, WindowStatistics
 
 CASES = [  # (n, m, d, every term: images and references too)
     (109, 109, 384, False),

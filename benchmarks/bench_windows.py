@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.compute import apply_compute_settings  # noqa: E402
 from monitor.config import ComputeSettings, Settings  # noqa: E402
+from monitor.detection import calibrate_store  # noqa: E402
 from monitor.embedding import EncoderSet  # noqa: E402
 from monitor.metrics import MonitorMetrics  # noqa: E402
 from monitor.pipeline import WindowPipeline, read_window  # noqa: E402
@@ -54,7 +55,6 @@ from monitor.records import WindowKey  # noqa: E402
 from monitor.reference import (  # noqa: E402
     ManifestRecord,
     build_store,
-    calibrate_store,
     load_store,
     train_store_estimator,
 )

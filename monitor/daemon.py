@@ -196,8 +196,8 @@ class Daemon:
         )
 
     def _load_stores(self) -> dict[str, Any]:
+        from monitor.detection.calibrate import check_supports
         from monitor.reference import open_store
-        from monitor.reference.calibrate import check_supports
 
         by_name: dict[str, Any] = {}
         by_stream: dict[str, Any] = {}

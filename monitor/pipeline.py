@@ -16,12 +16,12 @@
 * OOD fraction: samples whose kNN score (computed by the embedding workers) is over the store's
   threshold.
 * Nulls: the calibration's (pseudo-windows), or, for a store calibrated by permutation (too
-  small for pseudo-windows), the window's own: :class:`monitor.reference.permutation.
+  small for pseudo-windows), the window's own: :class:`monitor.detection.permutation.
   PermutationTest` splits the window and comparison records at random (the window capped at
   the calibration's ``max_window_records``, a seeded subset, on which the values are computed
   too).
-* Judgement: :func:`monitor.reference.assess_window` (p-values, thresholds, the corrected
-  warning, the bound's significance) and :func:`monitor.risk.assess_risk` (k of m windows).
+* Judgement: :func:`monitor.detection.assess_window` (p-values, thresholds, the corrected
+  warning, the bound's significance) and :func:`monitor.detection.risk.assess_risk`.
   Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
   without calibration gets values and null p-values.
 * Write: one transaction (``Windows.store_window``): the idempotent upsert (same key, same
@@ -48,21 +48,22 @@ import numpy.typing as npt
 
 from monitor import __version__
 from monitor.config import Settings, StreamSettings
+from monitor.detection import WindowStatistics, assess_window
+from monitor.detection.permutation import (
+    PERMUTATION,
+    PermutationTest,
+    calibration_method,
+)
+from monitor.detection.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
+from monitor.detection.window_stats import store_arrays
 from monitor.embedding.fusion import fuse
 from monitor.errors import MonitorError, StorageError
 from monitor.estimators.calibration import emid_bootstrap
 from monitor.estimators.emi import emi
 from monitor.metrics import MonitorMetrics, gauge_value
 from monitor.records import TERMS, WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
-from monitor.reference import WindowStatistics, assess_window, load_store_estimator
+from monitor.reference import load_store_estimator
 from monitor.reference.estimator import held_out_pairs
-from monitor.reference.permutation import (
-    PERMUTATION,
-    PermutationTest,
-    calibration_method,
-)
-from monitor.reference.window_stats import store_arrays
-from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
 
 if TYPE_CHECKING:
     from monitor.store._windows import StoredWindow

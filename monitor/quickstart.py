@@ -284,8 +284,9 @@ def build_reference(
     settings: Settings, records: Sequence[ManifestRecord], console: Console
 ) -> dict[str, Any]:
     """Build and calibrate the store ``default`` (with progress bars); returns the calibration."""
+    from monitor.detection import calibrate_store
     from monitor.embedding import encoders_from_settings
-    from monitor.reference import build_store, calibrate_store
+    from monitor.reference import build_store
 
     encoders = encoders_from_settings(settings.encoders)
     with progress_bar(console=console, transient=True, indent="   ") as progress:

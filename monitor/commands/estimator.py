@@ -125,7 +125,7 @@ def calibrate(
     ] = None,
 ) -> None:
     """Null distributions of every term and of the bound: what each window is judged by."""
-    from monitor.reference.calibrate import calibrate_store, describe_calibration
+    from monitor.detection.calibrate import calibrate_store, describe_calibration
 
     sizes: list[int] | None = None
     if window_sizes.strip().lower() != "auto":

@@ -5,7 +5,7 @@
 * The risk decision, re-derived with the daemon's own code: the window's embeddings read as the
   pipeline reads them (:func:`monitor.pipeline.read_window`), its terms judged by the stream's
   current calibration (:meth:`StreamModel.estimate`) and the k-of-m rule applied to the
-  windows before it (:func:`monitor.risk.assess_risk`); the history is listed.
+  windows before it (:func:`monitor.detection.risk.assess_risk`); the history is listed.
 * The top-k most out-of-distribution samples of the window, most shifted first: sample id, kNN
   distance (the OOD score the workers stored), whether it is over the store's threshold, the
   ids of its nearest ID records in the reference store, and the raw prompt / answer only where
@@ -152,8 +152,8 @@ def _cut(text: str | None) -> str | None:
 
 def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     """The risk decision re-derived by the daemon's code, with the k-of-m history."""
+    from monitor.detection.risk import WindowSignals, assess_risk
     from monitor.pipeline import WindowPipeline, read_window
-    from monitor.risk import WindowSignals, assess_risk
 
     settings = found.settings
     key = window.key

@@ -117,9 +117,9 @@ def reference_show(
 ) -> None:
     """Counts, dims, fingerprints (and whether the configured encoders match), indexes, OOD
     threshold, calibration and estimator status."""
+    from monitor.detection.calibrate import describe_calibration
     from monitor.embedding import encoders_from_settings
     from monitor.reference import encoder_fingerprints, fingerprint_mismatches, load_store
-    from monitor.reference.calibrate import describe_calibration
 
     settings = load_settings(config)
     store = load_store(settings.reference.root, name)

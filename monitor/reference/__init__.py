@@ -6,13 +6,10 @@ open_store(root, name, encoders) -> ReferenceStore   (what commands and the daem
 load_store(root, name, expect_fingerprints=...) -> ReferenceStore   (inspection, tests)
 train_store_estimator / import_store_estimator / load_store_estimator
     (weights files: monitor.reference.checkpoint.load_club / save_club)
-calibrate_store(store, window_sizes=..., trials=...) and null_for(calibration, term, n)
-WindowStatistics (every term of a window, live and in calibration) and assess_window
+Calibration and the statistics of windows live in :mod:`monitor.detection`.
 """
 
-from monitor.reference.assess import WindowAssessment, assess_window, bound_null, null_for
 from monitor.reference.build import BuildOptions, build_store
-from monitor.reference.calibrate import calibrate_store
 from monitor.reference.estimator import (
     held_out_pairs,
     import_store_estimator,
@@ -28,34 +25,19 @@ from monitor.reference.store import (
     load_store,
     open_store,
 )
-from monitor.reference.window_stats import (
-    TESTED_TERMS,
-    IDArrays,
-    WindowStatistics,
-    calibrate_arrays,
-)
 
 __all__ = [
     "KINDS",
-    "TESTED_TERMS",
     "BuildOptions",
-    "IDArrays",
     "ManifestRecord",
     "ReferenceStore",
-    "WindowAssessment",
-    "WindowStatistics",
-    "assess_window",
-    "bound_null",
     "build_store",
-    "calibrate_arrays",
-    "calibrate_store",
     "encoder_fingerprints",
     "fingerprint_mismatches",
     "held_out_pairs",
     "import_store_estimator",
     "load_store",
     "load_store_estimator",
-    "null_for",
     "open_store",
     "read_manifest",
     "train_store_estimator",

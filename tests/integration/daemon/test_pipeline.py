@@ -19,17 +19,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 
 from monitor.config import Settings
+from monitor.detection import calibrate_store
 from monitor.embedding import EncoderSet
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
 from monitor.records import RiskLevel, WindowKey
-from monitor.reference import (
-    ManifestRecord,
-    build_store,
-    calibrate_store,
-    load_store,
-    train_store_estimator,
-)
+from monitor.reference import ManifestRecord, build_store, load_store, train_store_estimator
 from monitor.scheduler import WindowScheduler
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings

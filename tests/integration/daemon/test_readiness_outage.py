@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from monitor.config import load_settings
+from monitor.detection.calibrate import calibrate_store
 from monitor.embedding import encoders_from_settings
 from monitor.ingest.readiness import CachedProbe, database_check
 from monitor.reference import ManifestRecord, build_store
-from monitor.reference.calibrate import calibrate_store
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine, engine_from_settings
 from tests.integration.daemon.own_postgres import OwnPostgres, own_postgres

@@ -29,8 +29,9 @@ import pytest
 
 from monitor.compute import apply_compute_settings
 from monitor.config import Settings, load_settings
+from monitor.detection import calibrate_store
 from monitor.embedding import encoders_from_settings
-from monitor.reference import ManifestRecord, build_store, calibrate_store
+from monitor.reference import ManifestRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.windows import window_start

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from monitor.detection import IDArrays, WindowStatistics, assess_window, calibrate_arrays
+from monitor.detection.window_stats import TESTED_TERMS
 from monitor.errors import CalibrationError
-from monitor.reference import IDArrays, WindowStatistics, assess_window, calibrate_arrays
-from monitor.reference.window_stats import TESTED_TERMS
 from tests.synthetic_id import IDModel
 
 pytestmark = pytest.mark.slow

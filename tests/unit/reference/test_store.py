@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from monitor.detection import bound_null, calibrate_store, null_for
 from monitor.embedding import EncoderSet
 from monitor.errors import (
     CalibrationError,
@@ -24,13 +25,10 @@ from monitor.estimators.rjsd import ReferenceJSD
 from monitor.reference import (
     BuildOptions,
     ManifestRecord,
-    bound_null,
     build_store,
-    calibrate_store,
     import_store_estimator,
     load_store,
     load_store_estimator,
-    null_for,
     read_manifest,
     train_store_estimator,
 )

@@ -6,12 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.errors import CalibrationError
-from monitor.estimators.calibration import NullDistribution
-from monitor.estimators.rjsd import representation_jsd
-from monitor.reference.assess import assess_window
-from monitor.reference.calibrate import choose_method, describe_calibration
-from monitor.reference.permutation import (
+from monitor.detection.assess import assess_window
+from monitor.detection.calibrate import choose_method, describe_calibration
+from monitor.detection.permutation import (
     EXCEEDANCES,
     MAX_COMPARISON,
     PERMUTATION,
@@ -23,7 +20,10 @@ from monitor.reference.permutation import (
     calibration_method,
     permutation_calibration,
 )
-from monitor.reference.window_stats import IDArrays, WindowStatistics
+from monitor.detection.window_stats import IDArrays, WindowStatistics
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import NullDistribution
+from monitor.estimators.rjsd import representation_jsd
 
 DIM = 8
 

@@ -1,14 +1,14 @@
 """Null calibration of a reference store: what pure ID windows of each size look like.
 
-Thin glue: read the store's embeddings, run :func:`~monitor.reference.window_stats.
+Thin glue: read the store's embeddings, run :func:`~monitor.detection.window_stats.
 calibrate_arrays` (the pure part: comparison / pool split, nulls per term and count, the
 rules for sizes and trials), record the store's OOD flag rate, and write ``calibration.json``
-into the store. Live windows read these nulls through :func:`~monitor.reference.assess.
+into the store. Live windows read these nulls through :func:`~monitor.detection.assess.
 assess_window`, computing their values with the same :class:`WindowStatistics`.
 
 Two methods: ``pseudo-windows`` (nulls drawn once, here, from a pool of ID records) and
 ``permutation`` (nulls drawn per window from the window and the comparison records:
-:mod:`monitor.reference.permutation`; for stores too small for the first). ``auto`` picks
+:mod:`monitor.detection.permutation`; for stores too small for the first). ``auto`` picks
 pseudo-windows when explicit window sizes are asked for or the smallest default size fits the
 pool, else permutation.
 
@@ -22,18 +22,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.errors import CalibrationError
-from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
-from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode
-from monitor.reference.assess import bound_null, null_for
-from monitor.reference.permutation import (
+from monitor.detection.assess import bound_null, null_for
+from monitor.detection.permutation import (
     CALIBRATION_METHODS,
     PERMUTATION,
     PSEUDO_WINDOWS,
     permutation_calibration,
 )
-from monitor.reference.store import CALIBRATION, ReferenceStore, write_store_json
-from monitor.reference.window_stats import (
+from monitor.detection.window_stats import (
     DEFAULT_WINDOW_SIZES,
     WARNING_TESTS,
     IDArrays,
@@ -41,6 +37,10 @@ from monitor.reference.window_stats import (
     comparison_size,
     store_arrays,
 )
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
+from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode
+from monitor.reference.store import CALIBRATION, ReferenceStore, write_store_json
 
 __all__ = ["DEFAULT_WINDOW_SIZES", "bound_null", "calibrate_store", "null_for"]
 

@@ -12,7 +12,7 @@ pool; the pseudo-window of size s for text is the first s records of that order,
 one the first c records with an image, the output one the first c records with a reference.
 Values of one trial therefore come from (nearly) the same records whatever the buckets, which
 keeps the terms' dependence, and the bound's null for any (n, images, references) is the bound
-of each trial's term values (:func:`monitor.reference.assess.bound_null`).
+of each trial's term values (:func:`monitor.detection.assess.bound_null`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ SMALL_COUNTS = (5, 7, 10, 14)
 # read the largest calibrated count's null, which is conservative.
 OUTPUT_POOL_FRACTION = 0.005
 # From this count on, a count between two calibrated ones reads a null interpolated between
-# them; below it, the smaller count's null (monitor.reference.assess says why).
+# them; below it, the smaller count's null (monitor.detection.assess says why).
 INTERPOLATE_FROM = 20
 # Tests in a warning's Bonferroni family: the four tested terms and the OOD fraction.
 WARNING_TESTS = len(TESTED_TERMS) + 1
@@ -469,7 +469,7 @@ def _record_sizes(
 def _count_ladder(sizes: Sequence[int], limit: int) -> list[int]:
     """Image / reference count buckets: 5, 7, 10, 14, then doubling from 20, plus the window
     sizes. Between small counts a window reads the smaller count's null (conservative; see
-    :mod:`monitor.reference.assess`), so they are spaced by sqrt(2) to lose little power."""
+    :mod:`monitor.detection.assess`), so they are spaced by sqrt(2) to lose little power."""
     ladder = set(sizes) | set(SMALL_COUNTS)
     count = INTERPOLATE_FROM
     while count < max(sizes):

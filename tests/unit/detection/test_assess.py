@@ -9,9 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.errors import CalibrationError
-from monitor.estimators.calibration import split_reference
-from monitor.reference import (
+from monitor.detection import (
     IDArrays,
     WindowStatistics,
     assess_window,
@@ -19,6 +17,8 @@ from monitor.reference import (
     calibrate_arrays,
     null_for,
 )
+from monitor.errors import CalibrationError
+from monitor.estimators.calibration import split_reference
 from tests.synthetic_id import IDModel
 
 MODEL = IDModel()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitor.detection.window_stats import WindowStatistics
 from monitor.estimators.rjsd import representation_jsd
-from monitor.reference.window_stats import WindowStatistics
 from tests.conftest import unit_rows
 
 D = 16

@@ -1,7 +1,7 @@
 """Reading a window against its calibration: p-values, thresholds, the warning and the bound.
 
 * With a permutation calibration, every term and the bound read the nulls drawn for the window
-  itself (``window_nulls``: :mod:`monitor.reference.permutation`); otherwise:
+  itself (``window_nulls``: :mod:`monitor.detection.permutation`); otherwise:
 * Each tested term (:data:`TESTED_TERMS`) reads a null for the count of rows entering it
   (records for text and response, images for visual, reference pairs for output_live):
   - a calibrated count: its null;
@@ -40,17 +40,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from monitor.detection.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import NullDistribution, binomial_count_threshold
 from monitor.estimators.emi import emid_upper_bound
-from monitor.reference.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 
 ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
 
 
 class TermNull(Protocol):
     """What a window's test reads from a null: a calibrated :class:`NullDistribution`, or a
-    permutation null (:mod:`monitor.reference.permutation`), whose threshold may be unknown."""
+    permutation null (:mod:`monitor.detection.permutation`), whose threshold may be unknown."""
 
     @property
     def trials(self) -> int: ...
@@ -147,7 +147,7 @@ def assess_window(
     ``ood_flag_rate``: the per-sample flag rate of fresh ID records (1 - TPR of the store's
     OOD threshold); None reads it from the calibration, and without either OOD is not tested.
     ``window_nulls``: nulls drawn for this very window (terms and ``bound``; a permutation
-    calibration, :mod:`monitor.reference.permutation`), read instead of the calibration's.
+    calibration, :mod:`monitor.detection.permutation`), read instead of the calibration's.
     ``ood_scored``: how many samples ``ood_fraction`` is over (those with an OOD score; None:
     all n). The binomial test counts flags among them: extrapolating a fraction of a few scored
     samples to all n would make 2 flags of 10 look like 80 of 400.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from monitor.detection.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
 from monitor.records import RiskLevel
-from monitor.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
 
 QUIET = WindowSignals(sufficient=True, bound_significant=False, bound=0.5)
 HIT = WindowSignals(sufficient=True, warning=True, bound_significant=True, bound=0.9)

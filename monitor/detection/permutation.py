@@ -1,6 +1,6 @@
 """Per-window permutation nulls: a valid test for ID sets too small to calibrate.
 
-Pseudo-window calibration (:mod:`monitor.reference.window_stats`) draws its pseudo-windows
+Pseudo-window calibration (:mod:`monitor.detection.window_stats`) draws its pseudo-windows
 from a pool that must be about 20 times the window (``MAX_POOL_FRACTION``: pseudo-windows of a
 smaller pool share its own deviation and the null comes out too narrow). A store of a few
 hundred records, such as a curated evaluation set, cannot calibrate windows of a hundred that
@@ -49,6 +49,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from monitor.detection.window_stats import (
+    CALIBRATION_FORMAT,
+    MIN_TERM_COUNT,
+    IDArrays,
+    WindowStatistics,
+    resolve_trials,
+)
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import MAX_POOL_FRACTION
 from monitor.estimators.emi import emid_upper_bound
@@ -59,13 +66,6 @@ from monitor.estimators.rjsd import (
     representation_jsd,
     set_jsd,
     von_neumann_entropy,
-)
-from monitor.reference.window_stats import (
-    CALIBRATION_FORMAT,
-    MIN_TERM_COUNT,
-    IDArrays,
-    WindowStatistics,
-    resolve_trials,
 )
 
 Rows = npt.NDArray[np.floating[Any]]
