@@ -213,7 +213,7 @@ class Daemon:
             if calibrated:
                 alerts = self.settings.alerts
                 check_supports(
-                    store.calibration, alerts.false_alarm_rate, alerts.hysteresis_k_of_m, name
+                    store.calibration, alerts.false_alarm_rate, alerts.trials_hysteresis, name
                 )
                 self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
             else:

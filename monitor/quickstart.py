@@ -302,8 +302,10 @@ def build_reference(
             store,
             window_sizes=[WINDOW_RECORDS],
             false_alarm_rate=settings.alerts.false_alarm_rate,
-            hysteresis=settings.alerts.hysteresis_k_of_m,
+            hysteresis=settings.alerts.trials_hysteresis,
             progress=lambda done, total: report("calibrating (null trials)", done, total),
+            window=settings.windows.size,
+            false_page_interval=settings.alerts.false_page_interval,
         )
 
 

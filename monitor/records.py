@@ -84,6 +84,26 @@ class TermValues:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorReading:
+    """The sequential detector after a window: the window's score (None: insufficient or not
+    scored, the state carried over unchanged), the statistic, the threshold it pages over, and
+    whether it is alarmed (an alarm lasts until the statistic falls to the clear level)."""
+
+    score: float | None
+    statistic: float
+    threshold: float
+    alarmed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "alarmed": self.alarmed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class WindowResult:
     """Everything computed for one window; None marks a value that could not be computed."""
 
@@ -113,6 +133,11 @@ class WindowResult:
     bound_threshold: float | None = None
     bound_significant: bool | None = None  # None: no calibration
     ood_threshold: float | None = None  # calibrated threshold on ood_fraction
+    # The sequential detector after this window; None without one (k-of-m rule, no calibration).
+    detector: DetectorReading | None = None
+    # The window's warning (a corrected term or OOD significant): kept so that a window's
+    # level can be re-derived when only its detector state changes. None: not recorded.
+    warning: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +167,7 @@ class WindowResult:
             "ood_fraction": self.ood_fraction,
             "ood_threshold": self.ood_threshold,
             "jsd_mode": self.jsd_mode,
+            "detector": self.detector.to_dict() if self.detector is not None else None,
             "estimator_version": self.estimator_version,
             "computed_at": _rfc3339(self.computed_at),
         }

@@ -125,7 +125,11 @@ def calibrate(
     ] = None,
 ) -> None:
     """Null distributions of every term and of the bound: what each window is judged by."""
-    from monitor.detection.calibrate import calibrate_store, describe_calibration
+    from monitor.detection.calibrate import (
+        calibrate_store,
+        describe_calibration,
+        describe_detector,
+    )
 
     sizes: list[int] | None = None
     if window_sizes.strip().lower() != "auto":
@@ -144,12 +148,16 @@ def calibrate(
             trials=trials,
             seed=seed,
             false_alarm_rate=settings.alerts.false_alarm_rate,
-            hysteresis=settings.alerts.hysteresis_k_of_m,
+            hysteresis=settings.alerts.trials_hysteresis,
             method=method.value,
             window_fraction=window_fraction,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            window=settings.windows.size,
+            false_page_interval=settings.alerts.false_page_interval,
         )
     echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")
+    for line in describe_detector(data):
+        echo(line)
     for term, reason in data.get("uncalibrated", {}).items():
         echo(f"  {term}: not calibrated ({reason})")
 

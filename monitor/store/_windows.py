@@ -18,7 +18,14 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, delete, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import (
+    WINDOW_TERMS,
+    DetectorReading,
+    RiskLevel,
+    TermValues,
+    WindowKey,
+    WindowResult,
+)
 from monitor.store._base import Database, Streams
 from monitor.store.models import (
     LateReference,
@@ -380,6 +387,7 @@ class Windows:
 
 def _window_values(result: WindowResult, stream_id: int) -> dict[str, Any]:
     interval = result.emid_interval
+    detector = result.detector
     values: dict[str, Any] = {
         "stream_id": stream_id,
         "window_start": as_utc(result.key.start),
@@ -404,6 +412,11 @@ def _window_values(result: WindowResult, stream_id: int) -> dict[str, Any]:
         "bound_p_value": result.bound_p_value,
         "bound_threshold": result.bound_threshold,
         "bound_significant": result.bound_significant,
+        "detector_score": detector.score if detector is not None else None,
+        "detector_statistic": detector.statistic if detector is not None else None,
+        "detector_threshold": detector.threshold if detector is not None else None,
+        "detector_alarmed": detector.alarmed if detector is not None else None,
+        "warning": result.warning,
         "computed_at": as_utc(result.computed_at),
     }
     for term in WINDOW_TERMS:
@@ -455,4 +468,19 @@ def _window_result(row: Row[Any]) -> WindowResult:
         bound_threshold=row.bound_threshold,
         bound_significant=row.bound_significant,
         ood_threshold=row.ood_threshold,
+        detector=_detector(row),
+        warning=row.warning,
+    )
+
+
+def _detector(row: Row[Any]) -> DetectorReading | None:
+    """The stored detector reading; None when the window has none (no detector then, or a
+    window stored before the detector existed)."""
+    if row.detector_statistic is None or row.detector_threshold is None:
+        return None
+    return DetectorReading(
+        score=row.detector_score,
+        statistic=float(row.detector_statistic),
+        threshold=float(row.detector_threshold),
+        alarmed=bool(row.detector_alarmed),
     )

@@ -236,6 +236,13 @@ class Window(Base):
     emid_high: Mapped[float | None] = mapped_column(Double)
     ood_fraction: Mapped[float | None] = mapped_column(Double)
     ood_threshold: Mapped[float | None] = mapped_column(Double)
+    # The sequential detector after this window (0006); NULL without one.
+    detector_score: Mapped[float | None] = mapped_column(Double)
+    detector_statistic: Mapped[float | None] = mapped_column(Double)
+    detector_threshold: Mapped[float | None] = mapped_column(Double)
+    detector_alarmed: Mapped[bool | None] = mapped_column(Boolean)
+    # The window's warning, so a replayed detector state can re-derive its level (0006).
+    warning: Mapped[bool | None] = mapped_column(Boolean)
     # When the computation started: a sample stored or a reference resolved later makes the
     # window stale, and the scheduler recomputes it.
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -44,7 +44,11 @@ def test_embedded_defaults_match_the_design() -> None:
     assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
     assert s.encoders.image.kind == "clip_vision" and s.encoders.fusion == "mean"
     assert s.windows.size == timedelta(minutes=5) and s.windows.min_samples == 50
-    assert s.alerts.bound_budget == "auto" and s.alerts.hysteresis_k_of_m == (2, 3)
+    assert s.alerts.bound_budget == "auto"
+    # The sequential detector decides criticals by default (no k-of-m rule).
+    assert s.alerts.hysteresis == "" and s.alerts.hysteresis_k_of_m is None
+    assert s.alerts.false_page_interval == timedelta(days=90)
+    assert s.alerts.trials_hysteresis == (1, 1)
     assert [st.name for st in s.streams] == ["default"]
 
 
@@ -105,6 +109,9 @@ def test_config_path_from_environment_then_working_directory(
         ("[windows]\nsise = 3\n", "windows.sise: unknown key"),
         ('[alerts]\nhysteresis = "4/3"\n', "alerts.hysteresis: must be 'k/m' with 1 <= k <= m"),
         ("[alerts]\nfalse_alarm_rate = 0.9\n", "alerts.false_alarm_rate"),
+        ('[alerts]\nfalse_page_interval = "0s"\n', "alerts.false_page_interval: must be positive"),
+        ('[alerts]\nfalse_page_interval = "90 days"\n', "alerts.false_page_interval: invalid"),
+        ('[alerts]\nhysteresis = "2-3"\n', "alerts.hysteresis: must be 'k/m'"),
         ('[server]\nhost = "0.0.0.0"\n', "server.token must be set"),
         ('[database]\nurl = "mysql://x"\n', "database.url: must be a sqlite"),
         ('[encoders]\nfusion = "sum"\n', "encoders.fusion"),
@@ -241,3 +248,15 @@ def test_compute_threads_and_the_old_encoders_key(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "[compute]\nthreads = 3\n")).compute.threads == 3
     with pytest.raises(ConfigError, match=r"encoders: 'threads' was replaced by compute\.threads"):
         load_settings(write(tmp_path, "[encoders]\nthreads = 3\n"))
+
+
+def test_alerts_modes_detector_by_default_and_k_of_m_on_request(tmp_path: Path) -> None:
+    chosen = load_settings(
+        write(tmp_path, '[alerts]\nfalse_page_interval = "30d"\nhysteresis = " 3 / 5 "\n')
+    )
+    assert chosen.alerts.false_page_interval == timedelta(days=30)
+    assert chosen.alerts.hysteresis == "3/5" and chosen.alerts.hysteresis_k_of_m == (3, 5)
+    assert chosen.alerts.trials_hysteresis == (3, 5)
+    blank = load_settings(write(tmp_path, '[alerts]\nhysteresis = "  "\n'))
+    assert blank.alerts.hysteresis == "" and blank.alerts.hysteresis_k_of_m is None
+    assert blank.redacted()["alerts"]["false_page_interval"] == "90d"

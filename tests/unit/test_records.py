@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.records import WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import (
+    WINDOW_TERMS,
+    DetectorReading,
+    RiskLevel,
+    TermValues,
+    WindowKey,
+    WindowResult,
+)
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -75,3 +83,23 @@ def test_window_result_json_shape_has_the_contract_names() -> None:
     }
     assert data["emi"] == {"live": None, "id": None} and data["emid"] is None
     assert data["risk_level"] == 1
+
+
+def test_window_json_carries_the_detector_or_null() -> None:
+    key = WindowKey("chat", START, START + timedelta(minutes=5))
+    plain = WindowResult(
+        key=key,
+        n=120,
+        n_images=0,
+        n_references=0,
+        status="ok",
+        risk_level=RiskLevel.OK,
+        estimator_version="v",
+        computed_at=START,
+    )
+    assert plain.to_dict()["detector"] is None
+    reading = DetectorReading(score=2.5, statistic=7.25, threshold=6.1, alarmed=True)
+    data = replace(plain, detector=reading, risk_level=RiskLevel.CRITICAL).to_dict()
+    assert data["detector"] == {"score": 2.5, "statistic": 7.25, "threshold": 6.1, "alarmed": True}
+    carried = DetectorReading(score=None, statistic=7.25, threshold=6.1, alarmed=True)
+    assert replace(plain, detector=carried).to_dict()["detector"]["score"] is None

@@ -58,7 +58,7 @@ def test_readyz_turns_503_within_2_s_of_postgresql_stopping_and_200_when_it_retu
     )
     alerts = settings.alerts  # calibrated: every check passes while the database answers
     calibrate_store(
-        store, false_alarm_rate=alerts.false_alarm_rate, hysteresis=alerts.hysteresis_k_of_m
+        store, false_alarm_rate=alerts.false_alarm_rate, hysteresis=alerts.trials_hysteresis
     )
     with serving(config, tmp_path / "serve.log") as server:
         url = server.wait_listening()

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from monitor.errors import EmbeddingError
-from monitor.records import RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import DetectorReading, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
 from monitor.store.types import (
@@ -259,6 +259,28 @@ def test_window_round_trips_every_field(repo: Repository) -> None:
     assert repo.get_window(window_id) == stored
     assert repo.get_window("12345678") is None and repo.get_window("x") is None
     assert stored.to_dict()["jsd"]["output_live"] is None  # absent stays null, never zero
+
+
+def test_window_detector_and_warning_round_trip(repo: Repository) -> None:
+    reading = DetectorReading(score=-0.25, statistic=6.5, threshold=6.125, alarmed=True)
+    window_id = repo.upsert_window(_window(detector=reading, warning=False))
+    stored = repo.get_window(window_id)
+    assert stored is not None and stored.detector == reading and stored.warning is False
+    carried = DetectorReading(score=None, statistic=0.0, threshold=6.125, alarmed=False)
+    repo.upsert_window(
+        _window("default", T0 + timedelta(minutes=5), detector=carried, status="insufficient")
+    )
+    none_id = repo.upsert_window(_window("default", T0 + timedelta(minutes=10)))
+    first, second, third = repo.get_windows("default")
+    assert second.detector == carried and second.detector.score is None
+    assert third.id == none_id and third.detector is None and third.warning is None
+    assert third.to_dict()["detector"] is None
+    assert first.to_dict()["detector"] == {
+        "score": -0.25,
+        "statistic": 6.5,
+        "threshold": 6.125,
+        "alarmed": True,
+    }
 
 
 def test_recomputing_a_window_updates_the_same_row(repo: Repository) -> None:
