@@ -26,15 +26,23 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def alert_rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [rule for rule in all_rules() if "record" in rule]
 
 
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", ALERTS)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+    assert f"SUCCESS: {len(all_rules())} rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -62,6 +70,19 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
     assert (firing | quiet) - names == set(), "tests of alerts that do not exist"
 
 
+def test_every_recording_rule_is_tested_and_named_by_convention() -> None:
+    tested = {
+        check["expr"].strip()
+        for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for check in case.get("promql_expr_test", [])
+        if check.get("exp_samples")
+    }
+    for rule in recording_rules():
+        # level:metric:operation, so a recorded series is never taken for an exported one.
+        assert rule["record"].count(":") == 2, rule["record"]
+        assert rule["record"] in tested, f"recording rule {rule['record']} has no test"
+
+
 def test_every_alert_is_labelled_and_documented() -> None:
     anchors = []
     for rule in alert_rules():
@@ -74,6 +95,24 @@ def test_every_alert_is_labelled_and_documented() -> None:
     by_name = {rule["alert"]: rule for rule in alert_rules()}
     assert "for" in by_name["MllmMonitorCriticalDrift"]
     assert by_name["MllmMonitorCriticalDrift"]["labels"]["severity"] == "critical"
+
+
+def test_critical_drift_pages_on_the_daemon_s_level_and_explains_the_detector() -> None:
+    """The product decides criticals (the rule does not re-derive the detector in PromQL); the
+    description reads the detector's statistic and threshold and states the clearing rule."""
+    rule = next(r for r in alert_rules() if r["alert"] == "MllmMonitorCriticalDrift")
+    assert rule["expr"].strip() == "max by (stream) (mllm_monitor_risk_level) >= 2"
+    description = rule["annotations"]["description"]
+    for needed in (
+        "mllm_monitor_detector_statistic{",
+        "mllm_monitor_detector_threshold{",
+        "CUSUM of window scores",
+        "crossed its threshold",
+        "one false page per alerts.false_page_interval",
+        "at or below its clear level",
+        'alerts.hysteresis = "k/m"',
+    ):
+        assert needed in description, needed
 
 
 def test_shortened_rules_keep_the_expressions(tmp_path: Path) -> None:
