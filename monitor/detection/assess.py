@@ -44,6 +44,7 @@ from monitor.detection.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import NullDistribution, binomial_count_threshold
 from monitor.estimators.emi import emid_upper_bound
+from monitor.estimators.tail import TailNull
 
 ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
 
@@ -74,6 +75,9 @@ class WindowAssessment:
     calibrated: bool
     tests: int = 0  # size of the warning's Bonferroni family
     term_level: float | None = None  # the per-test level alpha / tests
+    # The bound's p-value past the trials' resolution (the null's modelled upper tail): the
+    # drift detector's score reads it.
+    bound_tail_p_value: float | None = None
 
 
 def null_for(calibration: dict[str, Any], statistic: str, n: int) -> NullDistribution | None:
@@ -196,6 +200,7 @@ def assess_window(
             ood_threshold = (k - 1) / scored
             ood_significant = round(ood_fraction * scored) >= k
     bound_significant: bool | None = None
+    bound_tail_p_value: float | None = None
     bound_value = values.get("bound_scale_adjusted")
     if calibration is not None and bound_value is not None:
         null = (
@@ -211,6 +216,13 @@ def assess_window(
         if null is not None:
             p_values["bound"] = null.p_value(bound_value)
             bound_significant = null.p_value(bound_value) < alpha
+            # A permutation null (drawn for this window) keeps its own p-value: the detector of
+            # such a store was calibrated on discrete permutation p-values.
+            bound_tail_p_value = (
+                TailNull(null.values).p_value(bound_value)
+                if isinstance(null, NullDistribution)
+                else p_values["bound"]
+            )
             if (null.trials + 1) * alpha > 1.0:
                 thresholds["bound"] = null.threshold(alpha)
     return WindowAssessment(
@@ -224,6 +236,7 @@ def assess_window(
         calibrated=calibration is not None,
         tests=tests,
         term_level=level,
+        bound_tail_p_value=bound_tail_p_value,
     )
 
 

@@ -19,10 +19,13 @@ The window-vs-comparison JSDs use the ``balanced`` mode by default (why: the doc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from monitor.detection.assess import bound_null, null_for
+from monitor.detection.detector import calibrate_detector
 from monitor.detection.permutation import (
     CALIBRATION_METHODS,
     PERMUTATION,
@@ -59,10 +62,15 @@ def calibrate_store(
     method: str = "auto",
     window_fraction: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    window: timedelta | None = None,
+    false_page_interval: timedelta | None = None,
 ) -> dict[str, Any]:
     """Calibrate ``store`` and write its ``calibration.json``; see ``calibrate_arrays`` and
     ``permutation_calibration`` (``method``: ``auto``, ``pseudo-windows``, ``permutation``;
-    ``window_fraction``: the permutation test's ``max_window_fraction``, None its default)."""
+    ``window_fraction``: the permutation test's ``max_window_fraction``, None its default).
+    With ``window`` and ``false_page_interval`` (``[windows] size`` and ``[alerts]
+    false_page_interval``) the drift detector is calibrated too (:func:`detector_calibration`).
+    """
     arrays = store_arrays(store)
     chosen = choose_method(method, arrays, window_sizes, comparison_fraction, max_pool_fraction)
     if chosen == PERMUTATION:
@@ -100,9 +108,60 @@ def calibrate_store(
         data["method"] = PSEUDO_WINDOWS
     tpr = store.ood.get("tpr")
     data["ood_flag_rate"] = 1.0 - float(tpr) if tpr is not None else None
+    if window is not None and false_page_interval is not None:
+        data["detector"] = detector_calibration(
+            data, window=window, false_page_interval=false_page_interval, seed=seed
+        )
     data["created_at"] = datetime.now(UTC).isoformat()
     write_store_json(store, CALIBRATION, data, calibrated=True)
     return data
+
+
+def detector_calibration(
+    calibration: dict[str, Any], *, window: timedelta, false_page_interval: timedelta, seed: int
+) -> dict[str, Any]:
+    """The detector for a calibration: simulated on the bound's null at each calibrated window
+    size (every term the store has, at its largest count up to the size), keeping the largest
+    threshold (the quietest; a window of another size reads an interpolated null of the same
+    shape). A permutation calibration simulates its discrete p-values."""
+    if calibration.get("method") == PERMUTATION:
+        return calibrate_detector(
+            None,
+            window=window,
+            false_page_interval=false_page_interval,
+            seed=seed,
+            permutation_trials=int(calibration["trials"]),
+        )
+    best: dict[str, Any] | None = None
+    for size in calibration["window_sizes"]:
+        null = bound_null(
+            calibration,
+            n=size,
+            n_images=_largest_count(calibration, "visual", size),
+            n_references=_largest_count(calibration, "output_live", size),
+        )
+        if null is None:
+            continue
+        # The null's values in trial order are what the simulation splits; sorted is fine too.
+        found = calibrate_detector(
+            np.asarray(null.values),
+            window=window,
+            false_page_interval=false_page_interval,
+            seed=seed,
+        )
+        found["window_records"] = size
+        if best is None or found["threshold"] > best["threshold"]:
+            best = found
+    if best is None:
+        raise CalibrationError(
+            "no window size has a null of the bound: cannot calibrate the detector"
+        )
+    return best
+
+
+def _largest_count(calibration: dict[str, Any], term: str, size: int) -> int | None:
+    counts = [int(c) for c in calibration["nulls"].get(term, {}) if int(c) <= size]
+    return max(counts) if counts else None
 
 
 def choose_method(
@@ -137,6 +196,29 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
         f"pseudo-window nulls for window sizes {calibration['window_sizes']}, "
         f"{calibration['trials']} trials each, {calibration['jsd_mode']} JSD"
     )
+
+
+def describe_detector(calibration: dict[str, Any]) -> list[str]:
+    """Lines saying what the drift detector achieves (for the CLI); none without one."""
+    found = calibration.get("detector")
+    if not found:
+        return []
+    day = 86_400.0
+    low, high = found["interval_ci_seconds"]
+    delays = ", ".join(
+        f"+{shift}: {'never' if windows is None else f'{windows:g}'}"
+        for shift, windows in found["delay_windows"].items()
+    )
+    return [
+        f"drift detector: pages when its statistic passes {found['threshold']:.3g}, clears at "
+        f"{found['clear_level']:.3g} or below",
+        f"  false pages on {found['simulated_windows']:,} simulated ID windows of "
+        f"{found['window_seconds']:g} s: one per {found['achieved_interval_seconds'] / day:.1f} "
+        f"days (95% interval {low / day:.1f} to {high / day:.1f}; asked: one per "
+        f"{found['false_page_interval_seconds'] / day:g} days)",
+        f"  median windows until a page, by shift of the window score (in standard deviations): "
+        f"{delays}",
+    ]
 
 
 def check_supports(

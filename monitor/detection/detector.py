@@ -1,0 +1,295 @@
+"""The sequential change detector of a stream: a capped one-sided CUSUM on window scores.
+
+Why CUSUM: among detectors of a persistent shift in a sequence's mean it has the shortest
+worst-case delay for a given false-alarm rate (Lorden, Moustakides), its run-length theory is
+known (Siegmund), and its state is one number per stream, stored with each window.
+
+* Score of a window: z = Phi^-1(1 - p) of its bound's p-value, with p past the trials'
+  resolution from the null's modelled tail (:class:`monitor.estimators.tail.TailNull`). On ID
+  traffic z is about standard normal; a shift moves it up. Insufficient or uncalibrated windows
+  have no score and leave the state as it was (neither significant nor quiet).
+* Statistic: S = min(cap, max(0, S + z - drift)). ``drift`` (1.0) makes it quickest for
+  shifts that raise z by about 2 (the CUSUM is optimal for a shift of twice its drift); a
+  larger shift pages sooner still, a 6-sigma window at once.
+* Critical starts when S > threshold, and clears when S <= clear_level (half the threshold):
+  an alert does not flap on a window that dips. S is capped at twice the threshold, so after a
+  long shift S falls to the clear level within about 1.5 * threshold / drift quiet windows
+  (6 to 8 at the default interval).
+* The threshold is not from a formula (those assume windows whose p-values are exactly uniform
+  and independent): :func:`calibrate_detector` simulates ID window sequences from the
+  calibration's pseudo-windows and picks the smallest threshold whose simulated mean time
+  between pages is at least ``[alerts] false_page_interval`` at the window size. Half the
+  trials give the p-values (the null), the other half the ID windows drawn (their values past
+  the trials from the tail model), so the simulation also carries the error of reading a
+  window against a null of finitely many trials. Permutation-calibrated stores (p-values of
+  B permutations, valid per window) simulate discrete uniform p-values instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from monitor.errors import CalibrationError
+from monitor.estimators.tail import TailNull
+
+DRIFT = 1.0
+CLEAR_FRACTION = 0.5  # clear level / threshold
+CAP_FACTOR = 2.0  # cap / threshold
+SCORE_LIMIT = 8.0  # |z| beyond this carries no more information (p about 6e-16)
+# Simulated windows per configured interval: about this many false pages at the threshold
+# chosen, so the achieved interval is measured within about +-10% (Poisson).
+PAGES_SIMULATED = 100
+MIN_SIMULATED_WINDOWS = 200_000
+PARALLEL_SEQUENCES = 2_000
+# Score shifts (in standard deviations of z) whose detection delay calibrate reports.
+REFERENCE_SHIFTS = (1.0, 2.0, 3.0, 5.0)
+
+Scores = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorState:
+    """A stream's detector after a window: the CUSUM statistic and whether it pages."""
+
+    statistic: float = 0.0
+    alarmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """The capped one-sided CUSUM of the module docstring."""
+
+    threshold: float
+    clear_level: float
+    cap: float
+    drift: float = DRIFT
+
+    @classmethod
+    def for_threshold(cls, threshold: float, drift: float = DRIFT) -> Detector:
+        return cls(threshold, CLEAR_FRACTION * threshold, CAP_FACTOR * threshold, drift)
+
+    @classmethod
+    def from_calibration(cls, calibration: Mapping[str, Any] | None) -> Detector | None:
+        """The detector a store's calibration holds (None: none, an older calibration)."""
+        found = (calibration or {}).get("detector")
+        if not found:
+            return None
+        return cls(
+            float(found["threshold"]),
+            float(found["clear_level"]),
+            float(found["cap"]),
+            float(found["drift"]),
+        )
+
+    def step(self, state: DetectorState | None, score: float | None) -> DetectorState:
+        """The state after a window with ``score`` (None: unchanged)."""
+        state = state or DetectorState()
+        if score is None or not math.isfinite(score):
+            return state
+        statistic = min(self.cap, max(0.0, state.statistic + score - self.drift))
+        limit = self.clear_level if state.alarmed else self.threshold
+        return DetectorState(statistic, statistic > limit)
+
+
+def window_score(p_value: float | None) -> float | None:
+    """z = Phi^-1(1 - p), clipped to +-SCORE_LIMIT; None for no p-value."""
+    if p_value is None or not math.isfinite(p_value):
+        return None
+    z = float(stats.norm.isf(min(max(p_value, 1e-300), 1.0)))
+    return max(-SCORE_LIMIT, min(SCORE_LIMIT, z))
+
+
+@dataclass(frozen=True, slots=True)
+class PageSimulation:
+    """False pages of a detector over simulated ID windows."""
+
+    windows: int
+    pages: int
+
+    def interval_windows(self) -> float:
+        """Mean windows between pages (inf when none was seen)."""
+        return math.inf if self.pages == 0 else self.windows / self.pages
+
+    def interval_ci_windows(self, level: float = 0.95) -> tuple[float, float]:
+        """Exact (Garwood) Poisson interval of the mean windows between pages."""
+        tail = (1.0 - level) / 2.0
+        low_rate = 0.0 if self.pages == 0 else stats.chi2.ppf(tail, 2 * self.pages) / 2.0
+        high_rate = stats.chi2.ppf(1.0 - tail, 2 * self.pages + 2) / 2.0
+        low = self.windows / high_rate
+        high = math.inf if low_rate == 0.0 else self.windows / low_rate
+        return (float(low), float(high))
+
+
+def count_pages(detector: Detector, scores: Scores) -> PageSimulation:
+    """Pages (starts of an alarm) of ``detector`` run over ``scores`` (sequences x windows),
+    each sequence starting from a quiet state."""
+    sequences, length = scores.shape
+    statistic = np.zeros(sequences)
+    alarmed = np.zeros(sequences, dtype=bool)
+    pages = 0
+    for t in range(length):
+        statistic = np.minimum(
+            detector.cap, np.maximum(0.0, statistic + scores[:, t] - detector.drift)
+        )
+        now = np.where(alarmed, statistic > detector.clear_level, statistic > detector.threshold)
+        pages += int(np.count_nonzero(now & ~alarmed))
+        alarmed = now
+    return PageSimulation(sequences * length, pages)
+
+
+def detection_delays(detector: Detector, scores: Scores) -> npt.NDArray[np.float64]:
+    """Windows until the first page of each sequence (1 = its first window; inf: never)."""
+    sequences, length = scores.shape
+    statistic = np.zeros(sequences)
+    delay = np.full(sequences, np.inf)
+    for t in range(length):
+        statistic = np.minimum(
+            detector.cap, np.maximum(0.0, statistic + scores[:, t] - detector.drift)
+        )
+        fresh = np.isinf(delay) & (statistic > detector.threshold)
+        delay[fresh] = t + 1
+    return delay
+
+
+def simulated_id_scores(
+    null_values: npt.ArrayLike | None,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    permutation_trials: int | None = None,
+) -> Scores:
+    """Scores of ``count`` simulated ID windows (module docstring: a cross-fit of the trials,
+    or, for a permutation calibration, discrete uniform p-values of B permutations)."""
+    if null_values is None:
+        if permutation_trials is None:
+            raise CalibrationError("simulating ID windows needs null values or a permutation count")
+        k = rng.integers(1, permutation_trials + 2, size=count)
+        p = k / (permutation_trials + 1.0)
+    else:
+        values = np.asarray(null_values, dtype=np.float64)
+        if values.size < 4:
+            raise CalibrationError(f"{values.size} null values are too few to simulate windows")
+        order = rng.permutation(values.size)
+        half = values.size // 2
+        null, windows = TailNull(values[order[:half]]), TailNull(values[order[half:]])
+        drawn = windows.isf(rng.uniform(0.0, 1.0, size=count))
+        p = null.p_values(drawn)
+    z = stats.norm.isf(np.clip(p, 1e-300, 1.0))
+    out: Scores = np.clip(z, -SCORE_LIMIT, SCORE_LIMIT)
+    return out
+
+
+def calibrate_detector(
+    null_values: npt.ArrayLike | None,
+    *,
+    window: timedelta,
+    false_page_interval: timedelta,
+    seed: int = 0,
+    permutation_trials: int | None = None,
+    drift: float = DRIFT,
+) -> dict[str, Any]:
+    """The detector's threshold for ``false_page_interval`` at windows of ``window``, and what
+    it achieves (JSON-ready: ``calibration.json["detector"]``). ``null_values``: the bound's
+    null at the calibration's window size (trial order); None with ``permutation_trials``."""
+    started = time.perf_counter()
+    window_s, interval_s = window.total_seconds(), false_page_interval.total_seconds()
+    if window_s <= 0 or interval_s < window_s:
+        raise CalibrationError(
+            f"the false-page interval ({false_page_interval}) must be at least one window "
+            f"({window})"
+        )
+    per_interval = interval_s / window_s
+    total = max(MIN_SIMULATED_WINDOWS, math.ceil(PAGES_SIMULATED * per_interval))
+    length = max(64, math.ceil(total / PARALLEL_SEQUENCES))
+    rng = np.random.default_rng(seed)
+    scores = simulated_id_scores(
+        null_values, PARALLEL_SEQUENCES * length, rng, permutation_trials=permutation_trials
+    ).reshape(PARALLEL_SEQUENCES, length)
+
+    def quiet_enough(threshold: float) -> bool:
+        found = count_pages(Detector.for_threshold(threshold, drift), scores)
+        return found.pages <= found.windows / per_interval
+
+    low, high = 0.0, 4.0 * SCORE_LIMIT
+    if not quiet_enough(high):
+        raise CalibrationError(
+            f"no detector threshold reaches one false page per {false_page_interval}: the "
+            "simulated ID windows score too high; recalibrate with more trials"
+        )
+    while high - low > 0.01:
+        middle = (low + high) / 2.0
+        low, high = (low, middle) if quiet_enough(middle) else (middle, high)
+    detector = Detector.for_threshold(high, drift)
+    # Measured on fresh windows (another split of the trials, other draws): the threshold was
+    # chosen on the first set, whose page count is biased towards the target.
+    fresh = simulated_id_scores(
+        null_values, PARALLEL_SEQUENCES * length, rng, permutation_trials=permutation_trials
+    ).reshape(PARALLEL_SEQUENCES, length)
+    achieved = count_pages(detector, fresh)
+    ci_low, ci_high = achieved.interval_ci_windows()
+    shifted = fresh[:, :64]
+    delays = {
+        f"{shift:g}": _median(detection_delays(detector, shifted + shift))
+        for shift in REFERENCE_SHIFTS
+    }
+    return {
+        "threshold": detector.threshold,
+        "clear_level": detector.clear_level,
+        "cap": detector.cap,
+        "drift": detector.drift,
+        "score": "bound",
+        "false_page_interval_seconds": interval_s,
+        "window_seconds": window_s,
+        "achieved_interval_seconds": achieved.interval_windows() * window_s,
+        "interval_ci_seconds": [ci_low * window_s, ci_high * window_s],
+        "simulated_windows": achieved.windows,
+        "pages": achieved.pages,
+        "delay_windows": delays,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def check_detector(
+    calibration: Mapping[str, Any],
+    *,
+    false_page_interval: timedelta,
+    window: timedelta,
+    store: str,
+) -> None:
+    """Refuse a detector calibrated for another false-page interval or window size."""
+    found = calibration.get("detector")
+    command = f"rerun `mllm-monitor calibrate --reference {store}`"
+    if not found:
+        raise CalibrationError(
+            f"reference store {store!r} has no drift detector calibration (calibrated by an "
+            f"older version); {command}"
+        )
+    wanted = (false_page_interval.total_seconds(), window.total_seconds())
+    have = (float(found["false_page_interval_seconds"]), float(found["window_seconds"]))
+    if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(wanted, have, strict=True)):
+        raise CalibrationError(
+            f"reference store {store!r} was calibrated for one false page per "
+            f"{_duration(have[0])} at {_duration(have[1])} windows; the settings ask for one per "
+            f"{_duration(wanted[0])} at {_duration(wanted[1])} windows: {command}"
+        )
+
+
+def _median(delays: npt.NDArray[np.float64]) -> float | None:
+    value = float(np.median(delays))
+    return value if math.isfinite(value) else None
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
