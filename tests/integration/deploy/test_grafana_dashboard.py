@@ -17,6 +17,12 @@ def dashboard() -> dict[str, Any]:
     return doc
 
 
+def top_panels() -> list[dict[str, Any]]:
+    """Rows and the panels between them (rows that are not collapsed hold no panels)."""
+    panels: list[dict[str, Any]] = dashboard()["panels"]
+    return panels
+
+
 def all_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
     panels: list[dict[str, Any]] = []
     for panel in doc["panels"]:
@@ -66,6 +72,8 @@ def test_the_issue_s_views_are_there() -> None:
         "mllm_monitor_ood_ratio{",
         "mllm_monitor_ood_ratio_threshold",
         "mllm_monitor_risk_level",
+        "mllm_monitor_detector_statistic{",
+        "mllm_monitor_detector_threshold{",
         "mllm_monitor_records_total",
         "mllm_monitor_inbox_depth",
         "mllm_monitor_window_compute_seconds_bucket",
@@ -82,6 +90,54 @@ def test_the_issue_s_views_are_there() -> None:
     ]
     legends = {t["legendFormat"] for t in emid["targets"]}
     assert fills and set(fills) <= legends
+
+
+def test_detector_panel_draws_the_statistic_against_its_threshold_per_stream() -> None:
+    """One time series panel per stream: the statistic, and the threshold as a dashed line.
+    (test_metric_names.py checks that both gauges are ones MonitorMetrics exports.)"""
+    panels = all_panels(dashboard())
+    (detector,) = [
+        p for p in panels if any("detector_statistic" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert detector["type"] == "timeseries"
+    assert detector["repeat"] == "stream" and "$stream" in detector["title"]
+    legends = {t["legendFormat"]: t["expr"] for t in detector["targets"]}
+    assert legends.keys() == {"statistic", "threshold"}
+    assert legends["statistic"].startswith("max by (stream) (mllm_monitor_detector_statistic{")
+    assert legends["threshold"].startswith("max by (stream) (mllm_monitor_detector_threshold{")
+    assert all('stream=~"$stream"' in expr for expr in legends.values())
+    dashed = [
+        override["matcher"]["options"]
+        for override in detector["fieldConfig"]["overrides"]
+        for prop in override["properties"]
+        if prop["id"] == "custom.lineStyle" and prop["value"]["fill"] == "dash"
+    ]
+    assert dashed == ["threshold"]
+    assert "clear level" in detector["description"]
+    assert "false_page_interval" in detector["description"]
+    # The panel sits under its own row, right after the risk row.
+    rows = [p for p in top_panels() if p["type"] == "row"]
+    assert [r["title"] for r in rows[:2]] == ["Risk", "Drift detector"]
+
+
+def test_risk_panel_describes_the_detector_rule() -> None:
+    (risk,) = [p for p in all_panels(dashboard()) if p["title"] == "Risk level (last window)"]
+    description = risk["description"]
+    assert "drift detector" in description and "clear level" in description
+    assert 'hysteresis = "k/m"' in description
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: set[tuple[int, int]] = set()
+    for panel in top_panels():
+        pos = panel["gridPos"]
+        covered = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not covered & cells, panel["title"]
+        cells |= covered
 
 
 def test_provisioning_points_at_the_dashboard() -> None:

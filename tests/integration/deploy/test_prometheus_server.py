@@ -54,6 +54,12 @@ def test_critical_alert_fires_for_the_critical_stream_only(
     with PrometheusServer(tmp_path / "prometheus", [target]) as prometheus:
         alert = prometheus.wait_for_alert("MllmMonitorCriticalDrift", {"stream": "shifted"})
         assert alert["labels"]["severity"] == "critical"
+        # Its description queries the detector's gauges through Prometheus's template `query`:
+        # expanded on the real server (an error would read "<error expanding template ...>").
+        description = alert["annotations"]["description"]
+        assert description.startswith("Stream shifted is at risk level 2 (critical). ")
+        assert "error" not in description
+        assert "back at or below its clear level" in description
         assert prometheus.targets_up()
         # The ID stream was scraped (risk 0) and its alert is neither pending nor firing.
         level = prometheus.query('mllm_monitor_risk_level{stream="id"}')
