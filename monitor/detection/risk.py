@@ -6,14 +6,18 @@ before it. Pure.
   the OOD fraction is over its calibrated threshold (so a warning fires at about the configured
   false-alarm rate on ID traffic). The answer-drift ``response`` term can raise a warning, never
   a critical on its own: it is not part of the bound.
-* 2 critical: the bound is significant (and over ``alerts.bound_budget`` when that is a
-  number) in at least k of the last m windows (``alerts.hysteresis = "k/m"``, this window
-  included); or, when references exist, the whole bootstrap interval of EMID lies above
-  ``alerts.emid_budget``.
+* 2 critical, by default (``alerts.hysteresis = ""``): the stream's sequential detector
+  (:mod:`monitor.detection.detector`) is alarmed after this window: its statistic passed the
+  threshold and has not yet fallen to the clear level (and, when ``alerts.bound_budget`` is a
+  number, the window's bound is over it). With ``alerts.hysteresis = "k/m"`` instead: the
+  bound is significant (and over the budget when that is a number) in at least k of the last m
+  windows, this one included. In either mode also when, with references, the whole bootstrap
+  interval of EMID lies above ``alerts.emid_budget``.
 
-Insufficient windows (under ``windows.min_samples``) never alert, and in the k-of-m count they
-are neither significant nor quiet: they are skipped, so the last m windows are the last m
-sufficient ones. Windows without calibration (no p-values) cannot count as significant.
+Insufficient windows (under ``windows.min_samples``) never alert; they are neither significant
+nor quiet: the k-of-m count skips them (the last m windows are the last m sufficient ones) and
+the detector carries its state through them unchanged. Windows without calibration (no
+p-values) cannot count as significant and have no detector score.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from monitor.records import RiskLevel
+from monitor.records import DetectorReading, RiskLevel
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,7 @@ class RiskPolicy:
     m: int = 3
     bound_budget: float | None = None  # None: "auto", the calibrated threshold alone decides
     emid_budget: float = 0.0
+    detector: bool = False  # True: the sequential detector decides criticals (k, m unused)
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.m:
@@ -48,6 +53,7 @@ class WindowSignals:
     bound: float | None = None  # scale-adjusted bound value
     emid_interval: tuple[float, float] | None = None
     reasons: tuple[str, ...] = ()  # what made ``warning`` true, for the transition log
+    detector: DetectorReading | None = None  # the stream's detector after this window
 
     def bound_hit(self, policy: RiskPolicy) -> bool:
         """The bound counts towards a critical in this window."""
@@ -75,15 +81,10 @@ def assess_risk(
     if not current.sufficient:
         return RiskDecision(RiskLevel.OK, ("insufficient window",))
     reasons: list[str] = []
-    recent = [w for w in previous if w.sufficient][-(policy.m - 1) :] if policy.m > 1 else []
-    hits = sum(w.bound_hit(policy) for w in (*recent, current))
-    critical = False
-    if current.bound_hit(policy) or hits >= policy.k:
-        if hits >= policy.k:
-            critical = True
-            reasons.append(f"bound significant in {hits} of the last {len(recent) + 1} windows")
-        else:
-            reasons.append("bound significant")
+    if policy.detector:
+        critical = _detector_critical(current, policy, reasons)
+    else:
+        critical = _k_of_m_critical(current, previous, policy, reasons)
     interval = current.emid_interval
     if interval is not None and interval[0] > policy.emid_budget:
         critical = True
@@ -99,10 +100,52 @@ def assess_risk(
     return RiskDecision(RiskLevel.OK, ())
 
 
+def _k_of_m_critical(
+    current: WindowSignals,
+    previous: Sequence[WindowSignals],
+    policy: RiskPolicy,
+    reasons: list[str],
+) -> bool:
+    recent = [w for w in previous if w.sufficient][-(policy.m - 1) :] if policy.m > 1 else []
+    hits = sum(w.bound_hit(policy) for w in (*recent, current))
+    if hits >= policy.k:
+        reasons.append(f"bound significant in {hits} of the last {len(recent) + 1} windows")
+        return True
+    if current.bound_hit(policy):
+        reasons.append("bound significant")
+    return False
+
+
+def _detector_critical(current: WindowSignals, policy: RiskPolicy, reasons: list[str]) -> bool:
+    reading = current.detector
+    if reading is None or not reading.alarmed:
+        return False
+    if policy.bound_budget is not None and not (
+        current.bound is not None and current.bound > policy.bound_budget
+    ):
+        bound = "none" if current.bound is None else f"{current.bound:.4g}"
+        reasons.append(
+            f"detector alarmed ({reading.statistic:.3g}), but the bound {bound} is within "
+            f"budget {policy.bound_budget:g}"
+        )
+        return False
+    if reading.statistic > reading.threshold:
+        reasons.append(f"detector {reading.statistic:.3g} > threshold {reading.threshold:.3g}")
+    else:  # still alarmed: the statistic has not fallen to the clear level yet
+        reasons.append(
+            f"detector {reading.statistic:.3g} still alarmed (paged over threshold "
+            f"{reading.threshold:.3g}; clears at the clear level)"
+        )
+    return True
+
+
 def policy_from_settings(
-    hysteresis: tuple[int, int], bound_budget: float | str, emid_budget: float
+    hysteresis: tuple[int, int] | None, bound_budget: float | str, emid_budget: float
 ) -> RiskPolicy:
-    """The policy of ``[alerts]`` (``bound_budget = "auto"`` becomes None)."""
-    k, m = hysteresis
+    """The policy of ``[alerts]`` (``bound_budget = "auto"`` becomes None; ``hysteresis``
+    None: the sequential detector decides criticals)."""
     budget = None if isinstance(bound_budget, str) else float(bound_budget)
+    if hysteresis is None:
+        return RiskPolicy(bound_budget=budget, emid_budget=float(emid_budget), detector=True)
+    k, m = hysteresis
     return RiskPolicy(k=k, m=m, bound_budget=budget, emid_budget=float(emid_budget))

@@ -3,10 +3,12 @@ windows."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from monitor.detection.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
-from monitor.records import RiskLevel
+from monitor.records import DetectorReading, RiskLevel
 
 QUIET = WindowSignals(sufficient=True, bound_significant=False, bound=0.5)
 HIT = WindowSignals(sufficient=True, warning=True, bound_significant=True, bound=0.9)
@@ -127,3 +129,45 @@ def test_an_emid_interval_starting_at_the_budget_is_not_above_it() -> None:
     above = WindowSignals(sufficient=True, bound_significant=False, emid_interval=(0.0500001, 0.2))
     assert assess_risk(at, [], policy).level is RiskLevel.OK
     assert assess_risk(above, [], policy).level is RiskLevel.CRITICAL
+
+
+DETECTOR = RiskPolicy(detector=True)
+
+
+def _reading(statistic: float, alarmed: bool, threshold: float = 6.0) -> DetectorReading:
+    return DetectorReading(score=1.0, statistic=statistic, threshold=threshold, alarmed=alarmed)
+
+
+def test_detector_mode_pages_exactly_while_the_detector_is_alarmed() -> None:
+    over = replace(QUIET, detector=_reading(7.2, True, 6.1))
+    held = replace(QUIET, detector=_reading(4.0, True))  # under the threshold, not yet cleared
+    quiet = replace(HIT, detector=_reading(5.9, False))  # bound hits, detector not alarmed
+    decision = assess_risk(over, [], DETECTOR)
+    assert (
+        decision.level is RiskLevel.CRITICAL and "detector 7.2 > threshold 6.1" in decision.reason
+    )
+    assert assess_risk(held, [], DETECTOR).level is RiskLevel.CRITICAL
+    assert "still alarmed" in assess_risk(held, [], DETECTOR).reason
+    # Hits in every window never page by themselves: the detector alone decides criticals.
+    assert levels([quiet] * 5, DETECTOR) == [1] * 5
+    assert levels([HIT] * 5, DETECTOR) == [1] * 5  # no detector (no calibration): warnings only
+    assert assess_risk(replace(THIN, detector=_reading(9.0, True)), [], DETECTOR).level == 0
+
+
+def test_detector_mode_keeps_the_bound_and_emid_budgets() -> None:
+    budgeted = RiskPolicy(bound_budget=1.0, detector=True)
+    low = WindowSignals(sufficient=True, bound=0.9, detector=_reading(8.0, True))
+    high = replace(low, bound=1.2)
+    assert assess_risk(low, [], budgeted).level is RiskLevel.OK
+    warned = assess_risk(replace(low, warning=True), [], budgeted)
+    assert warned.level is RiskLevel.WARNING and "within budget 1" in warned.reason
+    assert assess_risk(high, [], budgeted).level is RiskLevel.CRITICAL
+    emid = RiskPolicy(emid_budget=0.05, detector=True)
+    above = WindowSignals(sufficient=True, emid_interval=(0.06, 0.2), detector=_reading(0.0, False))
+    assert assess_risk(above, [], emid).level is RiskLevel.CRITICAL
+
+
+def test_policy_from_settings_without_hysteresis_is_the_detector() -> None:
+    policy = policy_from_settings(None, 0.8, 0.1)
+    assert policy.detector and policy.bound_budget == 0.8 and policy.emid_budget == 0.1
+    assert not policy_from_settings((2, 3), "auto", 0.0).detector
