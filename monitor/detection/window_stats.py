@@ -298,8 +298,11 @@ def calibrate_arrays(
     max_pool_fraction: float = MAX_POOL_FRACTION,
     entropy_scale: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    holdout_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Null distributions of every tested term, from ID embeddings (no store, no IO).
+
+    ``holdout_fraction`` of the pool is held out of the nulls and recorded (``holdout``).
 
     ``window_sizes`` None: the default sizes that fit the pool; given sizes that do not fit
     (over ``max_pool_fraction`` of the pool) are refused with a CalibrationError. ``trials``
@@ -310,6 +313,14 @@ def calibrate_arrays(
     if not 0.0 < comparison_fraction < 1.0:
         raise CalibrationError(f"comparison_fraction must lie in (0, 1), got {comparison_fraction}")
     comparison, pool = split_reference(n, comparison_size(n, comparison_fraction), seed=seed)
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise CalibrationError(f"holdout_fraction must lie in [0, 1), got {holdout_fraction}")
+    # Held-out ID records never enter the nulls: the calibration's self-check reads them as
+    # live windows (monitor.detection.selfcheck), so its false-alarm rate is measured out of
+    # sample. The last records of a seeded order of the pool.
+    held = int(round(holdout_fraction * len(pool)))
+    holdout = np.sort(np.random.default_rng(seed + 1).permutation(pool)[len(pool) - held :])
+    pool = np.setdiff1d(pool, holdout)
     limit = int(max_pool_fraction * len(pool))
     sizes = _record_sizes(window_sizes, limit, n, len(pool), max_pool_fraction)
     trials, needed = resolve_trials(trials, false_alarm_rate, hysteresis, "trials")
@@ -378,6 +389,7 @@ def calibrate_arrays(
         "jsd_mode": mode,
         "entropy_scale": entropy_scale,
         "comparison": comparison.tolist(),
+        "holdout": holdout.tolist(),
         "output_id": stats.output_id,
         "nulls": nulls,
     }
