@@ -34,8 +34,10 @@ def exporter() -> Iterator[tuple[str, MonitorMetrics]]:
     metrics = MonitorMetrics(registry, ["shifted", "id"])
     metrics.set_window_settings(size_seconds=60, lateness_seconds=5)
     now = time.time()
-    for stream, level in (("shifted", 2), ("id", 0)):
+    for stream, level, statistic in (("shifted", 2, 9.5), ("id", 0, 0.4)):
         metrics.risk_level.labels(stream=stream).set(level)
+        metrics.detector_statistic.labels(stream=stream).set(statistic)
+        metrics.detector_threshold.labels(stream=stream).set(6.1)
         metrics.last_window_end_timestamp_seconds.labels(stream=stream).set(now)
         metrics.calibrated.labels(stream=stream).set(1)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
@@ -54,12 +56,18 @@ def test_critical_alert_fires_for_the_critical_stream_only(
     with PrometheusServer(tmp_path / "prometheus", [target]) as prometheus:
         alert = prometheus.wait_for_alert("MllmMonitorCriticalDrift", {"stream": "shifted"})
         assert alert["labels"]["severity"] == "critical"
-        # Its description queries the detector's gauges through Prometheus's template `query`:
-        # expanded on the real server (an error would read "<error expanding template ...>").
+        # Its description reads the stream's detector gauges through Prometheus's template
+        # `query`, expanded on the real server (an error reads "<error expanding template ...>").
         description = alert["annotations"]["description"]
         assert description.startswith("Stream shifted is at risk level 2 (critical). ")
-        assert "error" not in description
+        assert "crossed its threshold: statistic 9.5 > threshold 6.1;" in description
         assert "back at or below its clear level" in description
+        # The recording rule: each stream's statistic over its threshold.
+        ratio = {
+            s["metric"]["stream"]: round(float(s["value"][1]), 4)
+            for s in prometheus.query("stream:mllm_monitor_detector_statistic:ratio_to_threshold")
+        }
+        assert ratio == {"shifted": round(9.5 / 6.1, 4), "id": round(0.4 / 6.1, 4)}
         assert prometheus.targets_up()
         # The ID stream was scraped (risk 0) and its alert is neither pending nor firing.
         level = prometheus.query('mllm_monitor_risk_level{stream="id"}')
