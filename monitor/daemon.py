@@ -197,6 +197,7 @@ class Daemon:
 
     def _load_stores(self) -> dict[str, Any]:
         from monitor.detection.calibrate import check_supports
+        from monitor.pipeline import check_detector_settings
         from monitor.reference import open_store
 
         by_name: dict[str, Any] = {}
@@ -215,6 +216,7 @@ class Daemon:
                 check_supports(
                     store.calibration, alerts.false_alarm_rate, alerts.trials_hysteresis, name
                 )
+                check_detector_settings(self.settings, store, name)
                 self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
             else:
                 detail = (

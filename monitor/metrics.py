@@ -192,6 +192,21 @@ class MonitorMetrics:
             sw,
             registry=r,
         )
+        self.detector_statistic = Gauge(
+            _name("detector_statistic"),
+            "Statistic of the stream's sequential drift detector after the last sufficient "
+            "window (a capped CUSUM of window scores); critical while it is alarmed. NaN "
+            "without a detector.",
+            sw,
+            registry=r,
+        )
+        self.detector_threshold = Gauge(
+            _name("detector_threshold"),
+            "Threshold the detector statistic pages over (calibrated for [alerts] "
+            "false_page_interval). NaN without a detector.",
+            sw,
+            registry=r,
+        )
         self.emi_nats = Gauge(
             _name("emi_nats"),
             "Effective mutual information of the last window (side: live) and of ID data "
@@ -310,6 +325,8 @@ class MonitorMetrics:
                 self.upper_bound_threshold,
                 self.upper_bound_p_value,
                 self.upper_bound_budget,
+                self.detector_statistic,
+                self.detector_threshold,
                 self.emid_nats,
                 self.emid_budget_nats,
                 self.window_samples,

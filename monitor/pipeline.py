@@ -24,6 +24,14 @@
   warning, the bound's significance) and :func:`monitor.detection.risk.assess_risk`.
   Windows under ``windows.min_samples`` are stored as insufficient and never alert; a stream
   without calibration gets values and null p-values.
+* Detector (``alerts.hysteresis = ""``, a calibration with a detector): the window's score is
+  z of its bound's tail p-value; the state after the previous stored window (in window order,
+  whatever order they were computed in) steps on it, and the new state is stored with the
+  window. An insufficient window has no score and stores the state it got. Nothing is held in
+  memory, so a restarted monitor goes on from the stored state. When a window is recomputed,
+  the windows stored after it are replayed: their states (and so their levels) recomputed in
+  order from its new state with their stored scores (no statistic recomputed), until a
+  replayed state equals the stored one.
 * Write: one transaction (``Windows.store_window``): the idempotent upsert (same key, same
   row) and the risk transition when the stream's level changes (read under a per-stream lock,
   so a failure between the two or a second writer cannot break the chain); then the Prometheus
@@ -49,19 +57,34 @@ import numpy.typing as npt
 from monitor import __version__
 from monitor.config import Settings, StreamSettings
 from monitor.detection import WindowStatistics, assess_window
+from monitor.detection.detector import Detector, DetectorState, check_detector, window_score
 from monitor.detection.permutation import (
     PERMUTATION,
     PermutationTest,
     calibration_method,
 )
-from monitor.detection.risk import RiskPolicy, WindowSignals, assess_risk, policy_from_settings
+from monitor.detection.risk import (
+    RiskDecision,
+    RiskPolicy,
+    WindowSignals,
+    assess_risk,
+    policy_from_settings,
+)
 from monitor.detection.window_stats import store_arrays
 from monitor.embedding.fusion import fuse
 from monitor.errors import MonitorError, StorageError
 from monitor.estimators.calibration import emid_bootstrap
 from monitor.estimators.emi import emi
 from monitor.metrics import MonitorMetrics, gauge_value
-from monitor.records import TERMS, WINDOW_TERMS, RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import (
+    TERMS,
+    WINDOW_TERMS,
+    DetectorReading,
+    RiskLevel,
+    TermValues,
+    WindowKey,
+    WindowResult,
+)
 from monitor.reference import load_store_estimator
 from monitor.reference.estimator import held_out_pairs
 
@@ -77,6 +100,8 @@ MAX_ID_EMI_RECORDS = 5_000
 BOOTSTRAP_RESAMPLES = 200
 # Live pairs a window's EMID bootstrap resamples; larger windows use an m-out-of-n bootstrap.
 BOOTSTRAP_ROWS = 1_000
+# Stored windows read per query while replaying the detector after a recomputed window.
+REPLAY_BATCH = 256
 
 
 def utcnow() -> datetime:
@@ -151,6 +176,12 @@ class StreamModel:
                 arrays, self.calibration["comparison"], self.stats.jsd_mode
             )
         self.alpha = settings.alerts.false_alarm_rate
+        # The sequential detector decides criticals unless the k-of-m rule is configured.
+        self.detector: Detector | None = (
+            Detector.from_calibration(self.calibration)
+            if settings.alerts.hysteresis_k_of_m is None
+            else None
+        )
         self.fusion = store.manifest.get("fusion", "mean")
         self.ood_threshold = float(store.ood["threshold"]) if store.ood else math.inf
         tpr = store.ood.get("tpr") if store.ood else None
@@ -252,6 +283,7 @@ class StreamModel:
             p_values={**assessment.p_values, "bound": partial.p_values.get("bound")},
             thresholds={**assessment.thresholds, "bound": partial.thresholds.get("bound")},
             bound_significant=partial.bound_significant,
+            bound_tail_p_value=partial.bound_tail_p_value,
         )
 
     def _emi(self, data: WindowData, result: Estimate, seed: int) -> None:
@@ -351,11 +383,15 @@ class WindowPipeline:
             self._publish(newest[0])
         self._shown.setdefault(stream, datetime.min.replace(tzinfo=UTC))
 
-    def compute(self, key: WindowKey) -> WindowResult:
-        """Compute, store and publish one window; returns what was stored (with its id)."""
+    def compute(self, key: WindowKey, *, replay: bool = True) -> WindowResult:
+        """Compute, store and publish one window; returns what was stored (with its id).
+
+        ``replay``: then replay the detector over the windows stored after it (False: the
+        caller computes those next, or calls :meth:`replay_after` itself)."""
         started = time.perf_counter()
         computed_at = self.clock()
         model = self.model(key.stream)
+        before = self.state_before(key)
         data = read_window(
             self.repository,
             key,
@@ -364,9 +400,10 @@ class WindowPipeline:
         )
         reason = ""  # why the window got its level (a transition's reason)
         if data is None or data.n < self.settings.windows.min_samples:
-            result = _insufficient(key, data, model, computed_at)
+            carried = _reading(model.detector, before, None) if model.detector else None
+            result = _insufficient(key, data, model, computed_at, carried)
         else:
-            result, reason = self._sufficient(key, data, model, computed_at)
+            result, reason = self._sufficient(key, data, model, computed_at, before)
         stored = self.repository.store_window(result, reason=reason)
         result = _with_id(result, stored.id)
         self._after_store(result, stored, reason)
@@ -382,24 +419,104 @@ class WindowPipeline:
                 "status": result.status,
                 "risk_level": int(result.risk_level),
                 "bound": result.bound_scale_adjusted,
+                "detector": result.detector.statistic if result.detector else None,
                 "seconds": round(elapsed, 3),
             },
         )
+        if replay:
+            self.replay_after(result)
         return result
 
+    def state_before(self, key: WindowKey) -> DetectorState | None:
+        """The stream's detector state after the stored window just before ``key`` (in window
+        order; None: no detector, no such window, or one stored without a detector)."""
+        if self.model(key.stream).detector is None:
+            return None
+        previous = self.repository.recent_windows(key.stream, key.start, 1, status=None)
+        if not previous or previous[0].detector is None:
+            return None
+        return _state(previous[0].detector)
+
+    def decide(self, key: WindowKey, signals: WindowSignals) -> RiskDecision:
+        """The risk decision of window ``key`` with ``signals`` (the k-of-m rule reads the
+        stream's windows stored before it)."""
+        previous: list[WindowSignals] = []
+        if not self.policy.detector:
+            previous = [
+                WindowSignals(
+                    sufficient=True,
+                    bound_significant=w.bound_significant,
+                    bound=w.bound_scale_adjusted,
+                )
+                for w in self.repository.recent_windows(key.stream, key.start, self.policy.m - 1)
+            ]
+        return assess_risk(signals, previous, self.policy)
+
+    def replay_after(self, window: WindowResult) -> int:
+        """Replay the detector over the windows stored after ``window`` (module docstring);
+        returns how many were stored again. Each goes through ``store_window``, so the stream's
+        risk transitions stay one chain."""
+        stream = window.key.stream
+        detector = self.model(stream).detector
+        if detector is None or window.detector is None:
+            return 0
+        state, after, replayed = _state(window.detector), window.key.start, 0
+        while True:
+            later = self.repository.next_windows(stream, after, REPLAY_BATCH, status=None)
+            for stored in later:
+                score = stored.detector.score if stored.detector is not None else None
+                state = detector.step(state, score)
+                if stored.detector is not None and _state(stored.detector) == state:
+                    later = []  # the rest follow from an unchanged state
+                    break
+                self._store_replayed(stored, _reading(detector, state, score))
+                replayed += 1
+            if len(later) < REPLAY_BATCH:
+                break
+            after = later[-1].key.start
+        if replayed:
+            log.info(
+                "detector replayed",
+                extra={"stream": stream, "after": window.to_dict()["start"], "windows": replayed},
+            )
+        return replayed
+
+    def _store_replayed(self, window: WindowResult, reading: DetectorReading) -> None:
+        """Store ``window`` with a replayed detector reading and the level that follows."""
+        level, reason = RiskLevel.OK, ""
+        if window.status == "ok":
+            warning = (
+                window.warning if window.warning is not None else window.risk_level == 1
+            )  # a window stored before the warning was: its level tells, short of critical
+            signals = WindowSignals(
+                sufficient=True,
+                warning=warning,
+                bound_significant=window.bound_significant,
+                bound=window.bound_scale_adjusted,
+                emid_interval=window.emid_interval,
+                reasons=("a term or the OOD fraction significant",) if warning else (),
+                detector=reading,
+            )
+            decision = self.decide(window.key, signals)
+            level, reason = decision.level, decision.reason
+        updated = replace(window, detector=reading, risk_level=level)
+        stored = self.repository.store_window(updated, reason=reason)
+        self._after_store(updated, stored, reason)
+
     def _sufficient(
-        self, key: WindowKey, data: WindowData, model: StreamModel, computed_at: datetime
+        self,
+        key: WindowKey,
+        data: WindowData,
+        model: StreamModel,
+        computed_at: datetime,
+        before: DetectorState | None,
     ) -> tuple[WindowResult, str]:
         estimate = model.estimate(data, seed=_window_seed(key))
         assessment, values = estimate.assessment, estimate.values
-        previous = [
-            WindowSignals(
-                sufficient=True,
-                bound_significant=w.bound_significant,
-                bound=w.bound_scale_adjusted,
-            )
-            for w in self.repository.recent_windows(key.stream, key.start, self.policy.m - 1)
-        ]
+        reading = None
+        if model.detector is not None:
+            score = window_score(assessment.bound_tail_p_value)
+            reading = _reading(model.detector, model.detector.step(before, score), score)
         signals = WindowSignals(
             sufficient=True,
             warning=assessment.warning,
@@ -407,8 +524,9 @@ class WindowPipeline:
             bound=values["bound_scale_adjusted"],
             emid_interval=estimate.emid_interval,
             reasons=estimate.reasons,
+            detector=reading,
         )
-        decision = assess_risk(signals, previous, self.policy)
+        decision = self.decide(key, signals)
         result = WindowResult(
             key=key,
             n=data.n,
@@ -434,6 +552,8 @@ class WindowPipeline:
             bound_threshold=assessment.thresholds.get("bound"),
             bound_significant=assessment.bound_significant,
             ood_threshold=assessment.ood_threshold,
+            detector=reading,
+            warning=assessment.warning,
         )
         return result, decision.reason
 
@@ -496,6 +616,13 @@ class WindowPipeline:
         m.window_samples.labels(stream=stream).set(result.n)
         m.ood_ratio.labels(stream=stream).set(gauge_value(result.ood_fraction))
         m.ood_ratio_threshold.labels(stream=stream).set(gauge_value(result.ood_threshold))
+        reading = result.detector
+        m.detector_statistic.labels(stream=stream).set(
+            gauge_value(reading.statistic if reading is not None else None)
+        )
+        m.detector_threshold.labels(stream=stream).set(
+            gauge_value(reading.threshold if reading is not None else None)
+        )
         if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
             self._last_end[stream] = result.key.end
             m.last_window_end_timestamp_seconds.labels(stream=stream).set(
@@ -631,7 +758,11 @@ def _window_seed(key: WindowKey) -> int:
 
 
 def _insufficient(
-    key: WindowKey, data: WindowData | None, model: StreamModel, computed_at: datetime
+    key: WindowKey,
+    data: WindowData | None,
+    model: StreamModel,
+    computed_at: datetime,
+    detector: DetectorReading | None,
 ) -> WindowResult:
     return WindowResult(
         key=key,
@@ -644,8 +775,35 @@ def _insufficient(
         computed_at=computed_at,
         ood_fraction=None if data is None else data.ood_fraction,
         jsd_mode=model.stats.jsd_mode,
+        detector=detector,
+        warning=False,
     )
 
 
 def _with_id(result: WindowResult, window_id: str) -> WindowResult:
     return replace(result, id=window_id)
+
+
+def _state(reading: DetectorReading) -> DetectorState:
+    return DetectorState(statistic=reading.statistic, alarmed=reading.alarmed)
+
+
+def _reading(
+    detector: Detector, state: DetectorState | None, score: float | None
+) -> DetectorReading:
+    """What a window stores of ``state`` (None: the detector's start, quiet at zero)."""
+    state = state or DetectorState()
+    return DetectorReading(score, state.statistic, detector.threshold, state.alarmed)
+
+
+def check_detector_settings(settings: Settings, store: Any, name: str) -> None:
+    """Refuse a store whose detector was calibrated for another ``false_page_interval`` or
+    window size (only where the detector decides criticals and the store is calibrated)."""
+    if settings.alerts.hysteresis_k_of_m is not None or store.calibration is None:
+        return
+    check_detector(
+        store.calibration,
+        false_page_interval=settings.alerts.false_page_interval,
+        window=settings.windows.size,
+        store=name,
+    )

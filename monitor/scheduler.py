@@ -22,9 +22,11 @@ lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
    short until recomputed), for at most twice ``workers.lease`` (a stuck backlog must not stop
    the windows).
 3. Stale windows: windows whose data changed after they were computed (a sample stored late, a
-   late reference resolved, both found by the repository) are recomputed, oldest first, and
-   so are the next m - 1 sufficient windows stored after each, whose k-of-m risk level reads
-   it.
+   late reference resolved, both found by the repository) are recomputed, oldest first. With
+   the drift detector (the default), the pipeline then replays the detector over the windows
+   stored after each (their states and levels follow from it; their statistics stay). With the
+   k-of-m rule (``alerts.hysteresis = "k/m"``), the next m - 1 sufficient windows stored after
+   each, whose risk level reads it, are recomputed too.
 
 Recomputing is idempotent (same key, same row), so a window computed twice across a leader
 change is still one row.
@@ -251,9 +253,10 @@ class WindowScheduler:
     def stale(
         self, since: datetime, now: datetime, *, until: Mapping[str, datetime] | None = None
     ) -> list[WindowKey]:
-        """Due windows whose data changed after they were computed, and the stored windows
-        whose risk level reads theirs (the next m - 1 sufficient ones: the k-of-m rule skips
-        insufficient windows), oldest first. A window never computed that is held for the
+        """Due windows whose data changed after they were computed, and, with the k-of-m
+        rule, the stored windows whose risk level reads theirs (the next m - 1 sufficient ones:
+        the rule skips insufficient windows), oldest first (the detector's later windows are
+        replayed by the pipeline, not recomputed). A window never computed that is held for the
         inbox (``until``, see :meth:`due_until`) is left to :meth:`due`."""
         size, lateness = self.settings.windows.size, self.settings.windows.lateness
         keys = {
@@ -261,7 +264,8 @@ class WindowScheduler:
             for loc in self.repository.stale_locations(since)
             if loc.stream in self.streams
         }
-        _, m = self.settings.alerts.hysteresis_k_of_m
+        k_of_m = self.settings.alerts.hysteresis_k_of_m
+        m = k_of_m[1] if k_of_m is not None else 1
         readers = {
             stored.key
             for key in keys

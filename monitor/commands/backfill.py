@@ -16,7 +16,7 @@ Two forms:
   workers help embed them; this process embeds too.
 * ``backfill --stream S --since T [--until T]``: computes the windows of a range (``--until``
   defaults to now) from stored embeddings with the current reference store, estimator and
-  calibration, oldest first (the k-of-m risk rule reads the windows before). Windows already
+  calibration, oldest first (the risk rule and the detector read the windows before). Windows already
   stored are kept unless ``--recompute``; an interrupted run simply runs again (each window
   is one idempotent upsert, so there are neither duplicates nor gaps). Only windows that are
   due (end + lateness passed) are computed: a later one is the scheduler's. The range is
@@ -495,7 +495,7 @@ def backfill_range(
 
     With ``max_windows``, a range with more windows to compute is refused (TooManyWindowsError)
     before anything is written."""
-    from monitor.pipeline import WindowPipeline
+    from monitor.pipeline import WindowPipeline, check_detector_settings
 
     repository = found.repository
     plan = plan_windows(found.settings, stream, since, until, datetime.now(UTC))
@@ -517,14 +517,24 @@ def backfill_range(
     if dry_run:
         summary.computed = todo  # what it would compute
         return summary
+    store = found.stores.get(stream)
+    if store is not None:
+        check_detector_settings(found.settings, store, store.name)
     pipeline = WindowPipeline(found.settings, repository, found.stores, found.metrics)
     pipeline.restore(stream)  # older windows recomputed do not rewrite the risk history
     started = time.perf_counter()
+    # The detector is replayed after a run of computed windows, not after each (the windows of
+    # a run are computed in order, each from the state of the one before): one pass, not a
+    # pass per window over every later one.
+    unreplayed = None
     with Reporter(f"{reporter_description} {stream}", todo) as reporter:
         for key in plan.windows():
             if not recompute and key.start in stored:
+                if unreplayed is not None:
+                    pipeline.replay_after(unreplayed)
+                    unreplayed = None
                 continue
-            result = pipeline.compute(key)
+            result = unreplayed = pipeline.compute(key, replay=False)
             summary.computed += 1
             if result.status == "ok":
                 summary.ok += 1
@@ -532,6 +542,8 @@ def backfill_range(
             else:
                 summary.insufficient += 1
             reporter.advance()
+    if unreplayed is not None:
+        pipeline.replay_after(unreplayed)
     summary.seconds = time.perf_counter() - started
     return summary
 

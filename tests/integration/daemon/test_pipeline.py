@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 import threading
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,11 @@ from sqlalchemy import event
 
 from monitor.config import Settings
 from monitor.detection import calibrate_store
+from monitor.detection.detector import Detector, DetectorState
 from monitor.embedding import EncoderSet
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
-from monitor.records import RiskLevel, WindowKey
+from monitor.records import RiskLevel, WindowKey, WindowResult
 from monitor.reference import ManifestRecord, build_store, load_store, train_store_estimator
 from monitor.scheduler import WindowScheduler
 from monitor.store import migrate
@@ -35,6 +37,7 @@ from monitor.windows import window_start
 DIM = 16
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SIZE = timedelta(minutes=5)
+PAGE_INTERVAL = timedelta(days=1)
 
 
 class StandIn:
@@ -87,7 +90,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     store = build_store(records, root=root, name="full", encoders=encoders)
     train_store_estimator(store, hidden=8, epochs=2, patience=1)
-    calibrate_store(store, window_sizes=[25], false_alarm_rate=0.05)
+    # The detector calibrated for one false page a day (few simulated windows: quick).
+    calibrate_store(
+        store,
+        window_sizes=[25],
+        false_alarm_rate=0.05,
+        window=SIZE,
+        false_page_interval=PAGE_INTERVAL,
+    )
     bare = [ManifestRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
     build_store(bare, root=root, name="bare", encoders=encoders)
     return root
@@ -476,3 +486,165 @@ def test_two_pipelines_racing_on_one_stream_leave_one_chain(any_backend: Setting
     finally:
         serve.close()
         backfill.close()
+
+
+# -- the sequential detector (alerts.hysteresis = "") ---------------------------------------
+
+
+@pytest.fixture
+def detector_settings(settings: Settings) -> Settings:
+    """``settings`` with the drift detector deciding criticals (same database)."""
+    alerts = {"false_alarm_rate": 0.05, "false_page_interval": "1d", "hysteresis": ""}
+    return Settings(**{**settings.model_dump(), "alerts": alerts})
+
+
+def _pipeline(settings: Settings, repository: Repository, registry: Any = None) -> WindowPipeline:
+    metrics = MonitorMetrics(registry or CollectorRegistry(), ["live", "raw"])
+    return WindowPipeline(settings, repository, stores(settings), metrics)
+
+
+def _detector(settings: Settings) -> Detector:
+    found = Detector.from_calibration(stores(settings)["live"].calibration)
+    assert found is not None
+    return found
+
+
+def _state(window: WindowResult) -> DetectorState:
+    assert window.detector is not None
+    return DetectorState(window.detector.statistic, window.detector.alarmed)
+
+
+def test_the_detector_state_is_stored_with_each_window_and_survives_a_restart(
+    detector_settings: Settings, repository: Repository
+) -> None:
+    detector = _detector(detector_settings)
+    first = _pipeline(detector_settings, repository)
+    quiet = first.compute(add_window(repository, "live", 0, 40))
+    shifted = first.compute(add_window(repository, "live", 1, 40, shift=3.0))
+    assert quiet.detector is not None and shifted.detector is not None
+    assert shifted.detector.score is not None and shifted.detector.score > 3.0
+    assert shifted.detector.statistic > 0.0
+    assert shifted.detector.threshold == detector.threshold
+    assert _state(shifted) == detector.step(_state(quiet), shifted.detector.score)
+    # A new pipeline (a restarted monitor) goes on from the stored state, not from zero.
+    registry = CollectorRegistry()
+    restarted = _pipeline(detector_settings, repository, registry)
+    after = restarted.compute(add_window(repository, "live", 2, 40))  # ID traffic again
+    assert after.detector is not None and after.detector.score is not None
+    assert _state(after) == detector.step(_state(shifted), after.detector.score)
+    assert _state(after) != detector.step(None, after.detector.score)
+    stored = repository.get_window(str(after.id))
+    assert stored is not None and stored.detector == after.detector
+    assert stored.to_dict()["detector"] == after.detector.to_dict()
+    # Critical exactly while alarmed; the gauges show the newest sufficient window.
+    for window in (quiet, shifted, after):
+        assert window.detector is not None
+        assert (window.risk_level is RiskLevel.CRITICAL) == window.detector.alarmed
+    assert shifted.detector.alarmed, "a strongly shifted window pages"
+    sample = registry.get_sample_value
+    assert sample("mllm_monitor_detector_statistic", {"stream": "live"}) == pytest.approx(
+        after.detector.statistic
+    )
+    assert sample("mllm_monitor_detector_threshold", {"stream": "live"}) == pytest.approx(
+        detector.threshold
+    )
+    # A stream without calibration has no detector: null in the window, NaN in the gauges.
+    raw = restarted.compute(add_window(repository, "raw", 0, 30))
+    assert raw.detector is None and raw.to_dict()["detector"] is None
+    for name in ("mllm_monitor_detector_statistic", "mllm_monitor_detector_threshold"):
+        value = sample(name, {"stream": "raw"})
+        assert value is not None and math.isnan(value)
+
+
+def test_insufficient_windows_carry_the_detector_state_unchanged(
+    detector_settings: Settings, repository: Repository
+) -> None:
+    detector = _detector(detector_settings)
+    pipeline = _pipeline(detector_settings, repository)
+    shifted = pipeline.compute(add_window(repository, "live", 0, 40, shift=3.0))
+    thin = pipeline.compute(add_window(repository, "live", 1, 10, shift=3.0))
+    empty = pipeline.compute(WindowKey("live", T0 + 2 * SIZE, T0 + 3 * SIZE))
+    assert shifted.detector is not None and shifted.detector.statistic > 0.0
+    for carried in (thin, empty):
+        assert carried.status == "insufficient" and carried.risk_level is RiskLevel.OK
+        assert carried.detector is not None and carried.detector.score is None
+        assert _state(carried) == _state(shifted)
+    quiet = pipeline.compute(add_window(repository, "live", 3, 40))
+    assert quiet.detector is not None and quiet.detector.score is not None
+    assert _state(quiet) == detector.step(_state(shifted), quiet.detector.score)
+
+
+def test_a_recomputed_window_replays_the_detector_over_the_windows_after_it(
+    detector_settings: Settings, repository: Repository
+) -> None:
+    """Late shifted samples change window 1's score: the stored windows after it get the
+    states (and levels) that follow from its new state, with their stored scores, in window
+    order, and their statistics are not recomputed; the replay stops at the first window
+    whose state comes out as stored."""
+    detector = _detector(detector_settings)
+    pipeline = _pipeline(detector_settings, repository)
+    # Computed out of window order: the state comes from the window before, not the last one.
+    keys = [add_window(repository, "live", i, 40) for i in range(12)]
+    for key in (*keys[6:], *keys[:6]):
+        pipeline.compute(key)
+    before = {w.key: w for w in repository.get_windows("live")}
+    chain = [before[k] for k in keys]
+    for previous, window in itertools.pairwise(chain):
+        assert window.detector is not None
+        assert _state(window) == detector.step(_state(previous), window.detector.score)
+    add_window(repository, "live", 1, 60, shift=3.0, tag="late")
+    recomputed = pipeline.compute(keys[1], replay=False)
+    assert recomputed.detector is not None and recomputed.detector.statistic > 0.0
+    replayed = pipeline.replay_after(recomputed)
+    after = {w.key: w for w in repository.get_windows("live")}
+    state = _state(recomputed)
+    expected_changes = 0
+    stopped = False
+    for key in keys[2:]:
+        old, new = before[key], after[key]
+        assert old.detector is not None and new.detector is not None
+        assert new.detector.score == old.detector.score  # stored score reused
+        assert new.computed_at == old.computed_at and new.jsd == old.jsd  # not recomputed
+        state = detector.step(state, old.detector.score)
+        if not stopped and state == _state(old):
+            stopped = True
+        if not stopped:
+            expected_changes += 1
+            assert _state(new) == state
+            assert (new.risk_level is RiskLevel.CRITICAL) == state.alarmed
+        else:
+            assert new.detector == old.detector  # after the stop: left as stored
+    assert replayed == expected_changes >= 1
+    assert stopped, "ID windows bring the statistic back to the stored states"
+    # Replaying again changes nothing.
+    assert pipeline.replay_after(recomputed) == 0
+
+
+def test_the_scheduler_recomputes_a_stale_window_and_replays_the_later_ones(
+    detector_settings: Settings, repository: Repository
+) -> None:
+    base = window_start(datetime.now(UTC) - 5 * SIZE, SIZE)
+    for i in range(4):
+        add_window(repository, "live", i, 25, base=base)
+    scheduler = WindowScheduler(
+        detector_settings,
+        repository,
+        stores(detector_settings),
+        MonitorMetrics(CollectorRegistry(), ["live", "raw"]),
+    )
+    scheduler.tick()
+    before = {w.key: w for w in repository.get_windows("live")}
+    add_window(repository, "live", 1, 60, shift=3.0, tag="late", base=base)
+    assert scheduler.tick() == 1  # window 1 only: the later ones are replayed, not recomputed
+    after = repository.get_windows("live")
+    changed = [w for w in after[2:] if w.detector != before[w.key].detector]
+    assert changed and all(w.computed_at == before[w.key].computed_at for w in after[2:])
+    old = before[after[2].key].detector
+    assert old is not None and after[2].detector is not None
+    assert after[2].detector.statistic > old.statistic  # window 1's new score carries on
+    scheduler.stop(5)
+
+
+def test_hysteresis_mode_stores_no_detector(settings: Settings, repository: Repository) -> None:
+    window = _pipeline(settings, repository).compute(add_window(repository, "live", 0, 40))
+    assert window.status == "ok" and window.detector is None
