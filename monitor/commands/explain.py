@@ -4,8 +4,12 @@
   bound (the bound is a sum of per-term contributions, :func:`emid_upper_bound`).
 * The risk decision, re-derived with the daemon's own code: the window's embeddings read as the
   pipeline reads them (:func:`monitor.pipeline.read_window`), its terms judged by the stream's
-  current calibration (:meth:`StreamModel.estimate`) and the k-of-m rule applied to the
-  windows before it (:func:`monitor.detection.risk.assess_risk`); the history is listed.
+  current calibration (:meth:`StreamModel.estimate`), the drift detector stepped from the
+  state stored with the window before (or, with ``alerts.hysteresis = "k/m"``, the k-of-m
+  rule applied to the windows before it) (:func:`monitor.detection.risk.assess_risk`); the
+  history is listed.
+* The detector: the window's score, the statistic, threshold and clear level, whether it is
+  alarmed, and why that makes the window critical or not.
 * The top-k most out-of-distribution samples of the window, most shifted first: sample id, kNN
   distance (the OOD score the workers stored), whether it is over the store's threshold, the
   ids of its nearest ID records in the reference store, and the raw prompt / answer only where
@@ -32,11 +36,12 @@ from monitor.commands._common import (
     services,
 )
 from monitor.errors import MonitorError
-from monitor.records import WINDOW_TERMS, WindowResult
+from monitor.records import WINDOW_TERMS, DetectorReading, WindowResult
 
 DEFAULT_TOP_K = 10
 NEIGHBOURS = 3
 RAW_CHARS = 200
+DETECTOR_HISTORY = 3  # windows before listed in the detector's mode
 
 
 @dataclass(frozen=True)
@@ -151,15 +156,19 @@ def _cut(text: str | None) -> str | None:
 
 
 def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
-    """The risk decision re-derived by the daemon's code, with the k-of-m history."""
-    from monitor.detection.risk import WindowSignals, assess_risk
+    """The risk decision re-derived by the daemon's code, with the history before it."""
+    from monitor.detection.detector import window_score
+    from monitor.detection.risk import WindowSignals
     from monitor.pipeline import WindowPipeline, read_window
 
     settings = found.settings
     key = window.key
     pipeline = WindowPipeline(settings, found.repository, found.stores, found.metrics)
     policy = pipeline.policy
-    previous = found.repository.recent_windows(key.stream, key.start, policy.m - 1)
+    model = pipeline.model(key.stream)
+    # The k-of-m rule's history, or the detector's last few states.
+    count = DETECTOR_HISTORY if policy.detector else policy.m - 1
+    previous = found.repository.recent_windows(key.stream, key.start, count)
     history = [
         {
             "id": w.id,
@@ -167,24 +176,40 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
             "risk_level": int(w.risk_level),
             "bound": w.bound_scale_adjusted,
             "bound_significant": w.bound_significant,
+            "detector_statistic": w.detector.statistic if w.detector is not None else None,
+            "detector_alarmed": w.detector.alarmed if w.detector is not None else None,
         }
         for w in previous
     ]
+    if policy.detector:
+        rule = (
+            "critical: the drift detector alarmed (its statistic passed the threshold and has "
+            "not fallen to the clear level since), or the EMID interval above budget; warning: "
+            "a term significant after the correction for the terms tested, or the OOD "
+            "fraction over its threshold"
+        )
+    else:
+        rule = (
+            f"critical: bound significant in {policy.k} of the last {policy.m} sufficient "
+            "windows, or the EMID interval above budget; warning: a term significant after the "
+            "correction for the terms tested, the OOD fraction over its threshold, or the "
+            "bound significant in this window"
+        )
     out: dict[str, Any] = {
         "stored_risk_level": int(window.risk_level),
-        "rule": f"critical: bound significant in {policy.k} of the last {policy.m} sufficient "
-        "windows, or the EMID interval above budget; warning: a term significant after the "
-        "correction for the terms tested, the OOD fraction over its threshold, or the bound "
-        "significant in this window",
+        "rule": rule,
         "history": history,
+        "detector": None,
     }
+    before = pipeline.state_before(key)
     if window.status != "ok":
+        if model.detector is not None:
+            out["detector"] = detector_explanation(model.detector, window, before, None)
         out.update(
             recomputed_risk_level=0,
             reasons=[f"insufficient window: n = {window.n} < min_samples"],
         )
         return out
-    model = pipeline.model(key.stream)
     data = read_window(
         found.repository,
         key,
@@ -198,6 +223,12 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
 
     estimate = model.estimate(data, seed=_window_seed(key))
     assessment = estimate.assessment
+    reading = None
+    if model.detector is not None:
+        score = window_score(assessment.bound_tail_p_value)
+        state = model.detector.step(before, score)
+        reading = DetectorReading(score, state.statistic, model.detector.threshold, state.alarmed)
+        out["detector"] = detector_explanation(model.detector, window, before, reading)
     signals = WindowSignals(
         sufficient=True,
         warning=assessment.warning,
@@ -205,14 +236,9 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
         bound=estimate.values["bound_scale_adjusted"],
         emid_interval=estimate.emid_interval,
         reasons=estimate.reasons,
+        detector=reading,
     )
-    before = [
-        WindowSignals(
-            sufficient=True, bound_significant=w.bound_significant, bound=w.bound_scale_adjusted
-        )
-        for w in previous
-    ]
-    decision = assess_risk(signals, before, policy)
+    decision = pipeline.decide(key, signals)
     out.update(
         recomputed_risk_level=int(decision.level),
         reasons=list(decision.reasons) or ["nothing significant"],
@@ -221,10 +247,63 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
         term_level=assessment.term_level,
         significant_terms=list(assessment.significant_terms),
         bound_significant=assessment.bound_significant,
+        bound_tail_p_value=assessment.bound_tail_p_value,
         ood_fraction=data.ood_fraction,
         ood_threshold=assessment.ood_threshold,
     )
     return out
+
+
+def detector_explanation(
+    detector: Any, window: WindowResult, before: Any, recomputed: DetectorReading | None
+) -> dict[str, Any]:
+    """The drift detector at ``window``: as stored, as recomputed now (None: not recomputed,
+    an insufficient window), its settings, and why it makes the window critical or not."""
+    shown = recomputed if recomputed is not None else window.detector
+    previous = before.statistic if before is not None else 0.0
+    was_alarmed = bool(before.alarmed) if before is not None else False
+    out: dict[str, Any] = {
+        "stored": window.detector.to_dict() if window.detector is not None else None,
+        "recomputed": recomputed.to_dict() if recomputed is not None else None,
+        "previous_statistic": previous,
+        "previous_alarmed": was_alarmed,
+        "threshold": detector.threshold,
+        "clear_level": detector.clear_level,
+        "cap": detector.cap,
+        "drift": detector.drift,
+        "score": shown.score if shown is not None else None,
+        "statistic": shown.statistic if shown is not None else None,
+        "alarmed": shown.alarmed if shown is not None else None,
+        "why": _detector_why(detector, shown, previous, was_alarmed),
+    }
+    return out
+
+
+def _detector_why(
+    detector: Any, reading: DetectorReading | None, previous: float, was: bool
+) -> str:
+    if reading is None:
+        return "no detector reading stored with this window"
+    s, t, c = reading.statistic, detector.threshold, detector.clear_level
+    if reading.score is None:
+        step = f"no score (insufficient window): the state is carried over, statistic {s:.4g}"
+    else:
+        step = (
+            f"statistic = min(cap {detector.cap:.4g}, max(0, {previous:.4g} + score "
+            f"{reading.score:.4g} - drift {detector.drift:.4g})) = {s:.4g}"
+        )
+    if reading.alarmed and not was:
+        verdict = f"critical: it passed the threshold {t:.4g} (a page starts)"
+    elif reading.alarmed:
+        verdict = (
+            f"critical: alarmed since it passed the threshold {t:.4g}, and still above the "
+            f"clear level {c:.4g}"
+        )
+    elif was:
+        verdict = f"not critical: it fell to the clear level {c:.4g} or below (the page clears)"
+    else:
+        verdict = f"not critical: at or under the threshold {t:.4g}"
+    return f"{step}; {verdict}"
 
 
 def explain_window(found: Any, window_id: str, top_k: int) -> dict[str, Any]:
@@ -279,12 +358,24 @@ def _print(data: dict[str, Any]) -> None:
     for reason in risk["reasons"]:
         echo(f"  - {reason}")
     echo(f"  rule: {risk['rule']}")
+    detector = risk.get("detector")
+    if detector is not None:
+        echo(
+            f"detector: score {_fmt(detector['score'], '.3g')}, statistic "
+            f"{_fmt(detector['statistic'])}, threshold {_fmt(detector['threshold'])}, "
+            f"clear level {_fmt(detector['clear_level'])}, alarmed {detector['alarmed']}"
+        )
+        echo(f"  {detector['why']}")
+        stored = detector["stored"]
+        if stored is not None and detector["recomputed"] is not None:
+            echo(f"  stored: statistic {_fmt(stored['statistic'])}, alarmed {stored['alarmed']}")
     if risk["history"]:
-        echo("  windows before (k-of-m history):")
+        echo("  windows before:")
         for h in risk["history"]:
             echo(
                 f"    {h['start']}  level {h['risk_level']}  bound {_fmt(h['bound'])}  "
-                f"significant {h['bound_significant']}"
+                f"significant {h['bound_significant']}  detector "
+                f"{_fmt(h['detector_statistic'])}" + (" (alarmed)" if h["detector_alarmed"] else "")
             )
     echo("")
     samples = data["top_ood_samples"]
@@ -310,7 +401,8 @@ def register(windows_app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Why a window has its risk level: terms against thresholds, the rule that fired
-        (with the k-of-m history), and its most out-of-distribution samples."""
+        (the drift detector's statistic, threshold and clear level, or the k-of-m history), and
+        its most out-of-distribution samples."""
         parse_window_id(window_id)  # an id no window can have: said before loading anything
         settings = load(config, compute=True)
         with services(settings, encoders=False) as found:

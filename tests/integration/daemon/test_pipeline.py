@@ -648,3 +648,44 @@ def test_the_scheduler_recomputes_a_stale_window_and_replays_the_later_ones(
 def test_hysteresis_mode_stores_no_detector(settings: Settings, repository: Repository) -> None:
     window = _pipeline(settings, repository).compute(add_window(repository, "live", 0, 40))
     assert window.status == "ok" and window.detector is None
+
+
+def test_explain_shows_the_detector_and_why_the_window_is_critical(
+    detector_settings: Settings, repository: Repository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.commands._common import Services
+    from monitor.commands.explain import _print, risk_explanation
+
+    detector = _detector(detector_settings)
+    pipeline = _pipeline(detector_settings, repository)
+    pipeline.compute(add_window(repository, "live", 0, 40))
+    critical = pipeline.compute(add_window(repository, "live", 1, 40, shift=3.0))
+    thin = pipeline.compute(add_window(repository, "live", 2, 10))
+    found = Services(
+        detector_settings,
+        repository,
+        MonitorMetrics(CollectorRegistry(), ["live", "raw"]),
+        stores(detector_settings),
+    )
+    assert critical.detector is not None and critical.risk_level is RiskLevel.CRITICAL
+    risk = risk_explanation(found, critical)
+    shown = risk["detector"]
+    assert shown["stored"] == critical.detector.to_dict()
+    assert shown["recomputed"] == critical.detector.to_dict()  # same data, same state
+    assert (shown["statistic"], shown["alarmed"]) == (critical.detector.statistic, True)
+    assert (shown["threshold"], shown["clear_level"]) == (detector.threshold, detector.clear_level)
+    assert shown["why"].startswith("statistic = min(cap")
+    assert f"critical: it passed the threshold {detector.threshold:.4g}" in shown["why"]
+    assert risk["recomputed_risk_level"] == 2 and "drift detector" in risk["rule"]
+    assert any(reason.startswith("detector ") for reason in risk["reasons"])
+    assert [h["detector_statistic"] for h in risk["history"]] == [
+        w.detector.statistic if w.detector else None
+        for w in repository.recent_windows("live", critical.key.start, 3)
+    ]
+    carried = risk_explanation(found, thin)["detector"]
+    assert carried["score"] is None and carried["statistic"] == critical.detector.statistic
+    assert "state is carried over" in carried["why"]
+    _print({"window": critical.to_dict(), "terms": [], "risk": risk, "top_ood_samples": []})
+    text = capsys.readouterr().out
+    assert f"threshold {detector.threshold:.4g}, clear level {detector.clear_level:.4g}" in text
+    assert "alarmed True" in text
