@@ -70,3 +70,12 @@ def test_cli_prints_it() -> None:
     result = CliRunner().invoke(app, ["config", "example"])
     assert result.exit_code == 0
     assert result.output == example_toml()
+
+
+def test_example_explains_the_detector_settings() -> None:
+    text = example_toml()
+    alerts = text[text.index("[alerts]") : text.index("[ingest]")]
+    assert 'false_page_interval = "90d"' in alerts and 'hysteresis = ""' in alerts
+    assert "Mean time between false criticals per stream" in alerts
+    assert "Empty: the sequential detector decides criticals" in alerts
+    assert "clears when the statistic falls to the clear level" in text
