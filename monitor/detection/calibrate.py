@@ -32,6 +32,12 @@ from monitor.detection.permutation import (
     PSEUDO_WINDOWS,
     permutation_calibration,
 )
+from monitor.detection.selfcheck import (
+    DEFAULT_HOLDOUT_FRACTION,
+    failures,
+    self_check,
+    skipped,
+)
 from monitor.detection.window_stats import (
     DEFAULT_WINDOW_SIZES,
     WARNING_TESTS,
@@ -39,6 +45,7 @@ from monitor.detection.window_stats import (
     calibrate_arrays,
     comparison_size,
     store_arrays,
+    store_ood_flags,
 )
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials
@@ -64,12 +71,15 @@ def calibrate_store(
     progress: Callable[[int, int], None] | None = None,
     window: timedelta | None = None,
     false_page_interval: timedelta | None = None,
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
 ) -> dict[str, Any]:
     """Calibrate ``store`` and write its ``calibration.json``; see ``calibrate_arrays`` and
     ``permutation_calibration`` (``method``: ``auto``, ``pseudo-windows``, ``permutation``;
     ``window_fraction``: the permutation test's ``max_window_fraction``, None its default).
     With ``window`` and ``false_page_interval`` (``[windows] size`` and ``[alerts]
     false_page_interval``) the drift detector is calibrated too (:func:`detector_calibration`).
+    ``holdout_fraction`` of a pseudo-window pool is held out for the self-check
+    (:mod:`monitor.detection.selfcheck`) when the rest still fits the window sizes.
     """
     arrays = store_arrays(store)
     chosen = choose_method(method, arrays, window_sizes, comparison_fraction, max_pool_fraction)
@@ -93,6 +103,9 @@ def calibrate_store(
                 "the window fraction is a setting of the permutation method; pseudo-windows "
                 "are sized by --window-sizes"
             )
+        held, no_check = holdout_plan(
+            arrays, window_sizes, comparison_fraction, max_pool_fraction, holdout_fraction
+        )
         data = calibrate_arrays(
             arrays,
             window_sizes=window_sizes,
@@ -104,6 +117,8 @@ def calibrate_store(
             hysteresis=hysteresis,
             max_pool_fraction=max_pool_fraction,
             progress=progress,
+            holdout_fraction=held,
+            ood_flags=store_ood_flags(store),
         )
         data["method"] = PSEUDO_WINDOWS
     tpr = store.ood.get("tpr")
@@ -112,9 +127,45 @@ def calibrate_store(
         data["detector"] = detector_calibration(
             data, window=window, false_page_interval=false_page_interval, seed=seed
         )
+    if chosen == PERMUTATION:
+        no_check = (
+            "a permutation calibration draws each window's null from all ID records; none are "
+            "held out to check it with"
+        )
+    data["self_check"] = skipped(no_check) if no_check else self_check(arrays, data, seed=seed)
     data["created_at"] = datetime.now(UTC).isoformat()
     write_store_json(store, CALIBRATION, data, calibrated=True)
     return data
+
+
+def holdout_plan(
+    data: IDArrays,
+    window_sizes: Sequence[int] | None,
+    comparison_fraction: float,
+    max_pool_fraction: float,
+    holdout_fraction: float,
+) -> tuple[float, str | None]:
+    """(the share of the pool to hold out, None; or 0 and why there is no self-check): records
+    are held out only when the rest of the pool still fits the window sizes asked, or every
+    default size the whole pool fits."""
+    pool = data.n - comparison_size(data.n, comparison_fraction)
+    held = round(holdout_fraction * pool)
+    if held == 0:
+        return 0.0, f"no ID records held out (holdout fraction {holdout_fraction:g})"
+    limit, after = int(max_pool_fraction * pool), int(max_pool_fraction * (pool - held))
+    wanted = (
+        list(window_sizes)
+        if window_sizes is not None
+        else [s for s in DEFAULT_WINDOW_SIZES if s <= limit]
+    )
+    if wanted and max(wanted) <= after:
+        return holdout_fraction, None
+    largest = max(wanted) if wanted else DEFAULT_WINDOW_SIZES[0]
+    return 0.0, (
+        f"holding out {holdout_fraction:.0%} of the pool ({held} of {pool} records) would leave "
+        f"pseudo-windows of at most {after} records, too few for windows of {largest}; add ID "
+        "records for a self-check"
+    )
 
 
 def detector_calibration(
@@ -219,6 +270,55 @@ def describe_detector(calibration: dict[str, Any]) -> list[str]:
         f"  median windows until a page, by shift of the window score (in standard deviations): "
         f"{delays}",
     ]
+
+
+def describe_self_check(calibration: dict[str, Any]) -> list[str]:
+    """Lines saying what the self-check measured on held-out ID records (for the CLI)."""
+    found = calibration.get("self_check")
+    if not found:
+        return []
+    if not found["ran"]:
+        return [f"self-check: not run ({found['reason']})"]
+
+    def rate(measured: dict[str, Any]) -> str:
+        if measured["interval"] is None:
+            return "none assessed"
+        low, high = measured["interval"]
+        return (
+            f"{measured['count']} of {measured['windows']} ({100 * measured['rate']:.2g}%, 95% "
+            f"interval {100 * low:.2g}% to {100 * high:.2g}%)"
+        )
+
+    lines = [
+        f"self-check on {found['windows']} windows of {found['window_records']} held-out ID "
+        f"records (of {found['holdout_records']}): warned {rate(found['warnings'])} at a "
+        f"false-alarm rate of {100 * found['false_alarm_rate']:.2g}%; bound significant "
+        f"{rate(found['bound_significant'])}"
+    ]
+    detector = found.get("detector")
+    if detector:
+        day = 86_400.0
+        one, few = detector["one_sequence"], detector["sequences"]
+        low, high = one["interval_ci_seconds"]
+        span = f"{one['windows'] * detector['window_seconds'] / day:.3g} days"
+        lines.append(
+            f"  drift detector over them: {one['pages']} pages in {one['windows']} windows "
+            f"({span}): "
+            + (
+                f"one per at least {low / day:.3g} days (95%)"
+                if one["pages"] == 0
+                else f"one per {one['interval_seconds'] / day:.3g} days (95% interval "
+                f"{low / day:.3g} to {high / day:.3g})"
+            )
+            + f"; {few['pages']} pages as {few['sequences']} sequences from a quiet start"
+        )
+    problems = failures(found)
+    lines.append(
+        "  within its bounds"
+        if not problems
+        else "  OUTSIDE its bounds: " + "; ".join(problems) + "; recalibrate with more ID records"
+    )
+    return lines
 
 
 def check_supports(
