@@ -40,6 +40,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from monitor.detection.joint import (
+    binomial_chance_below,
+    binomial_p_value,
+    joint_level,
+    ood_trial_counts,
+    term_numerators,
+    threshold_below,
+)
 from monitor.detection.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import NullDistribution, binomial_count_threshold
@@ -47,6 +55,7 @@ from monitor.estimators.emi import emid_upper_bound
 from monitor.estimators.tail import TailNull
 
 ASSESSED: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response", "bound")
+OOD = "ood"  # the OOD fraction, as a member of the warning's family
 
 
 class TermNull(Protocol):
@@ -67,17 +76,20 @@ class WindowAssessment:
 
     p_values: dict[str, float | None]
     thresholds: dict[str, float | None]
-    significant_terms: tuple[str, ...]  # after the Bonferroni correction over the tests
+    significant_terms: tuple[str, ...]  # p-value below the warning's per-term level
     warning: bool
     bound_significant: bool | None
     ood_threshold: float | None  # a window is OOD-significant when its fraction exceeds this
     ood_significant: bool
     calibrated: bool
-    tests: int = 0  # size of the warning's Bonferroni family
-    term_level: float | None = None  # the per-test level alpha / tests
+    tests: int = 0  # terms (and the OOD fraction) the warning tests
+    # A p-value below it is significant: the joint min-p level, or alpha / tests (Bonferroni).
+    term_level: float | None = None
     # The bound's p-value past the trials' resolution (the null's modelled upper tail): the
     # drift detector's score reads it.
     bound_tail_p_value: float | None = None
+    ood_p_value: float | None = None  # the OOD count's p-value (its trials', or binomial)
+    joint: bool = False  # the warning is the min-p test (False: Bonferroni, or nothing tested)
 
 
 def null_for(calibration: dict[str, Any], statistic: str, n: int) -> NullDistribution | None:
@@ -149,56 +161,25 @@ def assess_window(
     """p-values, thresholds and the warning of one window (``values`` from WindowStatistics).
 
     ``ood_flag_rate``: the per-sample flag rate of fresh ID records (1 - TPR of the store's
-    OOD threshold); None reads it from the calibration, and without either OOD is not tested.
-    ``window_nulls``: nulls drawn for this very window (terms and ``bound``; a permutation
-    calibration, :mod:`monitor.detection.permutation`), read instead of the calibration's.
+    OOD threshold); None reads it from the calibration, and without either OOD is not tested
+    (unless the calibration holds its own OOD trials). ``window_nulls``: nulls drawn for this
+    very window (terms and ``bound``; a permutation calibration,
+    :mod:`monitor.detection.permutation`), read instead of the calibration's.
     ``ood_scored``: how many samples ``ood_fraction`` is over (those with an OOD score; None:
-    all n). The binomial test counts flags among them: extrapolating a fraction of a few scored
+    all n). The OOD test counts flags among them: extrapolating a fraction of a few scored
     samples to all n would make 2 flags of 10 look like 80 of 400.
     """
-    counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
-    p_values: dict[str, float | None] = dict.fromkeys(ASSESSED)
-    thresholds: dict[str, float | None] = dict.fromkeys(ASSESSED)
-    nulls: dict[str, TermNull] = {}
-    if calibration is not None:
-        for term in TESTED_TERMS:
-            value = values.get(term)
-            if value is None:
-                continue
-            null: TermNull | None = (
-                window_nulls.get(term)
-                if window_nulls is not None
-                else null_for(calibration, term, counts[term])
-            )
-            if null is not None:
-                nulls[term] = null
-                p_values[term] = null.p_value(value)
     if ood_flag_rate is None and calibration is not None:
         ood_flag_rate = calibration.get("ood_flag_rate")
     scored = n if ood_scored is None else ood_scored
-    ood_tested = ood_fraction is not None and ood_flag_rate is not None and scored >= 1
-    tests = len(nulls) + int(ood_tested)
-    level = alpha / tests if tests else None
-    if level is not None and calibration is not None and nulls:
-        trials = int(calibration["trials"])
-        if (trials + 1) * level <= 1.0:
-            raise CalibrationError(
-                f"the calibration's {trials} trials cannot resolve p-values below {level:.4g} "
-                f"({tests} tests at a false-alarm rate of {alpha}); rerun `mllm-monitor "
-                "calibrate` with more trials"
-            )
-    significant: tuple[str, ...] = ()
-    if level is not None:
-        significant = tuple(t for t in nulls if _below(p_values[t], level))
-        for term, null in nulls.items():
-            thresholds[term] = null.threshold(level)
-    ood_threshold, ood_significant = None, False
-    if ood_tested and level is not None:
-        assert ood_fraction is not None and ood_flag_rate is not None
-        k = binomial_count_threshold(scored, float(ood_flag_rate), level)
-        if k is not None:
-            ood_threshold = (k - 1) / scored
-            ood_significant = round(ood_fraction * scored) >= k
+    flagged = round(ood_fraction * scored) if ood_fraction is not None and scored >= 1 else None
+    ood = _OOD(flagged, scored, None if ood_flag_rate is None else float(ood_flag_rate))
+    counts = {"visual": n_images, "text": n, "response": n, "output_live": n_references}
+    if calibration is not None and window_nulls is None:
+        warning = _joint_warning(calibration, values, counts, ood, alpha)
+    else:
+        warning = _bonferroni_warning(calibration, values, counts, window_nulls, ood, alpha)
+    p_values, thresholds = warning.p_values, warning.thresholds
     bound_significant: bool | None = None
     bound_tail_p_value: float | None = None
     bound_value = values.get("bound_scale_adjusted")
@@ -228,16 +209,169 @@ def assess_window(
     return WindowAssessment(
         p_values=p_values,
         thresholds=thresholds,
-        significant_terms=significant,
-        warning=bool(significant) or ood_significant,
+        significant_terms=warning.significant,
+        warning=bool(warning.significant) or warning.ood_significant,
         bound_significant=bound_significant,
-        ood_threshold=ood_threshold,
-        ood_significant=ood_significant,
+        ood_threshold=warning.ood_threshold,
+        ood_significant=warning.ood_significant,
         calibrated=calibration is not None,
-        tests=tests,
-        term_level=level,
+        tests=warning.tests,
+        term_level=warning.level,
         bound_tail_p_value=bound_tail_p_value,
+        ood_p_value=warning.ood_p_value,
+        joint=warning.joint,
     )
+
+
+@dataclass(frozen=True)
+class _OOD:
+    """A window's OOD count: ``flagged`` of ``scored`` samples (None: not measured)."""
+
+    flagged: int | None
+    scored: int
+    rate: float | None  # fresh ID records' flag rate; None: unknown
+
+    @property
+    def binomial(self) -> bool:
+        return self.flagged is not None and self.rate is not None
+
+
+@dataclass
+class _Warning:
+    p_values: dict[str, float | None]
+    thresholds: dict[str, float | None]
+    significant: tuple[str, ...] = ()
+    tests: int = 0
+    level: float | None = None
+    ood_threshold: float | None = None
+    ood_significant: bool = False
+    ood_p_value: float | None = None
+    joint: bool = False
+
+
+def _joint_warning(
+    calibration: dict[str, Any],
+    values: Mapping[str, float | None],
+    counts: Mapping[str, int],
+    ood: _OOD,
+    alpha: float,
+) -> _Warning:
+    """The min-p test over the calibration's shared pseudo-windows (:mod:`.joint`)."""
+    check_calibration(calibration)
+    out = _Warning(dict.fromkeys(ASSESSED), dict.fromkeys(ASSESSED), joint=True)
+    family: dict[str, npt.NDArray[np.float64]] = {}
+    observed: dict[str, float] = {}
+    for term in TESTED_TERMS:
+        value = values.get(term)
+        found = _term_values(calibration["nulls"].get(term), counts[term])
+        if value is not None and found is not None:
+            family[term], observed[term] = found[1], float(value)
+    ood_trials = ood_trial_counts(calibration, ood.scored) if ood.flagged is not None else None
+    if ood_trials is not None and ood.flagged is not None:
+        family[OOD], observed[OOD] = ood_trials.astype(np.float64), float(ood.flagged)
+    joined_ood = ood.binomial and ood_trials is None
+    out.tests = len(family) + int(joined_ood)
+    if not family:
+        return _binomial_ood(out, ood, alpha) if joined_ood else out
+    lengths = {len(trials) for trials in family.values()}
+    if len(lengths) != 1:
+        raise CalibrationError(
+            "the calibration's nulls hold different numbers of trials; rerun `mllm-monitor "
+            "calibrate`"
+        )
+    trials = lengths.pop()
+    numerators = {term: term_numerators(family[term], observed[term]) for term in family}
+    minima = np.min(np.stack([trial for _, trial in numerators.values()]), axis=0)
+    chance = None
+    if joined_ood:
+        assert ood.rate is not None
+        chance = binomial_chance_below(ood.scored, ood.rate)
+    level = joint_level(minima, alpha, ood_chance=chance)
+    for term, (window, _) in numerators.items():
+        if term != OOD:
+            out.p_values[term] = window / (trials + 1)
+    if level is None:
+        return out
+    out.level = level / (trials + 1)
+    out.significant = tuple(
+        t for t, (window, _) in numerators.items() if t != OOD and window < level
+    )
+    for term in family:
+        if term != OOD:
+            out.thresholds[term] = threshold_below(np.sort(family[term]), level)
+    if OOD in numerators:
+        assert ood_trials is not None and ood.flagged is not None
+        window = numerators[OOD][0]
+        out.ood_p_value = window / (trials + 1)
+        out.ood_significant = window < level
+        # Smallest count whose numerator 1 + #{trials >= count} falls below the level.
+        ordered = np.sort(ood_trials)
+        for count in range(ood.scored + 1):
+            if 1 + len(ordered) - int(np.searchsorted(ordered, count, side="left")) < level:
+                out.ood_threshold = (count - 1) / ood.scored
+                break
+    elif joined_ood:
+        _binomial_ood(out, ood, out.level)
+    return out
+
+
+def _bonferroni_warning(
+    calibration: dict[str, Any] | None,
+    values: Mapping[str, float | None],
+    counts: Mapping[str, int],
+    window_nulls: Mapping[str, TermNull] | None,
+    ood: _OOD,
+    alpha: float,
+) -> _Warning:
+    """Each term and the OOD fraction at alpha / tests: permutation nulls (each term stops on
+    its own splits, so no split holds every term's value) or no calibration."""
+    out = _Warning(dict.fromkeys(ASSESSED), dict.fromkeys(ASSESSED))
+    nulls: dict[str, TermNull] = {}
+    if calibration is not None:
+        for term in TESTED_TERMS:
+            value = values.get(term)
+            if value is None:
+                continue
+            null: TermNull | None = (
+                window_nulls.get(term)
+                if window_nulls is not None
+                else null_for(calibration, term, counts[term])
+            )
+            if null is not None:
+                nulls[term] = null
+                out.p_values[term] = null.p_value(value)
+    out.tests = len(nulls) + int(ood.binomial)
+    if not out.tests:
+        return out
+    level = alpha / out.tests
+    if calibration is not None and nulls:
+        trials = int(calibration["trials"])
+        if (trials + 1) * level <= 1.0:
+            raise CalibrationError(
+                f"the calibration's {trials} trials cannot resolve p-values below {level:.4g} "
+                f"({out.tests} tests at a false-alarm rate of {alpha}); rerun `mllm-monitor "
+                "calibrate` with more trials"
+            )
+    out.level = level
+    out.significant = tuple(t for t in nulls if _below(out.p_values[t], level))
+    for term, null in nulls.items():
+        out.thresholds[term] = null.threshold(level)
+    if ood.binomial:
+        _binomial_ood(out, ood, level)
+    return out
+
+
+def _binomial_ood(out: _Warning, ood: _OOD, level: float) -> _Warning:
+    """The OOD count's binomial test at ``level`` (each fresh ID sample flagged at the rate)."""
+    assert ood.flagged is not None and ood.rate is not None
+    if out.level is None:
+        out.level = level
+    out.ood_p_value = binomial_p_value(ood.flagged, ood.scored, ood.rate)
+    k = binomial_count_threshold(ood.scored, ood.rate, level)
+    if k is not None:
+        out.ood_threshold = (k - 1) / ood.scored
+        out.ood_significant = ood.flagged >= k
+    return out
 
 
 def _below(p_value: float | None, level: float) -> bool:

@@ -25,8 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.errors import CalibrationError
+from monitor.estimators._arrays import l2_normalise
 from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials, split_reference
 from monitor.estimators.emi import UpperBound, emid_upper_bound
+from monitor.estimators.knn import kth_neighbour_distance
 from monitor.estimators.rjsd import (
     DEFAULT_JSD_MODE,
     EmbeddingSet,
@@ -69,7 +71,8 @@ OUTPUT_POOL_FRACTION = 0.005
 # From this count on, a count between two calibrated ones reads a null interpolated between
 # them; below it, the smaller count's null (monitor.detection.assess says why).
 INTERPOLATE_FROM = 20
-# Tests in a warning's Bonferroni family: the four tested terms and the OOD fraction.
+# Tests a warning reads: the four tested terms and the OOD fraction (minimum trials: each
+# p-value resolved at alpha / WARNING_TESTS; resolve_trials says why).
 WARNING_TESTS = len(TESTED_TERMS) + 1
 
 
@@ -299,10 +302,15 @@ def calibrate_arrays(
     entropy_scale: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
     holdout_fraction: float = 0.0,
+    ood_flags: Mask | None = None,
 ) -> dict[str, Any]:
     """Null distributions of every tested term, from ID embeddings (no store, no IO).
 
     ``holdout_fraction`` of the pool is held out of the nulls and recorded (``holdout``).
+    ``ood_flags``: each record's own OOD flag (:func:`store_ood_flags`); given, every trial
+    records which of its first records (up to the largest window size) are flagged
+    (``ood_null``), so the warning's joint test takes the OOD fraction from the same
+    pseudo-windows as the terms (:mod:`monitor.detection.joint`).
 
     ``window_sizes`` None: the default sizes that fit the pool; given sizes that do not fit
     (over ``max_pool_fraction`` of the pool) are refused with a CalibrationError. ``trials``
@@ -318,7 +326,7 @@ def calibrate_arrays(
     # Held-out ID records never enter the nulls: the calibration's self-check reads them as
     # live windows (monitor.detection.selfcheck), so its false-alarm rate is measured out of
     # sample. The last records of a seeded order of the pool.
-    held = int(round(holdout_fraction * len(pool)))
+    held = round(holdout_fraction * len(pool))
     holdout = np.sort(np.random.default_rng(seed + 1).permutation(pool)[len(pool) - held :])
     pool = np.setdiff1d(pool, holdout)
     limit = int(max_pool_fraction * len(pool))
@@ -341,6 +349,10 @@ def calibrate_arrays(
         else [],
     }
     uncalibrated = _uncalibrated(data, pool, ladders, max_pool_fraction)
+    if ood_flags is not None and len(ood_flags) != n:
+        raise CalibrationError(f"ood_flags: {len(ood_flags)} flags for {n} records")
+    ood_records = max(ladders["text"])
+    flag_ranks: list[list[int]] = []
     collected: dict[str, dict[int, list[float | None]]] = {
         term: {size: [] for size in ladder} for term, ladder in ladders.items()
     }
@@ -363,6 +375,8 @@ def calibrate_arrays(
             collected["output_live"][size].append(
                 stats.output_live((data.responses[rows], data.references[rows]))
             )
+        if ood_flags is not None:
+            flag_ranks.append(np.flatnonzero(ood_flags[order[:ood_records]]).tolist())
         if progress:
             progress(trial + 1, trials)
     nulls = {
@@ -392,7 +406,31 @@ def calibrate_arrays(
         "holdout": holdout.tolist(),
         "output_id": stats.output_id,
         "nulls": nulls,
+        "ood_null": (
+            {"records": ood_records, "flag_ranks": flag_ranks} if ood_flags is not None else None
+        ),
     }
+
+
+def store_ood_flags(store: ReferenceStore) -> Mask | None:
+    """Each record's own OOD flag as the store's threshold was set: its query row scored
+    leave-one-out (its own match dropped) against the store's query index; None for a store
+    without a query index or OOD threshold."""
+    ood = store.ood
+    if "query" not in store.kinds or not ood or ood.get("threshold") is None:
+        return None
+    rows = l2_normalise(store.embeddings("query"))
+    k = int(ood["k"])
+    index = store.index("query")
+    if int(index.ntotal) < k + 1:
+        return None
+    sims, ids = index.search(np.ascontiguousarray(rows, dtype=np.float32), k + 1)
+    own = ids == np.arange(len(rows))[:, None]
+    # Drop each row's own match (or the last neighbour, when an exact duplicate displaced it).
+    keep = np.where(own.any(axis=1, keepdims=True), ~own, np.arange(k + 1) < k)
+    scores = kth_neighbour_distance(sims[keep].reshape(len(rows), k), k)
+    flags: Mask = scores > float(ood["threshold"])
+    return flags
 
 
 def comparison_size(n: int, comparison_fraction: float) -> int:
@@ -405,7 +443,14 @@ def resolve_trials(
     trials: int | None, false_alarm_rate: float, hysteresis: tuple[int, int], what: str
 ) -> tuple[int, int]:
     """(trials, the minimum the warning rule needs): None takes the minimum, fewer are refused.
-    ``what`` names them in the error (trials, permutations)."""
+    ``what`` names them in the error (trials, permutations).
+
+    The minimum lets each of the WARNING_TESTS p-values reach alpha / WARNING_TESTS. A
+    permutation calibration's warning is Bonferroni at that level. The pseudo-window warning's
+    joint test is valid from (B + 1) alpha > 1 on (:mod:`monitor.detection.joint`), but its
+    level lies between alpha / tests (independent terms) and alpha (identical ones), so the
+    terms' p-values still need that resolution for it to fire when they are weakly dependent.
+    """
     needed = minimum_trials(false_alarm_rate, WARNING_TESTS, hysteresis)
     trials = needed if trials is None else trials
     if trials < needed:

@@ -17,6 +17,12 @@ from monitor.detection import (
     calibrate_arrays,
     null_for,
 )
+from monitor.detection.joint import (
+    binomial_chance_below,
+    binomial_p_value,
+    ood_trial_counts,
+)
+from monitor.detection.window_stats import CALIBRATION_FORMAT
 from monitor.errors import CalibrationError
 from monitor.estimators.calibration import split_reference
 from tests.synthetic_id import IDModel
@@ -296,18 +302,22 @@ def test_ood_test_fires_at_exactly_the_binomial_threshold(
             assert (flagged / n > a.ood_threshold) is expected
 
 
-def test_ood_threshold_reads_the_bonferroni_level_of_the_window(
+def test_a_binomial_ood_test_joins_the_terms_min_p_assuming_independence(
     calibrated: tuple[IDArrays, dict[str, Any]],
 ) -> None:
-    """With a tested term beside it, OOD is tested at alpha / 2: its k is that level's."""
+    """Without OOD trials, the joint level is the largest trial min-p whose rank bound a and
+    the binomial chance b of an OOD p-value below it keep 1 - (1 - a)(1 - b) < alpha; the
+    OOD count is significant from the binomial k of that level on."""
     _, calibration = calibrated
-    n, rate = 50, 0.05
-    k = exact_ood_count_threshold(n, rate, ALPHA / 2)
-    assert k is not None and k != exact_ood_count_threshold(n, rate, ALPHA)
-    for flagged in (k - 1, k):
+    n, rate, trials = 50, 0.05, calibration["trials"]
+    text = null_for(calibration, "text", n)
+    assert text is not None
+    chance = binomial_chance_below(n, rate)
+    levels = []
+    for flagged in range(8):
         a = assess_window(
             calibration,
-            {"text": 0.0},
+            {"text": float(text.values[0]) - 1.0},  # below every trial: p = 1
             n=n,
             n_images=0,
             n_references=0,
@@ -315,8 +325,162 @@ def test_ood_threshold_reads_the_bonferroni_level_of_the_window(
             ood_flag_rate=rate,
             alpha=ALPHA,
         )
-        assert a.tests == 2 and a.term_level == ALPHA / 2
-        assert a.ood_significant is (flagged == k)
+        assert a.joint and a.tests == 2 and a.term_level is not None
+        levels.append(a.term_level)
+        # The text trials' numerators are 1..B: the level's rank is its numerator - 1.
+        numerator = round(a.term_level * (trials + 1))
+        combined = 1 - (1 - numerator / (trials + 1)) * (1 - chance(a.term_level))
+        wider = (numerator + 1) / (trials + 1)
+        assert combined < ALPHA <= 1 - (1 - wider) * (1 - chance(wider))
+        k = exact_ood_count_threshold(n, rate, a.term_level)
+        assert k is not None and a.ood_significant is (flagged >= k) is a.warning
+        assert a.ood_p_value == pytest.approx(binomial_p_value(flagged, n, rate))
+    assert len(set(levels)) == 1
+    # The OOD test's discreteness leaves the term more than Bonferroni's alpha / 2.
+    assert levels[0] > ALPHA / 2
+
+
+def test_the_joint_level_follows_the_terms_dependence() -> None:
+    """Identical terms: the joint level is the single term's (alpha); independent terms:
+    near alpha / tests, never far below it; a term is significant below the level."""
+    rng = np.random.default_rng(0)
+    trials = 999
+    same = rng.random(trials)
+    other = rng.random(trials)
+    for text, response, low, high in (
+        (same, same, 0.049, 0.05),
+        (same, other, 0.02, 0.032),
+    ):
+        calibration = hand_calibration({"text": text, "response": response})
+        a = assess_window(
+            calibration,
+            {"text": 0.5, "response": 0.5},
+            n=50,
+            n_images=0,
+            n_references=0,
+            ood_fraction=None,
+            alpha=ALPHA,
+        )
+        assert a.joint and a.tests == 2 and a.term_level is not None
+        assert low <= a.term_level < high, a.term_level
+        for value in (0.9, 0.99, 0.999):
+            b = assess_window(
+                calibration,
+                {"text": value, "response": 0.5},
+                n=50,
+                n_images=0,
+                n_references=0,
+                ood_fraction=None,
+                alpha=ALPHA,
+            )
+            p = b.p_values["text"]
+            assert p is not None and b.term_level is not None
+            assert ("text" in b.significant_terms) is (p < b.term_level) is b.warning
+            threshold = b.thresholds["text"]
+            assert threshold is not None and (value > threshold) is (p < b.term_level)
+
+
+def hand_calibration(nulls: dict[str, np.ndarray], **extra: Any) -> dict[str, Any]:
+    """A calibration whose nulls at count 50 are the given trials (in trial order)."""
+    trials = len(next(iter(nulls.values())))
+    return {
+        "format": CALIBRATION_FORMAT,
+        "trials": trials,
+        "nulls": {term: {"50": values.tolist()} for term, values in nulls.items()},
+        **extra,
+    }
+
+
+def test_the_joint_test_keeps_its_rate_at_any_dependence() -> None:
+    """The window and its trials exchangeable (all drawn alike), three correlated terms with
+    ties: the min-p rule warns at most alpha of the time, and near it."""
+    rng = np.random.default_rng(1)
+    trials, reps = 199, 3000
+    warnings = 0
+    for _ in range(reps):
+        shared = rng.standard_normal(trials + 1)
+        terms = {
+            "text": shared + 0.3 * rng.standard_normal(trials + 1),
+            "response": shared + 0.3 * rng.standard_normal(trials + 1),
+            "visual": np.round(rng.standard_normal(trials + 1), 1),  # ties
+        }
+        calibration = hand_calibration({t: v[1:] for t, v in terms.items()})
+        a = assess_window(
+            calibration,
+            {t: float(v[0]) for t, v in terms.items()},
+            n=50,
+            n_images=50,
+            n_references=0,
+            ood_fraction=None,
+            alpha=ALPHA,
+        )
+        warnings += a.warning
+    rate = warnings / reps
+    error = 3 * math.sqrt(ALPHA * (1 - ALPHA) / reps)
+    assert ALPHA - 2 * error <= rate <= ALPHA + error, rate
+
+
+def ood_flags_of(prompts: np.ndarray, centre: np.ndarray, cut: float) -> np.ndarray:
+    """Flags that depend on the embeddings (far from the ID centre), as kNN flags do."""
+    flags: np.ndarray = prompts @ centre < cut
+    return flags
+
+
+def test_ood_flags_at_calibration_make_the_ood_fraction_a_calibrated_term() -> None:
+    data = id_data(2)
+    centre = data.prompts.mean(axis=0)
+    cut = float(np.quantile(data.prompts @ centre, 0.05))
+    flags = ood_flags_of(data.prompts, centre, cut)
+    calibration = calibrate_arrays(
+        data, window_sizes=[20, 50], trials=200, seed=4, false_alarm_rate=ALPHA, ood_flags=flags
+    )
+    # Trial 0 records which of its pseudo-window's first 50 records are flagged.
+    _, pool = split_reference(N, N // 2, seed=4)
+    order = np.random.default_rng(4).permutation(pool)
+    ood_null = calibration["ood_null"]
+    assert ood_null["records"] == 50
+    assert ood_null["flag_ranks"][0] == np.flatnonzero(flags[order[:50]]).tolist()
+    counts = ood_trial_counts(calibration, 30)
+    assert counts is not None and len(counts) == 200
+    assert ood_trial_counts(calibration, 51) is None
+    for flagged in range(8):
+        a = assess_window(
+            calibration,
+            {},
+            n=30,
+            n_images=0,
+            n_references=0,
+            ood_fraction=flagged / 30,
+            alpha=ALPHA,
+        )
+        p = (1 + int((counts >= flagged).sum())) / 201
+        assert a.joint and a.tests == 1 and a.ood_p_value == p
+        assert a.ood_significant is (p < ALPHA) is a.warning
+        assert a.ood_threshold is not None
+        assert (flagged / 30 > a.ood_threshold) is a.ood_significant
+    # Past the records the trials cover (50), the binomial test joins by independence.
+    over = assess_window(
+        calibration, {}, n=60, n_images=0, n_references=0, ood_fraction=0.5, alpha=ALPHA
+    )
+    assert over.tests == 0  # no flag rate recorded by calibrate_arrays: not tested
+    stats = WindowStatistics.for_calibration(data, calibration)
+    rng = np.random.default_rng(6)
+    warnings, windows = 0, 300
+    for _ in range(windows):
+        w = MODEL.draw(rng, 50)
+        values = window_values(stats, w, 0, 0) | {"bound_scale_adjusted": None}
+        a = assess_window(
+            calibration,
+            values,
+            n=50,
+            n_images=0,
+            n_references=0,
+            ood_fraction=float(ood_flags_of(w["prompt"], centre, cut).mean()),
+            alpha=ALPHA,
+        )
+        assert a.tests == 3 and a.joint
+        warnings += a.warning
+    assert warnings / windows <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / windows)
 
 
 def _value_with_p(null_values: np.ndarray, exceeding: int) -> float:
@@ -366,7 +530,8 @@ def test_bound_is_significant_exactly_when_p_is_below_alpha(
 def test_a_term_is_significant_exactly_when_p_is_below_its_level(
     calibrated: tuple[IDArrays, dict[str, Any]],
 ) -> None:
-    """The warning's side of the same boundary: p == alpha / tests is not significant."""
+    """The warning's side of the same boundary: with one term the joint level is alpha, and
+    p == alpha is not significant."""
     _, calibration = calibrated
     text = null_for(calibration, "text", 50)
     assert text is not None
