@@ -197,6 +197,7 @@ class Daemon:
 
     def _load_stores(self) -> dict[str, Any]:
         from monitor.detection.calibrate import check_supports
+        from monitor.detection.selfcheck import failure_line
         from monitor.pipeline import check_detector_settings
         from monitor.reference import open_store
 
@@ -207,6 +208,9 @@ class Daemon:
             if name not in by_name:
                 by_name[name] = open_store(self.settings.reference.root, name, self.encoders)
                 self.readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
+                failed = failure_line(name, by_name[name].calibration)
+                if failed:  # the stream still runs; its alerts are less trustworthy
+                    log.warning(failed, extra={"store": name})
             store = by_name[name]
             by_stream[stream.name] = store
             calibrated = store.calibration is not None

@@ -129,6 +129,7 @@ def calibrate(
         calibrate_store,
         describe_calibration,
         describe_detector,
+        describe_self_check,
     )
 
     sizes: list[int] | None = None
@@ -156,7 +157,7 @@ def calibrate(
             false_page_interval=settings.alerts.false_page_interval,
         )
     echo(f"calibrated store {store.name!r}: {describe_calibration(data)}")
-    for line in describe_detector(data):
+    for line in describe_detector(data) + describe_self_check(data):
         echo(line)
     for term, reason in data.get("uncalibrated", {}).items():
         echo(f"  {term}: not calibrated ({reason})")

@@ -117,7 +117,7 @@ def reference_show(
 ) -> None:
     """Counts, dims, fingerprints (and whether the configured encoders match), indexes, OOD
     threshold, calibration and estimator status."""
-    from monitor.detection.calibrate import describe_calibration
+    from monitor.detection.calibrate import describe_calibration, describe_self_check
     from monitor.embedding import encoders_from_settings
     from monitor.reference import encoder_fingerprints, fingerprint_mismatches, load_store
 
@@ -176,6 +176,8 @@ def reference_show(
             else "none (run `mllm-monitor calibrate`)"
         )
     )
+    for line in describe_self_check(calibration or {}):
+        echo(f"    {line}")
     estimator = manifest.get("estimator")
     echo(
         "  estimator:    "
