@@ -9,8 +9,12 @@ checks the measured rate against the configured one within binomial error: the e
 windows plus that of the null's own trials (each calibration's rate varies with its null).
 
 Exact cases (the window's count is a calibrated bucket) must sit within 3 standard errors on
-both sides; conservative cases (counts between buckets, the Bonferroni family) must not exceed
-the rate by more than 3 standard errors; windows under the smallest bucket get no p-value.
+both sides; conservative cases (counts between buckets, the warning's joint test over several
+terms) must not exceed the rate by more than 3 standard errors; windows under the smallest
+bucket get no p-value. OOD flags depend on the embeddings (a record is flagged when its prompt
+lies far from the ID centre, 5% of the store's records), so they move with the terms; a store
+calibrated with its records' flags tests the OOD fraction on its trials, one without them
+with the binomial tail.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pytest
 from monitor.detection import IDArrays, WindowStatistics, assess_window, calibrate_arrays
 from monitor.detection.window_stats import TESTED_TERMS
 from monitor.errors import CalibrationError
-from tests.synthetic_id import IDModel
+from tests.synthetic_id import LATENT, D, IDModel, _unit
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +59,39 @@ def id_store(seed: int) -> IDArrays:
     )
 
 
+@dataclass(frozen=True)
+class Flagger:
+    """OOD flags of a store: prompts whose similarity to the store's centre is under ``cut``
+    (the store's 5% quantile)."""
+
+    centre: np.ndarray
+    cut: float
+
+    @classmethod
+    def of(cls, prompts: np.ndarray) -> Flagger:
+        centre = prompts.mean(axis=0)
+        return cls(centre, float(np.quantile(prompts @ centre, OOD_FLAG_RATE)))
+
+    def __call__(self, prompts: np.ndarray) -> np.ndarray:
+        flags: np.ndarray = prompts @ self.centre < self.cut
+        return flags
+
+
 @cache
-def calibration(seed: int) -> tuple[dict[str, Any], WindowStatistics]:
+def calibration(
+    seed: int, ood_trials: bool = False
+) -> tuple[dict[str, Any], WindowStatistics, Flagger]:
     data = id_store(seed)
+    flagger = Flagger.of(data.prompts)
     calibrated = calibrate_arrays(
-        data, window_sizes=[50, 100], trials=TRIALS, seed=seed, false_alarm_rate=ALPHA
+        data,
+        window_sizes=[50, 100],
+        trials=TRIALS,
+        seed=seed,
+        false_alarm_rate=ALPHA,
+        ood_flags=flagger(data.prompts) if ood_trials else None,
     )
-    return calibrated, WindowStatistics.for_calibration(data, calibrated)
+    return calibrated, WindowStatistics.for_calibration(data, calibrated), flagger
 
 
 @dataclass(frozen=True)
@@ -73,20 +103,25 @@ class Case:
     terms: tuple[str, ...]  # the terms kept in the window's values; "bound" reads the bound
     exact: bool  # counts on calibrated buckets: two-sided check; else one-sided
     ood: bool = False
+    ood_trials: bool = False  # calibrated with the records' OOD flags
 
     def rates(self, calibrations: int = CALIBRATIONS, windows: int = WINDOWS) -> list[float]:
         out = []
         for seed in range(calibrations):
-            calibrated, stats = calibration(seed)
+            calibrated, stats, flagger = calibration(seed, self.ood_trials)
             rng = np.random.default_rng(10_000 + seed)
             alarms = 0
             for _ in range(windows):
-                alarms += self.alarm(calibrated, stats, rng)
+                alarms += self.alarm(calibrated, stats, flagger, rng)
             out.append(alarms / windows)
         return out
 
     def alarm(
-        self, calibrated: dict[str, Any], stats: WindowStatistics, rng: np.random.Generator
+        self,
+        calibrated: dict[str, Any],
+        stats: WindowStatistics,
+        flagger: Flagger,
+        rng: np.random.Generator,
     ) -> bool:
         w = MODEL.draw(rng, self.n)
         values = stats(
@@ -101,7 +136,7 @@ class Case:
         kept = {k: (v if k in self.terms or k == "output_id" else None) for k, v in values.items()}
         if "bound" in self.terms:
             kept["bound_scale_adjusted"] = values["bound_scale_adjusted"]
-        flagged = rng.random(self.n) < OOD_FLAG_RATE
+        flagged = flagger(w["prompt"])
         assessment = assess_window(
             calibrated,
             kept,
@@ -139,7 +174,10 @@ CASES = [
     Case("bound, n = 70, 25 images, 12 references", 70, 25, 12, ("bound", *TESTED_TERMS), False),
     Case("bound, n = 150 (above the largest bucket)", 150, 40, 10, ("bound", *TESTED_TERMS), False),
     Case("OOD fraction alone, n = 100 (binomial tail)", 100, 0, 0, (), exact=False, ood=True),
-    Case("warning: 4 terms + OOD, Bonferroni", 100, 40, 10, TESTED_TERMS, False, ood=True),
+    Case("OOD fraction alone, n = 100 (its trials)", 100, 0, 0, (), False, True, True),
+    Case("warning: text + response (correlated), joint", 100, 0, 0, ("text", "response"), False),
+    Case("warning: 4 terms + binomial OOD, joint", 100, 40, 10, TESTED_TERMS, False, ood=True),
+    Case("warning: 4 terms + OOD trials, joint", 100, 40, 10, TESTED_TERMS, False, True, True),
 ]
 
 
@@ -161,7 +199,7 @@ def test_false_alarm_rate_stays_within_binomial_error(case: Case) -> None:
 
 
 def test_windows_under_the_smallest_bucket_get_no_p_value() -> None:
-    calibrated, stats = calibration(0)
+    calibrated, stats, _ = calibration(0)
     rng = np.random.default_rng(3)
     for n, n_images, n_references in ((30, 30, 4), (49, 4, 3), (20, 2, 2)):
         w = MODEL.draw(rng, n)
@@ -206,3 +244,65 @@ def test_too_few_trials_for_the_warning_rule_are_refused() -> None:
         assess_window(
             calibrated, values, n=50, n_images=0, n_references=0, ood_fraction=None, alpha=0.005
         )
+
+
+def shifted_records(rng: np.random.Generator, n: int, shift: float) -> dict[str, np.ndarray]:
+    """Records whose latent moved by ``shift`` along one axis: prompts and answers (and their
+    references) move together."""
+    z = rng.standard_normal((n, LATENT))
+    z[:, 0] += shift
+    noise = {k: 0.7 * rng.standard_normal((n, D)) for k in ("prompt", "response", "reference")}
+    return {
+        "prompt": _unit(z @ MODEL.maps["prompt"] + MODEL.means["prompt"] + noise["prompt"]),
+        "response": _unit(z @ MODEL.maps["response"] + MODEL.means["response"] + noise["response"]),
+        "reference": _unit(
+            z @ (MODEL.maps["response"] + MODEL.reference_extra)
+            + MODEL.means["response"]
+            + noise["reference"]
+        ),
+    }
+
+
+def test_the_joint_warning_outpowers_bonferroni_on_correlated_terms_within_its_rate() -> None:
+    """Windows of 100 records, text and response tested (their nulls correlate: shared
+    latent). A 30% share of records shifted in prompt and answer: the joint test warns at least
+    as often as Bonferroni (alpha / 2 each, from the same p-values), and on fresh ID windows
+    within the false-alarm rate."""
+    shifted = bonferroni_shifted = quiet = 0
+    windows = 0
+    for seed in range(CALIBRATIONS):
+        calibrated, stats, _ = calibration(seed)
+        rng = np.random.default_rng(20_000 + seed)
+        for _ in range(WINDOWS):
+            windows += 1
+            for share in (0.0, 0.3):
+                w = MODEL.draw(rng, 100)
+                moved = round(share * 100)
+                if moved:
+                    for kind, rows in shifted_records(rng, moved, 1.0).items():
+                        w[kind][100 - moved :] = rows
+                values = stats(
+                    prompts=w["prompt"], images=None, responses=w["response"], reference_pairs=None
+                )
+                values["bound_scale_adjusted"] = None
+                a = assess_window(
+                    calibrated,
+                    values,
+                    n=100,
+                    n_images=0,
+                    n_references=0,
+                    ood_fraction=None,
+                    alpha=ALPHA,
+                )
+                assert a.joint and a.tests == 2
+                text, response = a.p_values["text"], a.p_values["response"]
+                assert text is not None and response is not None
+                if share:
+                    shifted += a.warning
+                    bonferroni_shifted += min(text, response) < ALPHA / 2
+                else:
+                    quiet += a.warning
+    tolerance = binomial_tolerance(ALPHA, CALIBRATIONS, WINDOWS, TRIALS)
+    assert quiet / windows <= ALPHA + tolerance, quiet / windows
+    assert shifted >= bonferroni_shifted, (shifted, bonferroni_shifted)
+    assert shifted > bonferroni_shifted + 10, (shifted, bonferroni_shifted, windows)
