@@ -46,6 +46,9 @@ def test_readyz_turns_503_within_2_s_of_postgresql_stopping_and_200_when_it_retu
     tmp_path: Path, postgres: OwnPostgres
 ) -> None:
     config = write_config(tmp_path, postgres.url)
+    # Its 2-second windows: a false page per hour keeps the detector's calibration small.
+    with config.open("a") as text:
+        text.write('[alerts]\nfalse_page_interval = "1h"\n')
     settings = load_settings(config)
     engine = engine_from_settings(settings.database)
     migrate.upgrade(engine)
@@ -58,7 +61,11 @@ def test_readyz_turns_503_within_2_s_of_postgresql_stopping_and_200_when_it_retu
     )
     alerts = settings.alerts  # calibrated: every check passes while the database answers
     calibrate_store(
-        store, false_alarm_rate=alerts.false_alarm_rate, hysteresis=alerts.trials_hysteresis
+        store,
+        false_alarm_rate=alerts.false_alarm_rate,
+        hysteresis=alerts.trials_hysteresis,
+        window=settings.windows.size,
+        false_page_interval=alerts.false_page_interval,
     )
     with serving(config, tmp_path / "serve.log") as server:
         url = server.wait_listening()

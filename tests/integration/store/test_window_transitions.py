@@ -233,13 +233,27 @@ def test_the_level_is_read_inside_the_window_transaction(repo: Repository) -> No
     assert chain(repo.risk_transitions("default")) == [(0, 1), (1, 2)]
 
 
+def _old_window(engine: Engine, repo: Repository, result: WindowResult) -> str:
+    """Store ``result`` as an older version did: only the columns its schema has (the
+    repository writes those of the head revision)."""
+    from sqlalchemy import MetaData, Table, insert
+
+    from monitor.store._windows import _window_values
+
+    table = Table("windows", MetaData(), autoload_with=engine)
+    stream_id = repo.windows._streams.ensure(result.key.stream)
+    values = {k: v for k, v in _window_values(result, stream_id).items() if k in table.c}
+    with engine.begin() as conn:
+        return str(conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one())
+
+
 def test_upgrading_keeps_the_newest_transition_of_a_window_linked(engine: Engine) -> None:
     """A database of an earlier version may hold several transitions of one window (each
     recomputation that changed its level added one): migration 0005 keeps them all in the
     history and links only the newest to the window."""
     migrate.upgrade(engine, "0004")
     old = Repository(engine)
-    window_id = old.upsert_window(window(0, RiskLevel.WARNING))
+    window_id = _old_window(engine, old, window(0, RiskLevel.WARNING))
     old.record_risk_transition("default", T0, RiskLevel.OK, RiskLevel.WARNING, window_id=window_id)
     old.record_risk_transition(
         "default", T0 + FIVE, RiskLevel.WARNING, RiskLevel.CRITICAL, window_id=window_id
