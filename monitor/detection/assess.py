@@ -31,8 +31,10 @@
   30% of the records shifted in prompt and answer warned 0.308 of the time instead of 0.279,
   fresh ID windows 0.046 (Bonferroni 0.041). With images and references as well (4 terms,
   level about 0.015 instead of 0.0125): 0.224 instead of 0.219, fresh ID windows 0.048 (0.046).
-  A permutation calibration keeps Bonferroni (each term and the OOD fraction at alpha /
-  tests): its terms stop on splits of their own, so no split holds every term's value.
+  Bonferroni (each term and the OOD fraction at alpha / tests) is read instead where the
+  trials alone give a joint level below alpha / tests (too few trials past the ties of their
+  top values: :mod:`monitor.detection.joint`), and for a permutation calibration: its terms
+  stop on splits of their own, so no split holds every term's value.
 * The OOD fraction counts the flags among the samples that have an OOD score
   (``ood_scored``), not extrapolated to all. A calibration made with the records' own flags
   (``ood_null``: leave-one-out against the store's threshold) holds each trial's count, and
@@ -60,6 +62,7 @@ from monitor.detection.joint import (
     ood_trial_counts,
     term_numerators,
     threshold_below,
+    trials_numerators,
 )
 from monitor.detection.window_stats import INTERPOLATE_FROM, TESTED_TERMS, check_calibration
 from monitor.errors import CalibrationError
@@ -299,6 +302,13 @@ def _joint_warning(
     if joined_ood:
         assert ood.rate is not None
         chance = binomial_chance_below(ood.scored, ood.rate)
+    # Past the ties of the trials' top values (each term's largest trial has p = 1/(B + 1)), a
+    # joint level needs trials: where the trials alone (without the window, so the choice does
+    # not depend on it) give a level below Bonferroni's, Bonferroni is read instead.
+    alone = np.min(np.stack([trials_numerators(family[term]) for term in family]), axis=0)
+    level_alone = joint_level(alone, alpha, ood_chance=chance)
+    if level_alone is None or level_alone / (trials + 1) < alpha / out.tests:
+        return _bonferroni_warning(calibration, values, counts, None, ood, alpha)
     level = joint_level(minima, alpha, ood_chance=chance)
     for term, (window, _) in numerators.items():
         if term != OOD:

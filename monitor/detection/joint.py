@@ -19,6 +19,12 @@ the window's min-p lies below the joint level: the (K + 1)-th smallest trial min
 largest count with (K + 1) / (B + 1) < alpha. A term is significant when its p-value lies below
 that level; with a single term the rule is exactly p < alpha.
 
+Ties at the top cost resolution: each term's largest trial has p = 1/(B + 1), so with T terms
+about T trials share the smallest min-p, and a joint level needs (T + 1) / (B + 1) < alpha to
+let anything fire. Where the trials alone (without the window, so the choice does not depend
+on it) give a joint level below alpha / tests, the window is read with Bonferroni instead
+(:func:`monitor.detection.assess.assess_window`, ``joint`` False).
+
 When the OOD fraction has no trials of its own (no per-record flags at calibration, or more
 scored samples than the trials recorded) its binomial p-value joins the terms' min-p assuming
 independence: the level is the largest trial min-p whose rank bound a and binomial chance b of
@@ -50,6 +56,15 @@ def term_numerators(trials: npt.NDArray[np.float64], observed: float) -> tuple[i
     # Trials >= each trial, itself included: its own 1 stands for the formula's 1.
     at_least = count - np.searchsorted(ordered, trials, side="left")
     return window, (at_least + (observed >= trials)).astype(np.int64)
+
+
+def trials_numerators(trials: npt.NDArray[np.float64]) -> Counts:
+    """Each trial's p-value numerator against the other trials alone (no window)."""
+    ordered = np.sort(trials)
+    at_least: Counts = (len(trials) - np.searchsorted(ordered, trials, side="left")).astype(
+        np.int64
+    )
+    return at_least
 
 
 def largest_numerator_below(alpha: float, trials: int) -> int:
