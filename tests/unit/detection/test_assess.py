@@ -380,6 +380,30 @@ def test_the_joint_level_follows_the_terms_dependence() -> None:
             assert threshold is not None and (value > threshold) is (p < b.term_level)
 
 
+def test_too_few_trials_past_the_ties_of_their_top_values_read_bonferroni() -> None:
+    """100 trials, three independent terms and a binomial OOD test at alpha = 0.05: about three
+    trials share the smallest min-p, and the joint level would fall below alpha / 4; the window
+    is read with Bonferroni (a p-value of 1/101 is significant). 1,000 trials: joint."""
+    rng = np.random.default_rng(2)
+    for trials, joint in ((100, False), (1000, True)):
+        nulls = {t: rng.random(trials) for t in ("text", "response", "visual")}
+        a = assess_window(
+            hand_calibration(nulls),
+            {"text": 2.0, "response": 0.5, "visual": 0.5},
+            n=50,
+            n_images=50,
+            n_references=0,
+            ood_fraction=0.0,
+            ood_flag_rate=0.05,
+            alpha=ALPHA,
+        )
+        assert a.joint is joint and a.tests == 4 and a.term_level is not None
+        assert a.term_level >= ALPHA / 4 and a.significant_terms == ("text",) and a.warning
+        if not joint:
+            assert a.term_level == ALPHA / 4
+        assert all(a.thresholds[t] is not None for t in nulls)
+
+
 def hand_calibration(nulls: dict[str, np.ndarray], **extra: Any) -> dict[str, Any]:
     """A calibration whose nulls at count 50 are the given trials (in trial order)."""
     trials = len(next(iter(nulls.values())))
