@@ -77,7 +77,7 @@ def test_from_jsonl_windows_rise_on_the_shift_and_a_rerun_adds_nothing(
     held_out, shifted = windows[:ID_WINDOWS], windows[ID_WINDOWS:MIXED]
     assert max(w.jsd.text for w in held_out) < min(w.jsd.text for w in shifted)
     assert max(int(w.risk_level) for w in held_out) < 2
-    assert all(int(w.risk_level) == 2 for w in shifted[1:])  # critical within the hysteresis
+    assert all(int(w.risk_level) == 2 for w in shifted[1:])  # critical by the second window
 
     rerun = workspace.cli("backfill", "--from-jsonl", str(backfilled["path"]), "--json")
     assert rerun.exit_code == 0, rerun.output
@@ -205,12 +205,15 @@ def test_windows_explain_lists_the_most_shifted_samples_first(
     critical = backfilled["windows"][MIXED - 1]
     text = workspace.cli("windows", "explain", str(critical.id))
     assert text.exit_code == 0, text.output
-    assert "bound significant in" in text.stdout and "text" in text.stdout
+    # The drift detector decides criticals by default: explain shows it alarmed.
+    assert "detector:" in text.stdout and "clear level" in text.stdout and "text" in text.stdout
     explained = json.loads(workspace.cli("windows", "explain", str(critical.id), "--json").stdout)
     shares = [t["bound_share"] for t in explained["terms"] if t["bound_share"] is not None]
     assert sum(shares) == pytest.approx(1.0)
     assert explained["risk"]["recomputed_risk_level"] == int(critical.risk_level) == 2
-    assert len(explained["risk"]["history"]) == 2
+    assert explained["risk"]["detector"]["alarmed"] is True
+    assert explained["risk"]["detector"]["stored"] == critical.to_dict()["detector"]
+    assert len(explained["risk"]["history"]) == 3
 
 
 def test_report_png_and_html(workspace: Workspace, backfilled: dict[str, Any]) -> None:
