@@ -23,7 +23,10 @@ own nearest neighbour); the OOD test of a window is given Bernoulli flags at the
 rate instead (1 - TPR, the rate its threshold was set for), so the warning's family of tests
 is the one live windows have. A few hundred windows tell a false-alarm rate of 1% within about
 a percent, and can catch a detector that pages far too often; they cannot confirm a false-page
-interval of months (that is the detector calibration's simulation).
+interval of months (that is the detector calibration's simulation). Each window is drawn as a
+live one would be, but windows share held-out records (a window holds at most a fifth of
+them), so the intervals, which count windows as independent, are somewhat narrower than the
+uncertainty about the store's rate: the check flags clear misses, not borderline ones.
 """
 
 from __future__ import annotations
