@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,7 +35,8 @@ def windows_list(
         bool, typer.Option("--json", help='Print {"windows": [...]} as GET /v1/windows does.')
     ] = False,
 ) -> None:
-    """Computed windows, oldest first: risk level, size, bound and p-values."""
+    """Computed windows, oldest first: risk level, size, bound, the drift detector's
+    statistic / threshold (alarmed while it pages) and the smallest p-value."""
     from monitor.ingest.windows_api import list_windows
     from monitor.store.repository import open_repository
 
@@ -58,7 +59,10 @@ def windows_list(
     if not found:
         typer.echo("no windows")
         return
-    echo(f"{'id':>6}  {'stream':<12} {'start':<20} {'n':>6}  risk  status        bound  p")
+    echo(
+        f"{'id':>6}  {'stream':<12} {'start':<20} {'n':>6}  risk  status        bound  "
+        f"{'detector':<22} p"
+    )
     for window in found:
         data = window.to_dict()
         bound = data["upper_bound"]["scale_adjusted"]
@@ -68,8 +72,17 @@ def windows_list(
             f"{data['id']:>6}  {data['stream']:<12} {data['start']:<20} {data['n']:>6}  "
             f"{data['risk_level']:>4}  {data['status']:<12} "
             f"{'-' if bound is None else f'{bound:.4f}':>6}  "
+            f"{_detector(data['detector']):<22} "
             + (f"{smallest[0]}={smallest[1]:.3g}" if smallest else "-")
         )
+
+
+def _detector(reading: dict[str, Any] | None) -> str:
+    """statistic/threshold of the drift detector, "alarmed" while it pages; - without one."""
+    if reading is None:
+        return "-"
+    text = f"{reading['statistic']:.4g}/{reading['threshold']:.4g}"
+    return f"{text} alarmed" if reading["alarmed"] else text
 
 
 def windows_show(

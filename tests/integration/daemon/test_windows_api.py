@@ -19,7 +19,7 @@ from monitor.ingest.readiness import Readiness
 from monitor.ingest.service import IngestService
 from monitor.ingest.windows_api import build_windows_router, parse_time
 from monitor.metrics import MonitorMetrics
-from monitor.records import RiskLevel, TermValues, WindowKey, WindowResult
+from monitor.records import DetectorReading, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
@@ -27,6 +27,7 @@ from monitor.store.repository import Repository, open_repository
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SIZE = timedelta(minutes=5)
 TOKEN = "windows-token"
+READING = DetectorReading(score=3.5, statistic=7.25, threshold=6.125, alarmed=True)
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def repository(settings: Settings) -> Repository:
                 p_values=TermValues(text=0.5, response=0.01),
                 bound_scale_adjusted=0.7,
                 jsd_mode="balanced",
+                detector=READING if i == 2 else None,
             )
         )
     return repo
@@ -147,3 +149,27 @@ def test_cli_windows_list_json_and_show(settings: Settings, repository: Reposito
     assert result.exit_code == 0 and json.loads(result.output) == windows[1]
     result = runner.invoke(cli, ["windows", "show", "999", "-c", str(config)])
     assert result.exit_code == 1
+
+
+def test_windows_carry_the_detector_in_json_and_in_the_table(
+    client: TestClient, settings: Settings
+) -> None:
+    _, body = get(client, stream="chat")
+    assert [w["detector"] for w in body["windows"]] == [
+        None,
+        None,
+        {"score": 3.5, "statistic": 7.25, "threshold": 6.125, "alarmed": True},
+    ]
+    answer = client.get(
+        f"/v1/windows/{body['windows'][2]['id']}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.json()["detector"] == body["windows"][2]["detector"]
+    config = Path(settings.database.url.removeprefix("sqlite:///")).with_name("m.toml")
+    config.write_text(
+        f'[database]\nurl = "{settings.database.url}"\n\n[[streams]]\nname = "chat"\n'
+    )
+    result = CliRunner().invoke(cli, ["windows", "list", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.splitlines()
+    assert "detector" in header and len(rows) == 3
+    assert "7.25/6.125 alarmed" in rows[2] and "alarmed" not in rows[0]
