@@ -16,8 +16,8 @@ Two forms:
   workers help embed them; this process embeds too.
 * ``backfill --stream S --since T [--until T]``: computes the windows of a range (``--until``
   defaults to now) from stored embeddings with the current reference store, estimator and
-  calibration, oldest first (the risk rule and the detector read the windows before). Windows already
-  stored are kept unless ``--recompute``; an interrupted run simply runs again (each window
+  calibration, oldest first (the risk rule and the detector read the windows before). Windows
+  already stored are kept unless ``--recompute``; an interrupted run simply runs again (each window
   is one idempotent upsert, so there are neither duplicates nor gaps). Only windows that are
   due (end + lateness passed) are computed: a later one is the scheduler's. The range is
   planned by arithmetic (no list of windows, so ten years cost what an hour does), and a range
