@@ -25,7 +25,7 @@ The truth's own error at p: its value x_p has k = p * N truth values at or above
 p at x_p is known to about +-1.645 / sqrt(k) (relative, 90%): the ``truth +-`` column, in log10.
 Rows with k < 3 are left out.
 
-    python benchmarks/bench_tail.py                    # both sources (about 25 min on 2 cores)
+    python benchmarks/bench_tail.py                    # both sources (45 min on 2 busy cores)
     python benchmarks/bench_tail.py --source synthetic --truth 200000
 """
 
@@ -270,9 +270,9 @@ def run(name: str, source: WindowSource, truth_windows: int, args: argparse.Name
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--source", choices=("synthetic", "mmbench", "both"), default="both")
-    parser.add_argument("--truth", type=int, default=1_000_000, help="synthetic truth windows")
+    parser.add_argument("--truth", type=int, default=400_000, help="synthetic truth windows")
     parser.add_argument(
-        "--mmbench-truth", type=int, default=50_000, help="MMBench truth windows (10 ms each)"
+        "--mmbench-truth", type=int, default=30_000, help="MMBench truth windows (10 ms each)"
     )
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--trials", type=int, default=500, help="trials of each tail model")
