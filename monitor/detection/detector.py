@@ -19,7 +19,10 @@ known (Siegmund), and its state is one number per stream, stored with each windo
   and independent): :func:`calibrate_detector` simulates ID window sequences from the
   calibration's pseudo-windows and picks the smallest threshold whose simulated mean time
   between pages is at least ``[alerts] false_page_interval`` (times INTERVAL_MARGIN) at the
-  window size, then measures the interval on fresh simulated windows. Half the
+  window size, then measures the interval on fresh simulated windows. Past MAX_SIMULATED_WINDOWS
+  (short windows and long intervals: 90 days of 2 s windows is 3.9 million windows, a hundred
+  times that to measure) the threshold is extrapolated from three measurable intervals, log run
+  length being linear in the threshold, and the measured interval is then a lower bound. Half the
   trials give the p-values (the null), the other half the ID windows drawn (their values past
   the trials from the tail model), so the simulation also carries the error of reading a
   window against a null of finitely many trials. Permutation-calibrated stores (p-values of
@@ -50,11 +53,13 @@ SCORE_LIMIT = 8.0  # |z| beyond this carries no more information (p about 6e-16)
 # chosen, so the achieved interval is measured within about +-10% (Poisson).
 PAGES_SIMULATED = 100
 MIN_SIMULATED_WINDOWS = 200_000
+# At most this many (32 MiB of scores a set): longer intervals extrapolate the threshold.
+MAX_SIMULATED_WINDOWS = 4_000_000
 PARALLEL_SEQUENCES = 2_000
 # The threshold is chosen for this many times the interval: the page count it is chosen on is
 # itself noisy (about +-10%), and fresh ID windows must still meet the interval asked for.
 INTERVAL_MARGIN = 1.25
-SPLITS = 100  # random halvings of the trials (null / windows) the sequences spread over
+SPLITS = 400  # random halvings of the trials (null / windows) the sequences spread over
 # Score shifts (in standard deviations of z) whose detection delay calibrate reports.
 REFERENCE_SHIFTS = (1.0, 2.0, 3.0, 5.0)
 
@@ -195,8 +200,9 @@ def simulated_id_scores(
             null, windows = TailNull(values[order[:half]]), TailNull(values[order[half:]])
             drawn = windows.isf(rng.uniform(0.0, 1.0, size=rows.size * length))
             p[rows] = null.p_values(drawn).reshape(rows.size, length)
-    z = stats.norm.isf(np.clip(p, 1e-300, 1.0))
-    out: Scores = np.clip(z, -SCORE_LIMIT, SCORE_LIMIT)
+    np.clip(p, 1e-300, 1.0, out=p)
+    out: Scores = stats.norm.isf(p)
+    np.clip(out, -SCORE_LIMIT, SCORE_LIMIT, out=out)
     return out
 
 
@@ -220,27 +226,48 @@ def calibrate_detector(
             f"({window})"
         )
     per_interval = interval_s / window_s
-    total = max(MIN_SIMULATED_WINDOWS, math.ceil(PAGES_SIMULATED * per_interval))
+    total = min(
+        MAX_SIMULATED_WINDOWS,
+        max(MIN_SIMULATED_WINDOWS, math.ceil(PAGES_SIMULATED * INTERVAL_MARGIN * per_interval)),
+    )
     length = max(64, math.ceil(total / PARALLEL_SEQUENCES))
     rng = np.random.default_rng(seed)
     scores = simulated_id_scores(
         null_values, PARALLEL_SEQUENCES, length, rng, permutation_trials=permutation_trials
     )
 
-    def quiet_enough(threshold: float) -> bool:
-        found = count_pages(Detector.for_threshold(threshold, drift), scores)
-        return found.pages * INTERVAL_MARGIN <= found.windows / per_interval
+    def threshold_for(windows_per_page: float) -> float:
+        """The smallest threshold whose simulated pages come no oftener than this."""
 
-    low, high = 0.0, 4.0 * SCORE_LIMIT
-    if not quiet_enough(high):
-        raise CalibrationError(
-            f"no detector threshold reaches one false page per {false_page_interval}: the "
-            "simulated ID windows score too high; recalibrate with more trials"
-        )
-    while high - low > 0.01:
-        middle = (low + high) / 2.0
-        low, high = (low, middle) if quiet_enough(middle) else (middle, high)
-    detector = Detector.for_threshold(high, drift)
+        def quiet_enough(threshold: float) -> bool:
+            found = count_pages(Detector.for_threshold(threshold, drift), scores)
+            return found.pages * windows_per_page <= found.windows
+
+        low, high = 0.0, 4.0 * SCORE_LIMIT
+        if not quiet_enough(high):
+            raise CalibrationError(
+                f"no detector threshold reaches one false page per {false_page_interval}: the "
+                "simulated ID windows score too high; recalibrate with more trials"
+            )
+        while high - low > 0.01:
+            middle = (low + high) / 2.0
+            low, high = (low, middle) if quiet_enough(middle) else (middle, high)
+        return high
+
+    wanted = INTERVAL_MARGIN * per_interval
+    reachable = scores.size / PAGES_SIMULATED  # the longest interval measured to +-10%
+    extrapolated = wanted > reachable
+    if not extrapolated:
+        threshold = threshold_for(wanted)
+    else:
+        # Too many windows to simulate (short windows, long intervals): the log of the mean
+        # run length of a CUSUM grows linearly in its threshold (Siegmund's approximation), so
+        # the threshold is extended along the line through two intervals that can be measured.
+        logs = np.log([reachable / 16.0, reachable / 4.0, reachable])
+        found = [threshold_for(float(np.exp(x))) for x in logs]
+        slope, intercept = np.polyfit(logs, found, 1)
+        threshold = float(intercept + slope * math.log(wanted))
+    detector = Detector.for_threshold(threshold, drift)
     # Measured on fresh windows (another split of the trials, other draws): the threshold was
     # chosen on the first set, whose page count is biased towards the target.
     fresh = simulated_id_scores(
@@ -265,6 +292,7 @@ def calibrate_detector(
         "interval_ci_seconds": [ci_low * window_s, ci_high * window_s],
         "simulated_windows": achieved.windows,
         "pages": achieved.pages,
+        "extrapolated": extrapolated,
         "delay_windows": delays,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -8,7 +8,7 @@ the empirical p-value in the body and, past u, uses
 
     p(x) = N_u / B * GPD.sf(x - u)
 
-with the GPD fitted by maximum likelihood (``scipy.stats.genpareto``, location 0) to the N_u
+with the GPD fitted by maximum likelihood (location 0; :func:`gpd_mle`) to the N_u
 largest trials' excesses, its shape kept at 0 or above (a bounded tail fitted to a few hundred
 trials ends too soon: p = 0 just past them). N_u starts at a quarter of the trials (at most
 250) and shrinks while a Kolmogorov-Smirnov test rejects the fit (the approach of Knijnenburg
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import optimize, stats
 
 # Fewest trials for which a tail is modelled, and fewest exceedances a fit is made from.
 MIN_TRIALS = 100
@@ -135,16 +135,38 @@ def fit_tail(sorted_values: Values) -> TailFit | None:
         threshold = float(sorted_values[trials - size - 1])
         excess = sorted_values[trials - size :] - threshold
         if np.ptp(excess) > 0:
+            shape, scale = gpd_mle(excess)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
-                if shape < 0.0:
-                    # A fitted bounded tail puts its end point just past the largest trials
-                    # and p = 0 beyond it (measured on normal nulls: p of 1e-4 read as 1e-10);
-                    # the exponential tail (shape 0) errs on the large, conservative side.
-                    shape, scale = 0.0, float(np.mean(excess))
                 ks = stats.kstest(excess, "genpareto", args=(shape, 0.0, scale)).pvalue
             if math.isfinite(shape) and scale > 0 and ks >= FIT_LEVEL:
                 return TailFit(threshold, float(shape), float(scale), size, float(ks))
         size = int(size * 0.8)
     return None
+
+
+def gpd_mle(excess: Values) -> tuple[float, float]:
+    """(shape, scale) maximising the GPD likelihood of ``excess`` with the shape at 0 or above.
+
+    Grimshaw's reduction: with theta = shape / scale, the best shape for a theta is the mean of
+    log(1 + theta * y), which leaves a one-dimensional profile likelihood (a bounded scalar
+    search: 0.3 ms where scipy's generic Nelder-Mead fit took 12). A shape below 0 is not
+    allowed: a bounded tail fitted to a few hundred trials puts its end point just past them,
+    p = 0 beyond (measured on normal nulls: p of 1e-4 read as 1e-10); at the boundary the
+    exponential tail (shape 0, scale the mean excess) errs on the large, conservative side.
+    """
+    n, mean = len(excess), float(np.mean(excess))
+
+    def minus_profile(theta: float) -> float:
+        shape = float(np.mean(np.log1p(theta * excess)))
+        return n * (math.log(shape / theta) + shape + 1.0)
+
+    exponential = n * (math.log(mean) + 1.0)
+    found = optimize.minimize_scalar(
+        minus_profile, bounds=(1e-6 / mean, 50.0 / mean), method="bounded"
+    )
+    if not found.success or found.fun >= exponential:
+        return 0.0, mean
+    theta = float(found.x)
+    shape = float(np.mean(np.log1p(theta * excess)))
+    return shape, shape / theta
