@@ -245,7 +245,8 @@ check_interval = "2s"
 
 [alerts]
 false_alarm_rate = 0.01
-hysteresis = "2/3"
+# Criticals come from the drift detector, calibrated for one false page per this interval.
+false_page_interval = "90d"
 """
 
 
