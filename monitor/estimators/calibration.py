@@ -105,8 +105,10 @@ def minimum_trials(
 ) -> int:
     """Fewest null trials that let every per-window test of the alerting rule fire.
 
-    A warning tests ``tests`` statistics at ``false_alarm_rate / tests`` each (Bonferroni), so
-    B must satisfy (B + 1) * false_alarm_rate / tests > 1. The bound is tested at
+    A warning's joint test (the null of the smallest p-value over ``tests`` statistics) reads
+    per-term levels between ``false_alarm_rate / tests`` (terms that never move together: the
+    Bonferroni level, which it falls back to) and ``false_alarm_rate``, so B must satisfy
+    (B + 1) * false_alarm_rate / tests > 1. The bound is tested at
     ``false_alarm_rate`` per window; the k-of-m hysteresis (``hysteresis = (k, m)``) then makes
     a critical rarer still (about C(m, k) * rate^k for independent windows), so it never needs a
     smaller per-window level, and the warning's level is the one that sets B.
