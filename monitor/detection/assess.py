@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -216,7 +217,7 @@ def assess_window(
             # A permutation null (drawn for this window) keeps its own p-value: the detector of
             # such a store was calibrated on discrete permutation p-values.
             bound_tail_p_value = (
-                TailNull(null.values).p_value(bound_value)
+                tail_null(null.values).p_value(bound_value)
                 if isinstance(null, NullDistribution)
                 else p_values["bound"]
             )
@@ -395,6 +396,17 @@ def _binomial_ood(out: _Warning, ood: _OOD, level: float) -> _Warning:
         out.ood_threshold = (k - 1) / ood.scored
         out.ood_significant = ood.flagged >= k
     return out
+
+
+def tail_null(values: npt.NDArray[np.float64]) -> TailNull:
+    """The tail model of a null's values, fitted once per distinct null (a stream's windows
+    read the same few: 1 ms a fit against 20 us a read)."""
+    return _tail_of(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+
+
+@lru_cache(maxsize=256)
+def _tail_of(raw: bytes) -> TailNull:
+    return TailNull(np.frombuffer(raw, dtype=np.float64))
 
 
 def _below(p_value: float | None, level: float) -> bool:
