@@ -359,8 +359,8 @@ def print_tables(
             count, total = int(flags.sum()), len(flags)
             low, high = binomial_interval(count, total)
             print(
-                f"| {r.config.name} | {what} | {total:,} | {count} | {count / total:.4f} "
-                f"| [{low:.4f}, {high:.4f}] |"
+                f"| {r.config.name} | {what} | {total:,} | {count} | {count / total:.2e} "
+                f"| [{low:.2e}, {high:.2e}] |"
             )
     print("\n## Detector and timings\n")
     for r in runs:
