@@ -57,7 +57,7 @@ import numpy.typing as npt
 from monitor import __version__
 from monitor.config import Settings, StreamSettings
 from monitor.detection import WindowStatistics, assess_window
-from monitor.detection.detector import Detector, DetectorState, check_detector, window_score
+from monitor.detection.detector import Detector, DetectorState, check_detector, detector_score
 from monitor.detection.permutation import (
     PERMUTATION,
     PermutationTest,
@@ -515,7 +515,7 @@ class WindowPipeline:
         assessment, values = estimate.assessment, estimate.values
         reading = None
         if model.detector is not None:
-            score = window_score(assessment.bound_tail_p_value)
+            score = detector_score(assessment.score_p_values)
             reading = _reading(model.detector, model.detector.step(before, score), score)
         signals = WindowSignals(
             sufficient=True,

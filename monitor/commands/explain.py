@@ -157,7 +157,7 @@ def _cut(text: str | None) -> str | None:
 
 def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     """The risk decision re-derived by the daemon's code, with the history before it."""
-    from monitor.detection.detector import window_score
+    from monitor.detection.detector import detector_score
     from monitor.detection.risk import WindowSignals
     from monitor.pipeline import WindowPipeline, read_window
 
@@ -225,7 +225,7 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     assessment = estimate.assessment
     reading = None
     if model.detector is not None:
-        score = window_score(assessment.bound_tail_p_value)
+        score = detector_score(assessment.score_p_values)
         state = model.detector.step(before, score)
         reading = DetectorReading(score, state.statistic, model.detector.threshold, state.alarmed)
         out["detector"] = detector_explanation(model.detector, window, before, reading)

@@ -105,8 +105,15 @@ class WindowAssessment:
     # The bound's p-value past the trials' resolution (the null's modelled upper tail): the
     # drift detector's score reads it.
     bound_tail_p_value: float | None = None
+    # The answer-drift term's p-value, also past the trials (the detector's second score term).
+    response_tail_p_value: float | None = None
     ood_p_value: float | None = None  # the OOD count's p-value (its trials', or binomial)
     joint: bool = False  # the warning is the min-p test (False: Bonferroni, or nothing tested)
+
+    @property
+    def score_p_values(self) -> dict[str, float | None]:
+        """The p-values the drift detector's score combines (past the trials' resolution)."""
+        return {"bound": self.bound_tail_p_value, "response": self.response_tail_p_value}
 
 
 def null_for(calibration: dict[str, Any], statistic: str, n: int) -> NullDistribution | None:
@@ -135,6 +142,19 @@ def bound_null(
     ``n_images`` / ``n_references`` None: the window has no such term (the bound leaves it
     out, and so does its null). None when a present term has no null at its count.
     """
+    found = bound_trial_values(calibration, n=n, n_images=n_images, n_references=n_references)
+    return None if found is None else NullDistribution(found[0], found[1])
+
+
+def bound_trial_values(
+    calibration: dict[str, Any],
+    *,
+    n: int,
+    n_images: int | None,
+    n_references: int | None,
+) -> tuple[int, npt.NDArray[np.float64]] | None:
+    """(size, the bound of each calibration trial, in trial order) for these counts: what
+    :func:`bound_null` sorts; trial order keeps the bound aligned with the other terms."""
     check_calibration(calibration)
     nulls = calibration["nulls"]
     text = _term_values(nulls.get("text"), n)
@@ -159,7 +179,16 @@ def bound_null(
         ).value
         for i in range(len(text[1]))
     ]
-    return NullDistribution(text[0], np.asarray(values, dtype=np.float64))
+    return text[0], np.asarray(values, dtype=np.float64)
+
+
+def term_trial_values(
+    calibration: dict[str, Any], term: str, n: int
+) -> npt.NDArray[np.float64] | None:
+    """A tested term's null for n rows, in trial order (None below every calibrated count)."""
+    check_calibration(calibration)
+    found = _term_values(calibration["nulls"].get(term), n)
+    return None if found is None else found[1]
 
 
 def assess_window(
@@ -223,6 +252,12 @@ def assess_window(
             )
             if (null.trials + 1) * alpha > 1.0:
                 thresholds["bound"] = null.threshold(alpha)
+    response_tail_p_value = p_values.get("response")
+    response_value = values.get("response")
+    if calibration is not None and window_nulls is None and response_value is not None:
+        trials = term_trial_values(calibration, "response", n)
+        if trials is not None:
+            response_tail_p_value = tail_null(trials).p_value(response_value)
     return WindowAssessment(
         p_values=p_values,
         thresholds=thresholds,
@@ -235,6 +270,7 @@ def assess_window(
         tests=warning.tests,
         term_level=warning.level,
         bound_tail_p_value=bound_tail_p_value,
+        response_tail_p_value=response_tail_p_value,
         ood_p_value=warning.ood_p_value,
         joint=warning.joint,
     )

@@ -22,10 +22,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
-
-from monitor.detection.assess import bound_null, null_for
-from monitor.detection.detector import calibrate_detector
+from monitor.detection.assess import bound_null, bound_trial_values, null_for, term_trial_values
+from monitor.detection.detector import SCORE_TERMS, calibrate_detector
 from monitor.detection.permutation import (
     CALIBRATION_METHODS,
     PERMUTATION,
@@ -171,10 +169,12 @@ def holdout_plan(
 def detector_calibration(
     calibration: dict[str, Any], *, window: timedelta, false_page_interval: timedelta, seed: int
 ) -> dict[str, Any]:
-    """The detector for a calibration: simulated on the bound's null at each calibrated window
-    size (every term the store has, at its largest count up to the size), keeping the largest
-    threshold (the quietest; a window of another size reads an interpolated null of the same
-    shape). A permutation calibration simulates its discrete p-values."""
+    """The detector for a calibration, simulated at each calibrated window size on the nulls
+    of its score terms (:data:`~monitor.detection.detector.SCORE_TERMS`: the bound, with every
+    term the store has at its largest count up to the size, and the answer term), aligned by
+    trial; the largest threshold is kept (the quietest; a window of another size reads an
+    interpolated null of the same shape). A permutation calibration simulates its discrete
+    p-values."""
     if calibration.get("method") == PERMUTATION:
         return calibrate_detector(
             None,
@@ -182,23 +182,24 @@ def detector_calibration(
             false_page_interval=false_page_interval,
             seed=seed,
             permutation_trials=int(calibration["trials"]),
+            permutation_terms=len(SCORE_TERMS) if "response" in calibration["nulls"] else 1,
         )
     best: dict[str, Any] | None = None
     for size in calibration["window_sizes"]:
-        null = bound_null(
+        bound = bound_trial_values(
             calibration,
             n=size,
             n_images=_largest_count(calibration, "visual", size),
             n_references=_largest_count(calibration, "output_live", size),
         )
-        if null is None:
+        if bound is None:
             continue
-        # The null's values in trial order are what the simulation splits; sorted is fine too.
+        terms = {"bound": bound[1]}
+        response = term_trial_values(calibration, "response", size)
+        if response is not None:
+            terms["response"] = response
         found = calibrate_detector(
-            np.asarray(null.values),
-            window=window,
-            false_page_interval=false_page_interval,
-            seed=seed,
+            terms, window=window, false_page_interval=false_page_interval, seed=seed
         )
         found["window_records"] = size
         if best is None or found["threshold"] > best["threshold"]:

@@ -4,9 +4,16 @@ Why CUSUM: among detectors of a persistent shift in a sequence's mean it has the
 worst-case delay for a given false-alarm rate (Lorden, Moustakides), its run-length theory is
 known (Siegmund), and its state is one number per stream, stored with each window.
 
-* Score of a window: z = Phi^-1(1 - p) of its bound's p-value, with p past the trials'
-  resolution from the null's modelled tail (:class:`monitor.estimators.tail.TailNull`). On ID
-  traffic z is about standard normal; a shift moves it up. Insufficient or uncalibrated windows
+* Score of a window: z = Phi^-1(1 - p) of p = min(1, 2 min(p_bound, p_response)), the smaller
+  of the bound's p-value and the answer term's (Bonferroni over the two), each past the trials'
+  resolution from its null's modelled tail (:class:`monitor.estimators.tail.TailNull`). On ID
+  traffic z is about standard normal or lower; a shift moves it up. Why both: the bound (the
+  paper's quantity) reads inputs and reference outputs, and on text-only traffic it is the
+  prompts alone, which barely see a 5% mix of another benchmark (measured on MMBench with 5%
+  MME, windows of 100 records, MiniLM: mean z 0.7 for the prompts, 3.2 for the answers, 0.3 and
+  -0.5 on held-out ID windows); answers moving away from ID answers is the clearest sign of a
+  change in what the model does. So an answer-only shift (a model swap) can page alone here,
+  where under the k-of-m rule the answer term only warns. Insufficient or uncalibrated windows
   have no score and leave the state as it was (neither significant nor quiet).
 * Statistic: S = min(cap, max(0, S + z - drift)). ``drift`` (1.0) makes it quickest for
   shifts that raise z by about 2 (the CUSUM is optimal for a shift of twice its drift); a
@@ -36,6 +43,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,6 +54,8 @@ from monitor.errors import CalibrationError
 from monitor.estimators.tail import TailNull
 
 DRIFT = 1.0
+# The p-values a window's score combines (monitor.detection.assess gives both past the trials).
+SCORE_TERMS = ("bound", "response")
 CLEAR_FRACTION = 0.5  # clear level / threshold
 CAP_FACTOR = 2.0  # cap / threshold
 SCORE_LIMIT = 8.0  # |z| beyond this carries no more information (p about 6e-16)
@@ -170,36 +180,68 @@ def detection_delays(detector: Detector, scores: Scores) -> npt.NDArray[np.float
     return delay
 
 
+def detector_score(p_values: Mapping[str, float | None]) -> float | None:
+    """A window's score: z of min(1, m * min p) over the SCORE_TERMS it has p-values for
+    (m of them: Bonferroni, valid whatever their dependence; on ID traffic the bound and the
+    answer term are nearly independent, so it costs little). None when it has none."""
+    present = [
+        p for term in SCORE_TERMS if (p := p_values.get(term)) is not None and math.isfinite(p)
+    ]
+    if not present:
+        return None
+    return window_score(min(1.0, len(present) * min(present)))
+
+
 def simulated_id_scores(
-    null_values: npt.ArrayLike | None,
+    null_values: Mapping[str, npt.ArrayLike] | None,
     sequences: int,
     length: int,
     rng: np.random.Generator,
     *,
     permutation_trials: int | None = None,
+    permutation_terms: int = 1,
 ) -> Scores:
-    """Scores of simulated ID windows, ``sequences`` x ``length`` (module docstring: a cross-fit
-    of the trials, or, for a permutation calibration, discrete uniform p-values of B
-    permutations). Each sequence is one deployment: it reads one null throughout, and the
-    sequences spread over SPLITS random splits of the trials, so the page rate is averaged
-    over how far a null of finitely many trials can stray (one split alone measured 31 days
-    where another, fresh, measured 90)."""
+    """Scores of simulated ID windows, ``sequences`` x ``length`` (module docstring).
+
+    ``null_values``: each score term's calibration values, aligned by trial (trial i of every
+    term is one pseudo-window). Each split halves the trials: one half is the null (its tail
+    model gives the p-values), the other the windows: a window is one of its trials (the
+    terms' dependence kept), each term's value smoothed within its rank cell and, for the
+    largest, drawn past it from that half's tail model. Each sequence is one deployment: it
+    reads one null throughout, and the sequences spread over SPLITS splits, so the page rate is
+    averaged over how far a null of finitely many trials can stray (one split alone measured
+    31 days where another, fresh, measured 90). A permutation calibration (None) draws
+    ``permutation_terms`` independent discrete uniform p-values of B permutations.
+    """
+    p = np.ones((sequences, length))
     if null_values is None:
         if permutation_trials is None:
             raise CalibrationError("simulating ID windows needs null values or a permutation count")
-        k = rng.integers(1, permutation_trials + 2, size=(sequences, length))
-        p = k / (permutation_trials + 1.0)
+        terms = permutation_terms
+        for _ in range(terms):
+            k = rng.integers(1, permutation_trials + 2, size=(sequences, length))
+            np.minimum(p, k / (permutation_trials + 1.0), out=p)
     else:
-        values = np.asarray(null_values, dtype=np.float64)
-        if values.size < 4:
-            raise CalibrationError(f"{values.size} null values are too few to simulate windows")
-        p = np.empty((sequences, length))
-        half = values.size // 2
+        columns = [np.asarray(v, dtype=np.float64) for v in null_values.values()]
+        sizes = {len(c) for c in columns}
+        if len(sizes) != 1 or min(sizes) < 4:
+            raise CalibrationError("simulating ID windows needs at least 4 trials, aligned")
+        count, terms = sizes.pop(), len(columns)
+        half = count // 2
         for rows in np.array_split(np.arange(sequences), min(SPLITS, sequences)):
-            order = rng.permutation(values.size)
-            null, windows = TailNull(values[order[:half]]), TailNull(values[order[half:]])
-            drawn = windows.isf(rng.uniform(0.0, 1.0, size=rows.size * length))
-            p[rows] = null.p_values(drawn).reshape(rows.size, length)
+            order = rng.permutation(count)
+            nulls, windows = order[:half], order[half:]
+            drawn = rng.integers(0, len(windows), size=rows.size * length)
+            smallest = np.ones(rows.size * length)
+            for column in columns:
+                pool = column[windows]
+                # Upper rank of each window trial (0 = largest), smoothed within its cell.
+                rank = len(pool) - 1 - np.argsort(np.argsort(pool, kind="stable"), kind="stable")
+                cell = (rank[drawn] + rng.uniform(0.0, 1.0, size=drawn.size)) / len(pool)
+                values = TailNull(pool).isf(cell)
+                np.minimum(smallest, TailNull(column[nulls]).p_values(values), out=smallest)
+            p[rows] = smallest.reshape(rows.size, length)
+    np.minimum(p * terms, 1.0, out=p)
     np.clip(p, 1e-300, 1.0, out=p)
     out: Scores = stats.norm.isf(p)
     np.clip(out, -SCORE_LIMIT, SCORE_LIMIT, out=out)
@@ -207,18 +249,25 @@ def simulated_id_scores(
 
 
 def calibrate_detector(
-    null_values: npt.ArrayLike | None,
+    null_values: Mapping[str, npt.ArrayLike] | npt.ArrayLike | None,
     *,
     window: timedelta,
     false_page_interval: timedelta,
     seed: int = 0,
     permutation_trials: int | None = None,
+    permutation_terms: int = 1,
     drift: float = DRIFT,
 ) -> dict[str, Any]:
     """The detector's threshold for ``false_page_interval`` at windows of ``window``, and what
-    it achieves (JSON-ready: ``calibration.json["detector"]``). ``null_values``: the bound's
-    null at the calibration's window size (trial order); None with ``permutation_trials``."""
+    it achieves (JSON-ready: ``calibration.json["detector"]``). ``null_values``: each score
+    term's null at the calibration's window size, aligned by trial (an array: the bound's
+    alone); None with ``permutation_trials`` (and ``permutation_terms`` score terms)."""
     started = time.perf_counter()
+    columns: Mapping[str, npt.ArrayLike] | None = (
+        null_values
+        if null_values is None or isinstance(null_values, Mapping)
+        else {"bound": null_values}
+    )
     window_s, interval_s = window.total_seconds(), false_page_interval.total_seconds()
     if window_s <= 0 or interval_s < window_s:
         raise CalibrationError(
@@ -232,9 +281,15 @@ def calibrate_detector(
     )
     length = max(64, math.ceil(total / PARALLEL_SEQUENCES))
     rng = np.random.default_rng(seed)
-    scores = simulated_id_scores(
-        null_values, PARALLEL_SEQUENCES, length, rng, permutation_trials=permutation_trials
+    simulate = partial(
+        simulated_id_scores,
+        columns,
+        PARALLEL_SEQUENCES,
+        length,
+        permutation_trials=permutation_trials,
+        permutation_terms=permutation_terms,
     )
+    scores = simulate(rng)
 
     def threshold_for(windows_per_page: float) -> float:
         """The smallest threshold whose simulated pages come no oftener than this."""
@@ -270,9 +325,7 @@ def calibrate_detector(
     detector = Detector.for_threshold(threshold, drift)
     # Measured on fresh windows (another split of the trials, other draws): the threshold was
     # chosen on the first set, whose page count is biased towards the target.
-    fresh = simulated_id_scores(
-        null_values, PARALLEL_SEQUENCES, length, rng, permutation_trials=permutation_trials
-    )
+    fresh = simulate(rng)
     achieved = count_pages(detector, fresh)
     ci_low, ci_high = achieved.interval_ci_windows()
     shifted = fresh[:, :64]
@@ -285,7 +338,7 @@ def calibrate_detector(
         "clear_level": detector.clear_level,
         "cap": detector.cap,
         "drift": detector.drift,
-        "score": "bound",
+        "score": "+".join(columns) if columns is not None else f"{permutation_terms} terms",
         "false_page_interval_seconds": interval_s,
         "window_seconds": window_s,
         "achieved_interval_seconds": achieved.interval_windows() * window_s,

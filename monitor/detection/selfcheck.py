@@ -39,11 +39,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monitor.detection.assess import assess_window, bound_null
-from monitor.detection.detector import Detector, DetectorState, PageSimulation, window_score
+from monitor.detection.assess import assess_window
+from monitor.detection.detector import Detector, DetectorState, PageSimulation, detector_score
 from monitor.detection.window_stats import IDArrays, WindowStatistics
-from monitor.estimators.calibration import NullDistribution
-from monitor.estimators.tail import TailNull
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
 SELF_CHECK_WINDOWS = 400
@@ -76,7 +74,6 @@ def self_check(
     alpha = float(calibration["false_alarm_rate"])
     flag_rate = calibration.get("ood_flag_rate")
     detector = Detector.from_calibration(calibration)
-    bound = BoundReader(calibration, alpha)
     rng = np.random.default_rng(seed)
     warnings = bound_significant = bound_assessed = assessed = 0
     scores: list[float | None] = []
@@ -95,11 +92,10 @@ def self_check(
             ),
         )
         flags = None if flag_rate is None else int(rng.binomial(size, float(flag_rate)))
-        # The warning as live windows get it; the bound read by ``bound`` (the same reading,
-        # its tail model fitted once per count instead of once per window).
+        # Read as live windows are (assess_window fits each null's tail model once).
         assessment = assess_window(
             calibration,
-            {**values, "bound_scale_adjusted": None},
+            values,
             n=size,
             n_images=int(with_image.size),
             n_references=int(with_reference.size),
@@ -110,13 +106,10 @@ def self_check(
         if assessment.tests:
             assessed += 1
             warnings += int(assessment.warning)
-        significant, tail_p = bound(
-            values, n=size, n_images=int(with_image.size), n_references=int(with_reference.size)
-        )
-        if significant is not None:
+        if assessment.bound_significant is not None:
             bound_assessed += 1
-            bound_significant += int(significant)
-        scores.append(window_score(tail_p))
+            bound_significant += int(assessment.bound_significant)
+        scores.append(detector_score(assessment.score_p_values))
     result: dict[str, Any] = {
         "ran": True,
         "window_records": size,
@@ -134,37 +127,6 @@ def self_check(
     result["passed"] = not result["failures"]
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
-
-
-class BoundReader:
-    """The bound's reading of :func:`assess_window` (significant at ``alpha``, and its tail
-    p-value, the detector's input), with each count's null and tail model built once."""
-
-    def __init__(self, calibration: Mapping[str, Any], alpha: float) -> None:
-        self.calibration, self.alpha = dict(calibration), alpha
-        self._nulls: dict[
-            tuple[int, int | None, int | None], tuple[NullDistribution, TailNull] | None
-        ] = {}
-
-    def __call__(
-        self, values: Mapping[str, float | None], *, n: int, n_images: int, n_references: int
-    ) -> tuple[bool | None, float | None]:
-        value = values.get("bound_scale_adjusted")
-        if value is None:
-            return None, None
-        key = (
-            n,
-            n_images if values.get("visual") is not None else None,
-            n_references if values.get("output_live") is not None else None,
-        )
-        if key not in self._nulls:
-            null = bound_null(self.calibration, n=key[0], n_images=key[1], n_references=key[2])
-            self._nulls[key] = None if null is None else (null, TailNull(null.values))
-        found = self._nulls[key]
-        if found is None:
-            return None, None
-        null, tail = found
-        return null.p_value(value) < self.alpha, tail.p_value(value)
 
 
 def check_window_records(calibration: Mapping[str, Any]) -> int:

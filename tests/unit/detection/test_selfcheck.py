@@ -11,16 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.detection.assess import assess_window
 from monitor.detection.calibrate import describe_self_check, holdout_plan
 from monitor.detection.selfcheck import (
-    BoundReader,
     clopper_pearson,
     failure_line,
     failures,
     self_check,
 )
-from monitor.detection.window_stats import IDArrays, WindowStatistics, calibrate_arrays
+from monitor.detection.window_stats import IDArrays, calibrate_arrays
 
 WINDOW = 40
 DAY = 86_400.0
@@ -107,39 +105,6 @@ def test_a_holdout_unlike_the_pool_fails_and_says_so(
     assert line.startswith("reference store 'x' failed its calibration self-check: ")
     assert line.endswith("; recalibrate with more ID records")
     assert describe_self_check({"self_check": check})[-1].startswith("  OUTSIDE its bounds: ")
-
-
-def test_the_bound_reads_as_assess_window_reads_it(
-    calibrated: tuple[IDArrays, dict[str, Any]],
-) -> None:
-    data, calibration = calibrated
-    statistics = WindowStatistics.for_calibration(data, calibration)
-    reader = BoundReader(calibration, 0.05)
-    held = np.asarray(calibration["holdout"])
-    rng = np.random.default_rng(5)
-    seen = set()
-    for shift in (0.0, 0.0, 0.3, 1.0):
-        rows = rng.choice(held, size=WINDOW, replace=False)
-        values = statistics(
-            prompts=unit(data.prompts[rows] + shift),
-            images=None,
-            responses=data.responses[rows],  # type: ignore[index]
-            reference_pairs=(data.responses[rows], data.references[rows]),  # type: ignore[index]
-        )
-        live = assess_window(
-            calibration,
-            values,
-            n=WINDOW,
-            n_images=0,
-            n_references=WINDOW,
-            ood_fraction=None,
-            alpha=0.05,
-        )
-        significant, tail_p = reader(values, n=WINDOW, n_images=0, n_references=WINDOW)
-        assert significant == live.bound_significant
-        assert tail_p == live.bound_tail_p_value
-        seen.add(significant)
-    assert seen == {True, False}
 
 
 def test_clopper_pearson_bounds() -> None:
