@@ -4,8 +4,9 @@ before it. Pure.
 * 0 ok: none of the below.
 * 1 warning: a term's shift is significant after correcting for the number of terms tested, or
   the OOD fraction is over its calibrated threshold (so a warning fires at about the configured
-  false-alarm rate on ID traffic). The answer-drift ``response`` term can raise a warning, never
-  a critical on its own: it is not part of the bound.
+  false-alarm rate on ID traffic). Under the k-of-m rule the answer-drift ``response`` term
+  can raise a warning, never a critical on its own (it is not part of the bound); the detector's
+  score reads it (:mod:`monitor.detection.detector` says why).
 * 2 critical, by default (``alerts.hysteresis = ""``): the stream's sequential detector
   (:mod:`monitor.detection.detector`) is alarmed after this window: its statistic passed the
   threshold and has not yet fallen to the clear level (and, when ``alerts.bound_budget`` is a
