@@ -1,10 +1,10 @@
 """Does the rate cap bias a window, and would weighting the window's terms repair it?
 
-    python benchmarks/bench_sampling_weights.py [--windows 200] [--seed 0]
+    python benchmarks/bench_sampling_weights.py [--windows 200] [--own-null-windows 30] [--seed 0]
 
 One stream's traffic, second by second: quiet at 2 records/s, and one burst of 6 s at 50
-records/s in every 30 s window; in the shifted scenario 20% of burst records are MME (none in
-quiet periods), in the control none are. The product's own ``TokenBucket`` (a cap of 5
+records/s in every 30 s window; in the shifted scenarios 20% or 5% of burst records are MME
+(none in quiet periods), in the control none are. The product's own ``TokenBucket`` (a cap of 5
 records/s, burst as the ingest service builds it) runs on a virtual clock over the whole
 stream, one ``take(1)`` per arrival. Windows are 30 s so that their records fit the held-out
 MMBench records (5-minute windows at these rates hold 780 kept of 3,480 records: the same
@@ -15,7 +15,7 @@ Records: real LLaVA-v1.5-13b MMBench and MME prompts and answers embedded by Min
 ``calibrate_arrays`` (comparison fraction 0.3, windows of 20 to 100 records, false-alarm rate
 0.01); ID traffic is drawn from the other 1,377.
 
-Each window is read four ways, by the product's ``WindowStatistics`` terms and
+Each window is read these ways, by the product's ``WindowStatistics`` terms and
 ``assess_window`` p-values, and scored by ``detector_score``:
 
 - uniform: a uniform random subset of all its traffic, as many records as the cap kept (what
@@ -26,6 +26,9 @@ Each window is read four ways, by the product's ``WindowStatistics`` terms and
   sum_i w_i x_i x_i^T; the JSD normalises the trace, so the weights' scale does not matter),
   read against the null at the weights' effective size (sum w)^2 / sum w^2 and, naively, at
   the kept count;
+- weighted, own null: the same weighted terms against nulls drawn for the window itself (200
+  pseudo-windows of the calibration pool's records carrying the window's weights; the first
+  ``--own-null-windows`` windows only, as it costs 400 JSDs a window);
 - resampled: as many draws from the kept records as were kept, with probability
   proportional to the weight (importance resampling, duplicates included), unweighted.
 
