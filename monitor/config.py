@@ -341,8 +341,8 @@ class ComputeSettings(_Section):
 class AlertSettings(_Section):
     """When a window warns or pages. By default a sequential detector (a capped one-sided CUSUM
     of window scores from the bound's and the answers' p-values) decides criticals: it pages
-    when its statistic passes the calibrated threshold and clears when the statistic falls to
-    the clear level or below."""
+    when its statistic passes the calibrated threshold and
+    clears when the statistic falls to the clear level or below."""
 
     false_alarm_rate: float = Field(default=0.01, gt=0.0, lt=0.5)
     bound_budget: Annotated[Literal["auto"] | float, BeforeValidator(_auto_or_positive)] = "auto"

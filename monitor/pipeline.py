@@ -44,25 +44,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from monitor import __version__
-from monitor.config import Settings, StreamSettings
-from monitor.detection import WindowStatistics, assess_window
-from monitor.detection.detector import Detector, DetectorState, check_detector, detector_score
-from monitor.detection.permutation import (
-    PERMUTATION,
-    PermutationTest,
-    calibration_method,
-)
+from monitor.config import Settings
+from monitor.detection.detector import DetectorState, check_detector
 from monitor.detection.risk import (
     RiskDecision,
     RiskPolicy,
@@ -70,11 +62,15 @@ from monitor.detection.risk import (
     assess_risk,
     policy_from_settings,
 )
-from monitor.detection.window_stats import store_arrays
-from monitor.embedding.fusion import fuse
+from monitor.detection.window_model import (
+    StreamModel,
+    WindowData,
+    detector_reading,
+    detector_state,
+    judge_window,
+    renormalise,
+)
 from monitor.errors import MonitorError, StorageError
-from monitor.estimators.calibration import emid_bootstrap
-from monitor.estimators.emi import emi
 from monitor.metrics import MonitorMetrics, gauge_value
 from monitor.records import (
     TERMS,
@@ -85,8 +81,6 @@ from monitor.records import (
     WindowKey,
     WindowResult,
 )
-from monitor.reference import load_store_estimator
-from monitor.reference.estimator import held_out_pairs
 
 if TYPE_CHECKING:
     from monitor.store._windows import StoredWindow
@@ -106,238 +100,6 @@ REPLAY_BATCH = 256
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class WindowData:
-    """A window's embeddings, one row per computed sample for every kind (zeros where a sample
-    lacks that kind, None where every sample does), with a mask per kind."""
-
-    n: int  # every sample of the window (also those left out by the compute cap)
-    rows: dict[str, Rows | None]
-    present: dict[str, npt.NDArray[np.bool_]]
-    ood_flagged: int = 0  # samples over the store's OOD threshold
-    ood_scored: int = 0  # samples with an OOD score
-
-    def of(self, kind: str) -> Rows | None:
-        """Rows of the samples that have ``kind``, in order; None when none has it."""
-        rows, mask = self.rows.get(kind), self.present[kind]
-        if rows is None or not mask.any():
-            return None
-        return rows if mask.all() else rows[mask]
-
-    def count(self, kind: str) -> int:
-        return int(self.present[kind].sum())
-
-    @property
-    def n_images(self) -> int:
-        return self.count("image")
-
-    @property
-    def pair_mask(self) -> npt.NDArray[np.bool_]:
-        """Samples with a prompt, a model answer and a reference (EMI, output_live)."""
-        return self.present["prompt"] & self.present["response"] & self.present["reference"]
-
-    @property
-    def n_references(self) -> int:
-        return int(self.pair_mask.sum())
-
-    @property
-    def ood_fraction(self) -> float | None:
-        return self.ood_flagged / self.ood_scored if self.ood_scored else None
-
-
-@dataclass
-class Estimate:
-    """What the pure part computes for one window."""
-
-    values: dict[str, float | None]
-    assessment: Any  # monitor.reference.WindowAssessment
-    emi_live: float | None = None
-    emi_id: float | None = None
-    emid: float | None = None
-    emid_interval: tuple[float, float] | None = None
-    reasons: tuple[str, ...] = field(default_factory=tuple)
-
-
-class StreamModel:
-    """Everything a stream's windows are computed against, built once from its store."""
-
-    def __init__(self, stream: StreamSettings, store: Any, settings: Settings) -> None:
-        self.stream = stream.name
-        self.store = store
-        self.calibration: dict[str, Any] | None = store.calibration
-        arrays = store_arrays(store)
-        self.stats = WindowStatistics.for_calibration(arrays, self.calibration)
-        # A permutation calibration draws each window's nulls from the window itself.
-        self.permutation: PermutationTest | None = None
-        if self.calibration is not None and calibration_method(self.calibration) == PERMUTATION:
-            self.permutation = PermutationTest(
-                arrays, self.calibration["comparison"], self.stats.jsd_mode
-            )
-        self.alpha = settings.alerts.false_alarm_rate
-        # The sequential detector decides criticals unless the k-of-m rule is configured.
-        self.detector: Detector | None = (
-            Detector.from_calibration(self.calibration)
-            if settings.alerts.hysteresis_k_of_m is None
-            else None
-        )
-        self.fusion = store.manifest.get("fusion", "mean")
-        self.ood_threshold = float(store.ood["threshold"]) if store.ood else math.inf
-        tpr = store.ood.get("tpr") if store.ood else None
-        self.ood_flag_rate = 1.0 - float(tpr) if tpr is not None else None
-        self.club = self._load_club(store)
-        self.id_emi: tuple[Rows, Rows, Rows] | None = None
-        self.emi_id: float | None = None
-        if self.club is not None and "reference" in store.kinds:
-            self.id_emi = _id_emi_rows(store)
-            self.emi_id = emi(self.club, *self.id_emi)
-        club_version = (store.manifest.get("estimator") or {}).get("version", "none")
-        calibration_sum = (store.manifest.get("files") or {}).get("calibration.json") or "none"
-        self.version = f"{__version__}/club:{club_version}/cal:{calibration_sum[:12]}"
-
-    @staticmethod
-    def _load_club(store: Any) -> Any:
-        if not store.manifest.get("estimator"):
-            return None
-        try:
-            return load_store_estimator(store)
-        except MonitorError as exc:
-            log.warning("CLUB estimator unusable: no EMI", extra={"error": str(exc)})
-            return None
-
-    def estimate(self, data: WindowData, *, seed: int = 0) -> Estimate:
-        """Every term, EMI/EMID and the assessment of one window (pure: no IO)."""
-        whole = data  # EMI / EMID use every computed sample; only the tested terms are capped
-        if self.permutation is not None:
-            assert self.calibration is not None
-            data = _capped(data, int(self.calibration["max_window_records"]), seed)
-        pairs = None
-        both = data.pair_mask
-        responses, references = data.rows["response"], data.rows["reference"]
-        if both.sum() >= 2 and responses is not None and references is not None:
-            pairs = (responses[both], references[both])
-        prompts = data.of("prompt")
-        values = self.stats(
-            prompts=prompts if prompts is not None else np.zeros((0, 1), dtype=np.float32),
-            images=data.of("image"),
-            responses=data.of("response"),
-            reference_pairs=pairs,
-        )
-        window_nulls = None
-        if self.permutation is not None:
-            assert self.calibration is not None
-            window_nulls = self.permutation.nulls(
-                data.rows, data.present, values, trials=int(self.calibration["trials"]), seed=seed
-            )
-        assessment = assess_window(
-            self.calibration,
-            values,
-            n=data.n,
-            n_images=data.n_images,
-            n_references=data.n_references,
-            ood_fraction=data.ood_fraction,
-            ood_scored=data.ood_scored,
-            alpha=self.alpha,
-            ood_flag_rate=self.ood_flag_rate,
-            window_nulls=window_nulls,
-        )
-        if (
-            self.calibration is not None
-            and self.permutation is None
-            and assessment.bound_significant is None
-            and values["output_live"] is not None
-        ):
-            assessment = self._bound_without_live_output(data, values, assessment)
-        result = Estimate(values=values, assessment=assessment, emi_id=self.emi_id)
-        if self.club is not None and self.id_emi is not None:
-            self._emi(whole, result, seed)  # (nothing when the window has under 2 pairs)
-        reasons = [
-            f"{term} p={assessment.p_values[term]:.3g}" for term in assessment.significant_terms
-        ]
-        if assessment.ood_significant:
-            reasons.append(f"OOD fraction {data.ood_fraction:.3f} > {assessment.ood_threshold:.3f}")
-        result.reasons = tuple(reasons)
-        return result
-
-    def _bound_without_live_output(
-        self, data: WindowData, values: dict[str, float | None], assessment: Any
-    ) -> Any:
-        """When the live output term has no null at this window's reference count (a store
-        with few references), judge the bound on the terms that have one: the bound without
-        the live output term, against its own null. The stored bound values keep every term."""
-        reduced = dict(values, output_live=None)
-        scale_adjusted, _ = self.stats.bounds(reduced)
-        reduced["bound_scale_adjusted"] = scale_adjusted.value
-        partial = assess_window(
-            self.calibration,
-            reduced,
-            n=data.n,
-            n_images=data.n_images,
-            n_references=0,
-            ood_fraction=None,
-            alpha=self.alpha,
-        )
-        return replace(
-            assessment,
-            p_values={**assessment.p_values, "bound": partial.p_values.get("bound")},
-            thresholds={**assessment.thresholds, "bound": partial.thresholds.get("bound")},
-            bound_significant=partial.bound_significant,
-            bound_tail_p_value=partial.bound_tail_p_value,
-        )
-
-    def _emi(self, data: WindowData, result: Estimate, seed: int) -> None:
-        assert self.club is not None and self.id_emi is not None
-        both = data.pair_mask
-        prompts, responses, references = (data.rows[k] for k in ("prompt", "response", "reference"))
-        if both.sum() < 2 or prompts is None or responses is None or references is None:
-            return
-        images = data.rows["image"]
-
-        def paired(rows: Rows) -> Rows:
-            # The usual window has every pair: its rows as they are, not a 30 MB copy each.
-            return rows if all_paired else rows[both]
-
-        all_paired = bool(both.all())
-        x = fuse(
-            paired(prompts),
-            paired(images) if images is not None else None,
-            data.present["image"][both],
-            self.fusion,
-        )
-        y_hat, y = paired(responses), paired(references)
-        result.emi_live = emi(self.club, x, y_hat, y)
-        if result.emi_id is not None:
-            result.emid = result.emi_id - result.emi_live
-        result.emid_interval = self._emid_interval(x, y_hat, y, result.emid, seed)
-
-    def _emid_interval(
-        self, x: Rows, y_hat: Rows, y: Rows, emid: float | None, seed: int
-    ) -> tuple[float, float]:
-        """Percentile bootstrap interval of EMID. Beyond BOOTSTRAP_ROWS live pairs it is an
-        m-out-of-n bootstrap: both sides subsampled by the same fraction f, the interval's
-        half-widths scaled by sqrt(f) around the full-data estimate (EMI is a smooth mean-like
-        statistic, so its spread shrinks as 1 / sqrt(n)); the cost stays bounded."""
-        assert self.club is not None and self.id_emi is not None
-        id_x, id_y_hat, id_y = self.id_emi
-        fraction = min(1.0, BOOTSTRAP_ROWS / len(x))
-        if fraction < 1.0:
-            rng = np.random.default_rng(seed)
-            live = np.sort(rng.choice(len(x), size=BOOTSTRAP_ROWS, replace=False))
-            m_id = max(2, round(fraction * len(id_x)))
-            ids = np.sort(rng.choice(len(id_x), size=m_id, replace=False))
-            x, y_hat, y = x[live], y_hat[live], y[live]
-            id_x, id_y_hat, id_y = id_x[ids], id_y_hat[ids], id_y[ids]
-        interval = emid_bootstrap(
-            self.club, id_x, id_y_hat, id_y, x, y_hat, y, resamples=BOOTSTRAP_RESAMPLES, seed=seed
-        )
-        if fraction == 1.0 or emid is None:
-            return (interval.low, interval.high)
-        scale = math.sqrt(fraction)
-        return (
-            emid + (interval.low - interval.estimate) * scale,
-            emid + (interval.high - interval.estimate) * scale,
-        )
 
 
 class WindowPipeline:
@@ -400,7 +162,7 @@ class WindowPipeline:
         )
         reason = ""  # why the window got its level (a transition's reason)
         if data is None or data.n < self.settings.windows.min_samples:
-            carried = _reading(model.detector, before, None) if model.detector else None
+            carried = detector_reading(model.detector, before, None) if model.detector else None
             result = _insufficient(key, data, model, computed_at, carried)
         else:
             result, reason = self._sufficient(key, data, model, computed_at, before)
@@ -435,22 +197,23 @@ class WindowPipeline:
         previous = self.repository.recent_windows(key.stream, key.start, 1, status=None)
         if not previous or previous[0].detector is None:
             return None
-        return _state(previous[0].detector)
+        return detector_state(previous[0].detector)
+
+    def previous_signals(self, key: WindowKey) -> list[WindowSignals]:
+        """What the k-of-m rule reads of the stream's windows stored before ``key`` (none for
+        the detector, whose state carries the history)."""
+        if self.policy.detector:
+            return []
+        return [
+            WindowSignals(
+                sufficient=True, bound_significant=w.bound_significant, bound=w.bound_scale_adjusted
+            )
+            for w in self.repository.recent_windows(key.stream, key.start, self.policy.m - 1)
+        ]
 
     def decide(self, key: WindowKey, signals: WindowSignals) -> RiskDecision:
-        """The risk decision of window ``key`` with ``signals`` (the k-of-m rule reads the
-        stream's windows stored before it)."""
-        previous: list[WindowSignals] = []
-        if not self.policy.detector:
-            previous = [
-                WindowSignals(
-                    sufficient=True,
-                    bound_significant=w.bound_significant,
-                    bound=w.bound_scale_adjusted,
-                )
-                for w in self.repository.recent_windows(key.stream, key.start, self.policy.m - 1)
-            ]
-        return assess_risk(signals, previous, self.policy)
+        """The risk decision of window ``key`` with ``signals`` (a replayed window's)."""
+        return assess_risk(signals, self.previous_signals(key), self.policy)
 
     def replay_after(self, window: WindowResult) -> int:
         """Replay the detector over the windows stored after ``window`` (module docstring);
@@ -460,16 +223,16 @@ class WindowPipeline:
         detector = self.model(stream).detector
         if detector is None or window.detector is None:
             return 0
-        state, after, replayed = _state(window.detector), window.key.start, 0
+        state, after, replayed = detector_state(window.detector), window.key.start, 0
         while True:
             later = self.repository.next_windows(stream, after, REPLAY_BATCH, status=None)
             for stored in later:
                 score = stored.detector.score if stored.detector is not None else None
                 state = detector.step(state, score)
-                if stored.detector is not None and _state(stored.detector) == state:
+                if stored.detector is not None and detector_state(stored.detector) == state:
                     later = []  # the rest follow from an unchanged state
                     break
-                self._store_replayed(stored, _reading(detector, state, score))
+                self._store_replayed(stored, detector_reading(detector, state, score))
                 replayed += 1
             if len(later) < REPLAY_BATCH:
                 break
@@ -513,20 +276,14 @@ class WindowPipeline:
     ) -> tuple[WindowResult, str]:
         estimate = model.estimate(data, seed=_window_seed(key))
         assessment, values = estimate.assessment, estimate.values
-        reading = None
-        if model.detector is not None:
-            score = detector_score(assessment.score_p_values)
-            reading = _reading(model.detector, model.detector.step(before, score), score)
-        signals = WindowSignals(
-            sufficient=True,
-            warning=assessment.warning,
-            bound_significant=assessment.bound_significant,
-            bound=values["bound_scale_adjusted"],
-            emid_interval=estimate.emid_interval,
-            reasons=estimate.reasons,
-            detector=reading,
+        verdict = judge_window(
+            estimate,
+            detector=model.detector,
+            before=before,
+            previous=self.previous_signals(key),
+            policy=self.policy,
         )
-        decision = self.decide(key, signals)
+        decision, reading = verdict.decision, verdict.detector
         result = WindowResult(
             key=key,
             n=data.n,
@@ -702,54 +459,8 @@ def read_window(
             short = out[kind]
             out[kind] = np.zeros((filled, short.shape[1]), dtype=np.float32)
             out[kind][: len(short)] = short
-        rows_of[kind] = _renormalise(out[kind][:filled], in_place=True) if kind in out else None
+        rows_of[kind] = renormalise(out[kind][:filled], in_place=True) if kind in out else None
     return WindowData(n=n, rows=rows_of, present=present, ood_flagged=flagged, ood_scored=scored)
-
-
-def _renormalise(rows: Rows, *, in_place: bool = False) -> Rows:
-    """Stored embeddings are float16: re-normalise so the estimators' unit-norm check holds
-    (all-zero rows, of samples without that kind, stay zero and are never read)."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    if in_place and rows.dtype == np.float32:
-        # Overwrite ``rows`` (an array the caller owns, as read_window's): the same float32
-        # values as the expression below without its three window-sized temporaries.
-        np.divide(rows, np.maximum(norms, 1e-12), out=rows)
-        rows[~(norms[:, 0] > 0)] = 0.0
-        return rows
-    out: Rows = np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
-    return out
-
-
-def _id_emi_rows(store: Any) -> tuple[Rows, Rows, Rows]:
-    """(x, model answer, reference) of the ID records the store's CLUB was not trained on (out
-    of sample), or of every record with a reference when the store keeps no hold-out; a seeded
-    subset of MAX_ID_EMI_RECORDS when more."""
-    try:
-        x, y_hat, y = held_out_pairs(store)
-    except MonitorError:
-        with_reference = store.rows_of("reference")
-        x = store.embeddings("query")[with_reference]
-        y_hat = store.embeddings("response")[with_reference]
-        y = store.embeddings("reference")
-    if len(y) > MAX_ID_EMI_RECORDS:
-        chosen = np.sort(
-            np.random.default_rng(0).choice(len(y), size=MAX_ID_EMI_RECORDS, replace=False)
-        )
-        x, y_hat, y = x[chosen], y_hat[chosen], y[chosen]
-    return x, _renormalise(y_hat), _renormalise(y)
-
-
-def _capped(data: WindowData, limit: int, seed: int) -> WindowData:
-    """``data`` with at most ``limit`` rows (a seeded uniform subset; counts unchanged)."""
-    rows = len(data.present["prompt"])
-    if rows <= limit:
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
-    return replace(
-        data,
-        rows={k: None if r is None else r[keep] for k, r in data.rows.items()},
-        present={k: m[keep] for k, m in data.present.items()},
-    )
 
 
 def _window_seed(key: WindowKey) -> int:
@@ -782,18 +493,6 @@ def _insufficient(
 
 def _with_id(result: WindowResult, window_id: str) -> WindowResult:
     return replace(result, id=window_id)
-
-
-def _state(reading: DetectorReading) -> DetectorState:
-    return DetectorState(statistic=reading.statistic, alarmed=reading.alarmed)
-
-
-def _reading(
-    detector: Detector, state: DetectorState | None, score: float | None
-) -> DetectorReading:
-    """What a window stores of ``state`` (None: the detector's start, quiet at zero)."""
-    state = state or DetectorState()
-    return DetectorReading(score, state.statistic, detector.threshold, state.alarmed)
 
 
 def check_detector_settings(settings: Settings, store: Any, name: str) -> None:

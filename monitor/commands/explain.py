@@ -157,8 +157,7 @@ def _cut(text: str | None) -> str | None:
 
 def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     """The risk decision re-derived by the daemon's code, with the history before it."""
-    from monitor.detection.detector import detector_score
-    from monitor.detection.risk import WindowSignals
+    from monitor.detection.window_model import judge_window
     from monitor.pipeline import WindowPipeline, read_window
 
     settings = found.settings
@@ -223,22 +222,17 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
 
     estimate = model.estimate(data, seed=_window_seed(key))
     assessment = estimate.assessment
-    reading = None
-    if model.detector is not None:
-        score = detector_score(assessment.score_p_values)
-        state = model.detector.step(before, score)
-        reading = DetectorReading(score, state.statistic, model.detector.threshold, state.alarmed)
-        out["detector"] = detector_explanation(model.detector, window, before, reading)
-    signals = WindowSignals(
-        sufficient=True,
-        warning=assessment.warning,
-        bound_significant=assessment.bound_significant,
-        bound=estimate.values["bound_scale_adjusted"],
-        emid_interval=estimate.emid_interval,
-        reasons=estimate.reasons,
-        detector=reading,
+    # The pipeline's own verdict (monitor.detection.window_model), not a copy of it.
+    verdict = judge_window(
+        estimate,
+        detector=model.detector,
+        before=before,
+        previous=pipeline.previous_signals(key),
+        policy=policy,
     )
-    decision = pipeline.decide(key, signals)
+    decision = verdict.decision
+    if model.detector is not None:
+        out["detector"] = detector_explanation(model.detector, window, before, verdict.detector)
     out.update(
         recomputed_risk_level=int(decision.level),
         reasons=list(decision.reasons) or ["nothing significant"],
@@ -248,6 +242,7 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
         significant_terms=list(assessment.significant_terms),
         bound_significant=assessment.bound_significant,
         bound_tail_p_value=assessment.bound_tail_p_value,
+        response_tail_p_value=assessment.response_tail_p_value,
         ood_fraction=data.ood_fraction,
         ood_threshold=assessment.ood_threshold,
     )

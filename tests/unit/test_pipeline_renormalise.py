@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.pipeline import _renormalise
+from monitor.detection.window_model import renormalise as _renormalise
 
 
 def _reference(rows: np.ndarray) -> np.ndarray:
