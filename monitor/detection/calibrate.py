@@ -267,7 +267,12 @@ def describe_detector(calibration: dict[str, Any]) -> list[str]:
         f"  false pages on {found['simulated_windows']:,} simulated ID windows of "
         f"{found['window_seconds']:g} s: one per {found['achieved_interval_seconds'] / day:.1f} "
         f"days (95% interval {low / day:.1f} to {high / day:.1f}; asked: one per "
-        f"{found['false_page_interval_seconds'] / day:g} days)",
+        f"{found['false_page_interval_seconds'] / day:g} days"
+        + (
+            "; the threshold extrapolated past what was simulated)"
+            if found.get("extrapolated")
+            else ")"
+        ),
         f"  median windows until a page, by shift of the window score (in standard deviations): "
         f"{delays}",
     ]
