@@ -114,7 +114,7 @@ class Replica:
             self.computed.append(key)
             return compute(key)
 
-        self.scheduler.pipeline.compute = counted  # type: ignore[method-assign]
+        self.scheduler.pipeline.compute = counted  # type: ignore[method-assign, assignment]
 
     def scheduler_check(self) -> dict[str, Any]:
         return self.readiness.snapshot()[1]["scheduler"]
@@ -236,7 +236,7 @@ def test_a_leader_whose_lock_session_is_terminated_mid_pass_stops_before_the_nex
             take_lock(b)
         return result
 
-    a.scheduler.pipeline.compute = lose_lock_after_first  # type: ignore[method-assign]
+    a.scheduler.pipeline.compute = lose_lock_after_first  # type: ignore[method-assign, assignment]
     assert a.scheduler.tick() == 1  # the first window, then it noticed
     assert len(a.computed) == 1 and not a.scheduler.is_leader and a.leader_gauge() == 0
     assert a.scheduler_check()["detail"].startswith("standby: leader lock lost")

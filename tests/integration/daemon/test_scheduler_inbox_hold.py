@@ -69,7 +69,7 @@ def scheduler_for(settings: Settings, repo: Repository) -> tuple[WindowScheduler
         computed.append(key)
         return compute(key)
 
-    scheduler.pipeline.compute = counted  # type: ignore[method-assign]
+    scheduler.pipeline.compute = counted  # type: ignore[method-assign, assignment]
     return scheduler, computed
 
 
