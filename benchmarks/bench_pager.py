@@ -370,7 +370,7 @@ def print_tables(
         for what, flags in (
             ("warning (assess_window, alpha 0.01)", r.warnings),
             ("bound p < 0.01", r.hits),
-            ("score p < 0.01 (2 min p, tails)", r.scores > SCORE_AT_ALPHA),
+            ("detector score p < 0.01", r.scores > SCORE_AT_ALPHA),
             ("detector alarmed", r.run.alarmed),
         ):
             count, total = int(flags.sum()), len(flags)
