@@ -53,13 +53,15 @@ def test_count_pages_counts_alarm_starts_not_alarmed_windows() -> None:
 
 def test_calibrated_threshold_reaches_the_interval_on_fresh_id_windows() -> None:
     """Nulls of a light-tailed statistic: the threshold chosen for 2 days at 5-minute windows
-    (576 windows) gives, on ID scores drawn afresh, a page rate within Poisson error of it."""
+    (576 windows) gives, on ID scores drawn afresh, pages no oftener than that (within Poisson
+    error) and not much rarer than its margin aims at."""
     values = np.random.default_rng(3).gamma(4.0, 1.0, 1000)
     found = calibrate_detector(
         values, window=timedelta(minutes=5), false_page_interval=timedelta(days=2), seed=1
     )
+    # At or above the interval asked for (chosen for 1.5 times it), and not far past that.
     low, high = found["interval_ci_seconds"]
-    assert low <= 2 * 86_400 * 1.3 and high >= 2 * 86_400 * 0.7
+    assert high >= 2 * 86_400 and low <= 2 * 86_400 * 2.5
     assert found["pages"] > 50
     # Larger shifts page sooner; a 5-sigma window pages in one or two windows.
     delays = found["delay_windows"]
