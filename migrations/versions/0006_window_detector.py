@@ -4,7 +4,7 @@ earlier window was recomputed can re-derive its level without recomputing its st
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-10
+Create Date: 2026-12-06
 """
 
 from __future__ import annotations
