@@ -30,6 +30,7 @@ from monitor.reference import ManifestRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
+from tests.integration.databases import drop_database
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 DIM = 8
@@ -85,8 +86,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     try:
         yield make_url(url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 

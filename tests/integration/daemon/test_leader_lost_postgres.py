@@ -19,7 +19,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
 
 from monitor.config import Settings
 from monitor.embedding import EncoderSet
@@ -34,6 +33,7 @@ from monitor.store.repository import Repository, open_repository
 from monitor.store.types import NewSample
 from monitor.windows import window_start
 from tests.integration.daemon.test_pipeline import StandIn
+from tests.integration.databases import drop_database
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 SIZE = timedelta(minutes=5)
@@ -53,20 +53,6 @@ def database_url() -> Iterator[str]:
     finally:
         drop_database(admin, name)
         admin.dispose()
-
-
-def drop_database(admin: Engine, name: str) -> None:
-    """DROP ... WITH (FORCE), retried: it refuses while an autovacuum worker (a session of no
-    role of ours) is in the database, which the many inserts of a test may have started."""
-    for attempt in range(20):
-        try:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            return
-        except ProgrammingError:
-            if attempt == 19:
-                raise
-            time.sleep(0.5)
 
 
 @pytest.fixture

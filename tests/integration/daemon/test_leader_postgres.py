@@ -29,6 +29,7 @@ from monitor.store.engine import engine_from_settings
 from monitor.store.repository import open_repository
 from monitor.windows import window_start
 from tests.integration.daemon.support import TOKEN, Server, rfc3339, serving, wait_for
+from tests.integration.databases import drop_database
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 LOCK_TIMEOUT = 2.0
@@ -49,8 +50,7 @@ def fresh_postgres() -> Iterator[str]:
     try:
         yield make_url(url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 

@@ -33,6 +33,7 @@ from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
 from monitor.store.types import NewSample
 from monitor.windows import window_start
+from tests.integration.databases import drop_database
 
 DIM = 16
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -391,8 +392,7 @@ def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Any:
         engine.dispose()
         yield on_postgres
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
 

@@ -18,9 +18,8 @@ import numpy as np
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from monitor.config import Settings
 from monitor.embedding import EncoderSet
@@ -31,6 +30,7 @@ from monitor.ingest.worker import EmbeddingWorkers
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.store.repository import Repository
+from tests.integration.databases import drop_database
 from tests.integration.ingest.proxy_support import (
     API_KEY,
     FakeUpstream,
@@ -113,21 +113,6 @@ def test_a_full_inbox_loses_the_sample_not_the_answer(tmp_path: Path) -> None:
         wait_for(lambda: lost(metrics, "inbox_full") == 2, what="two exchanges counted lost")
         assert dropped(metrics) == 2
     assert repo.inbox_depth() == 1
-
-
-def drop_database(admin: Engine, name: str, *, if_exists: bool = False) -> None:
-    """DROP DATABASE ... WITH (FORCE), retried: an autovacuum worker on it (which this role may
-    not terminate) makes a drop fail for a moment."""
-    exists = "IF EXISTS " if if_exists else ""
-    for attempt in range(20):
-        try:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE {exists}"{name}" WITH (FORCE)')
-            return
-        except DBAPIError:
-            if attempt == 19:
-                raise
-            time.sleep(0.25)
 
 
 def test_a_database_that_goes_away_loses_samples_not_answers() -> None:

@@ -24,6 +24,7 @@ from monitor.store import migrate
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
 from monitor.store.types import NewSample
+from tests.integration.databases import drop_database
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgresql")
@@ -51,8 +52,7 @@ def fresh_postgres(pg_admin: Engine) -> Iterator[str]:
     with pg_admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     yield make_url(postgres_url() or "").set(database=name).render_as_string(hide_password=False)
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_admin, name)
 
 
 @pytest.fixture(params=BACKENDS)
