@@ -118,17 +118,26 @@ class Detector:
         state = state or DetectorState()
         if score is None or not math.isfinite(score):
             return state
-        statistic = min(self.cap, max(0.0, state.statistic + score - self.drift))
+        statistic = float(self.advance(np.float64(state.statistic), score))
         limit = self.clear_level if state.alarmed else self.threshold
         return DetectorState(statistic, statistic > limit)
+
+    def advance(self, statistic: Any, scores: Any) -> Any:
+        """The CUSUM recursion, for one stream (:meth:`step`) or many simulated ones at once."""
+        return np.minimum(self.cap, np.maximum(0.0, statistic + scores - self.drift))
 
 
 def window_score(p_value: float | None) -> float | None:
     """z = Phi^-1(1 - p), clipped to +-SCORE_LIMIT; None for no p-value."""
     if p_value is None or not math.isfinite(p_value):
         return None
-    z = float(stats.norm.isf(min(max(p_value, 1e-300), 1.0)))
-    return max(-SCORE_LIMIT, min(SCORE_LIMIT, z))
+    return float(z_scores(np.float64(p_value)))
+
+
+def z_scores(p: Any) -> Any:
+    """Phi^-1(1 - p) of p-values (an array or a scalar), clipped to +-SCORE_LIMIT."""
+    z = stats.norm.isf(np.clip(p, 1e-300, 1.0))
+    return np.clip(z, -SCORE_LIMIT, SCORE_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +169,7 @@ def count_pages(detector: Detector, scores: Scores) -> PageSimulation:
     alarmed = np.zeros(sequences, dtype=bool)
     pages = 0
     for t in range(length):
-        statistic = np.minimum(
-            detector.cap, np.maximum(0.0, statistic + scores[:, t] - detector.drift)
-        )
+        statistic = detector.advance(statistic, scores[:, t])
         now = np.where(alarmed, statistic > detector.clear_level, statistic > detector.threshold)
         pages += int(np.count_nonzero(now & ~alarmed))
         alarmed = now
@@ -175,9 +182,7 @@ def detection_delays(detector: Detector, scores: Scores) -> npt.NDArray[np.float
     statistic = np.zeros(sequences)
     delay = np.full(sequences, np.inf)
     for t in range(length):
-        statistic = np.minimum(
-            detector.cap, np.maximum(0.0, statistic + scores[:, t] - detector.drift)
-        )
+        statistic = detector.advance(statistic, scores[:, t])
         fresh = np.isinf(delay) & (statistic > detector.threshold)
         delay[fresh] = t + 1
     return delay
@@ -253,10 +258,7 @@ def simulated_id_scores(
                 values = TailNull(pool).isf(cell)
                 np.minimum(smallest, TailNull(column[nulls]).p_values(values), out=smallest)
             p[rows] = smallest.reshape(rows.size, length)
-    p = sidak(p, terms)
-    np.clip(p, 1e-300, 1.0, out=p)
-    out: Scores = stats.norm.isf(p)
-    np.clip(out, -SCORE_LIMIT, SCORE_LIMIT, out=out)
+    out: Scores = z_scores(sidak(p, terms))
     return out
 
 
