@@ -60,8 +60,6 @@ from pager_sim import (  # noqa: E402
     Judge,
     RuleState,
     Run,
-    binomial_interval,
-    poisson_interval,
     run_rules,
     scores,
     step_rules,
@@ -69,8 +67,9 @@ from pager_sim import (  # noqa: E402
 
 from monitor.detection import IDArrays, WindowStatistics, calibrate_arrays  # noqa: E402
 from monitor.detection.calibrate import detector_calibration  # noqa: E402
-from monitor.detection.detector import Detector  # noqa: E402
+from monitor.detection.detector import Detector, poisson_interval  # noqa: E402
 from monitor.detection.risk import RiskPolicy  # noqa: E402
+from monitor.detection.selfcheck import clopper_pearson  # noqa: E402
 from tests.synthetic_id import IDModel  # noqa: E402
 
 WINDOW = timedelta(minutes=5)
@@ -374,7 +373,7 @@ def print_tables(
             ("detector alarmed", r.run.alarmed),
         ):
             count, total = int(flags.sum()), len(flags)
-            low, high = binomial_interval(count, total)
+            low, high = clopper_pearson(count, total)
             print(
                 f"| {r.config.name} | {what} | {total:,} | {count} | {count / total:.2e} "
                 f"| [{low:.2e}, {high:.2e}] |"

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from monitor.detection.assess import (
     assess_window,
@@ -91,7 +90,7 @@ class Judge:
         self.response_tail = tail_null(response)
 
     def bound_p_values(self, bounds: Floats) -> Floats:
-        return _p_values(self.bound, bounds)
+        return self.bound.p_values(bounds)
 
     def score_p_values(self, values: Sequence[Values]) -> tuple[Floats, Floats]:
         """(bound, answer term) tail p-values of each window: ``score_p_values`` of
@@ -184,13 +183,6 @@ def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def _p_values(null: NullDistribution, observed: Floats) -> Floats:
-    """:meth:`NullDistribution.p_value` of many values: (1 + #{null >= x}) / (1 + B)."""
-    at_least = null.trials - np.searchsorted(null.values, observed, side="left")
-    out: Floats = np.asarray((1.0 + at_least) / (1.0 + null.trials), dtype=np.float64)
-    return out
-
-
 @dataclass
 class RuleState:
     """Both rules' state on one stream: the last m - 1 windows' signals and the detector."""
@@ -254,18 +246,3 @@ def run_rules(
             found[i] = score
     per_step = (time.perf_counter() - start) / max(len(hits), 1)
     return Run(old, alarmed), found, per_step
-
-
-def poisson_interval(count: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Garwood) interval of a Poisson mean from one observed count."""
-    tail = (1.0 - level) / 2.0
-    low = 0.0 if count == 0 else float(stats.chi2.ppf(tail, 2 * count) / 2.0)
-    return low, float(stats.chi2.ppf(1.0 - tail, 2 * count + 2) / 2.0)
-
-
-def binomial_interval(hits: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Clopper-Pearson interval of a rate."""
-    tail = (1.0 - level) / 2.0
-    low = 0.0 if hits == 0 else float(stats.beta.ppf(tail, hits, trials - hits + 1))
-    high = 1.0 if hits == trials else float(stats.beta.ppf(1.0 - tail, hits + 1, trials - hits))
-    return low, high

@@ -153,12 +153,16 @@ class PageSimulation:
 
     def interval_ci_windows(self, level: float = 0.95) -> tuple[float, float]:
         """Exact (Garwood) Poisson interval of the mean windows between pages."""
-        tail = (1.0 - level) / 2.0
-        low_rate = 0.0 if self.pages == 0 else stats.chi2.ppf(tail, 2 * self.pages) / 2.0
-        high_rate = stats.chi2.ppf(1.0 - tail, 2 * self.pages + 2) / 2.0
-        low = self.windows / high_rate
-        high = math.inf if low_rate == 0.0 else self.windows / low_rate
-        return (float(low), float(high))
+        low_count, high_count = poisson_interval(self.pages, level)
+        high = math.inf if low_count == 0.0 else self.windows / low_count
+        return (self.windows / high_count, high)
+
+
+def poisson_interval(count: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) interval of a Poisson mean from one observed count."""
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if count == 0 else float(stats.chi2.ppf(tail, 2 * count) / 2.0)
+    return low, float(stats.chi2.ppf(1.0 - tail, 2 * count + 2) / 2.0)
 
 
 def count_pages(detector: Detector, scores: Scores) -> PageSimulation:

@@ -68,8 +68,13 @@ class NullDistribution:
             raise InvalidInputError(
                 f"observed statistic is not finite: {observed}", field="observed"
             )
-        at_least = self.trials - int(np.searchsorted(self.values, observed, side="left"))
-        return (1 + at_least) / (1 + self.trials)
+        return float(self.p_values(np.asarray([observed], dtype=np.float64))[0])
+
+    def p_values(self, observed: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """:meth:`p_value` of many observed values at once."""
+        at_least = self.trials - np.searchsorted(self.values, observed, side="left")
+        out: npt.NDArray[np.float64] = ((1.0 + at_least) / (1.0 + self.trials)).astype(np.float64)
+        return out
 
     def threshold(self, alpha: float) -> float:
         """The value t such that ``observed > t`` exactly when ``p_value(observed) < alpha``."""
