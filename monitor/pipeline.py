@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -223,26 +223,29 @@ class WindowPipeline:
         detector = self.model(stream).detector
         if detector is None or window.detector is None:
             return 0
-        state, after, replayed = detector_state(window.detector), window.key.start, 0
-        while True:
-            later = self.repository.next_windows(stream, after, REPLAY_BATCH, status=None)
-            for stored in later:
-                score = stored.detector.score if stored.detector is not None else None
-                state = detector.step(state, score)
-                if stored.detector is not None and detector_state(stored.detector) == state:
-                    later = []  # the rest follow from an unchanged state
-                    break
-                self._store_replayed(stored, detector_reading(detector, state, score))
-                replayed += 1
-            if len(later) < REPLAY_BATCH:
-                break
-            after = later[-1].key.start
+        state, replayed = detector_state(window.detector), 0
+        for stored in self._stored_after(stream, window.key.start):
+            score = stored.detector.score if stored.detector is not None else None
+            state = detector.step(state, score)
+            if stored.detector is not None and detector_state(stored.detector) == state:
+                break  # the rest follow from an unchanged state
+            self._store_replayed(stored, detector_reading(detector, state, score))
+            replayed += 1
         if replayed:
             log.info(
                 "detector replayed",
                 extra={"stream": stream, "after": window.to_dict()["start"], "windows": replayed},
             )
         return replayed
+
+    def _stored_after(self, stream: str, after: datetime) -> Iterator[WindowResult]:
+        """The stream's stored windows after ``after``, in order, read REPLAY_BATCH at a time."""
+        while True:
+            later = self.repository.next_windows(stream, after, REPLAY_BATCH, status=None)
+            yield from later
+            if len(later) < REPLAY_BATCH:
+                return
+            after = later[-1].key.start
 
     def _store_replayed(self, window: WindowResult, reading: DetectorReading) -> None:
         """Store ``window`` with a replayed detector reading and the level that follows."""
