@@ -277,7 +277,7 @@ class WindowPipeline:
         computed_at: datetime,
         before: DetectorState | None,
     ) -> tuple[WindowResult, str]:
-        estimate = model.estimate(data, seed=_window_seed(key))
+        estimate = model.estimate(data, seed=window_seed(key))
         assessment, values = estimate.assessment, estimate.values
         verdict = judge_window(
             estimate,
@@ -400,7 +400,7 @@ def read_window(
         return None
     keep: npt.NDArray[np.bool_] | None = None
     if total > max_samples:
-        rng = np.random.default_rng(_window_seed(key))
+        rng = np.random.default_rng(window_seed(key))
         keep = np.zeros(total, dtype=bool)
         keep[rng.choice(total, size=max_samples, replace=False)] = True
     # Each kind's rows go straight into one array of the expected size (allocated when the kind
@@ -466,7 +466,7 @@ def read_window(
     return WindowData(n=n, rows=rows_of, present=present, ood_flagged=flagged, ood_scored=scored)
 
 
-def _window_seed(key: WindowKey) -> int:
+def window_seed(key: WindowKey) -> int:
     digest = hashlib.sha256(f"{key.stream}|{key.start.isoformat()}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 

@@ -218,9 +218,9 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     if data is None:
         out.update(recomputed_risk_level=None, reasons=["the window's samples are gone"])
         return out
-    from monitor.pipeline import _window_seed
+    from monitor.pipeline import window_seed
 
-    estimate = model.estimate(data, seed=_window_seed(key))
+    estimate = model.estimate(data, seed=window_seed(key))
     assessment = estimate.assessment
     # The pipeline's own verdict (monitor.detection.window_model), not a copy of it.
     verdict = judge_window(

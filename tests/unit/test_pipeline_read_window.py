@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from monitor.pipeline import KINDS, _window_seed, read_window
+from monitor.pipeline import KINDS, window_seed, read_window
 from monitor.records import WindowKey
 from monitor.store.types import EmbeddingChunk
 
@@ -97,7 +97,7 @@ def test_rows_of_every_kind_in_sample_order(n: int, counted: int, max_samples: i
     assert data is not None and data.n == n
     chosen = np.arange(n)
     if counted > max_samples:
-        rng = np.random.default_rng(_window_seed(KEY))
+        rng = np.random.default_rng(window_seed(KEY))
         chosen = np.sort(rng.choice(counted, size=max_samples, replace=False))
     for kind in KINDS:
         rows, present = _expected(samples, chosen, kind)
