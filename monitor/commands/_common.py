@@ -228,7 +228,7 @@ def no_window(window_id: str) -> MonitorError:
 
 def load(config: Path | None, *, compute: bool = False) -> Settings:
     """The settings; with ``compute``, [compute] applied (before encoders or estimators run)."""
-    from monitor.daemon import configure_logging
+    from monitor.logs import configure_logging
 
     settings = load_settings(config)
     # The services log as in the daemon; a command shows warnings and errors only, as text.

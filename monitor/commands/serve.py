@@ -53,7 +53,7 @@ def serve(config: ConfigOption = None) -> None:
     another schema revision, a missing or altered reference store, or encoders that do not fit.
     SIGTERM / SIGINT drain in-flight work and release the scheduler lock.
     """
-    from monitor.daemon import configure_logging
+    from monitor.logs import configure_logging
     from monitor.daemon import serve as serve_daemon
 
     settings = load_settings(config)

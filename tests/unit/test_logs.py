@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from monitor.daemon import configure_logging
+from monitor.logs import configure_logging
 
 
 def test_records_go_to_the_current_stderr_not_the_one_at_set_up(
