@@ -1,6 +1,7 @@
 """Points in time from untrusted text or numbers: RFC 3339 or epoch seconds, always UTC.
 
     parse_instant(value) -> datetime   (aware, UTC, 1970-01-01 <= t < 9000-01-01)
+    parse_time(text) -> datetime       (parse_instant, or ``now`` / ``-6h`` relative to now)
 
 One parser for the records API, the windows API and the CLI, so that one hostile input cannot
 get through one door and crash another. Every failure is a :class:`ValueError` whose message
@@ -12,7 +13,8 @@ digits (``OverflowError`` in ``float``/``math.isfinite``), an int too large for 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 #: Earliest and latest instants accepted: anything outside is a typo or an attack, and keeping
 #: a margin from datetime's own limits means arithmetic on windows (size, lateness) cannot
@@ -63,6 +65,34 @@ def parse_instant(value: str | int | float, *, naive_is_utc: bool = False) -> da
     return _in_range(moment, repr(value))
 
 
+_RELATIVE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: Farthest a relative time reaches (ten years), so arithmetic on it cannot overflow.
+_MAX_RELATIVE_SECONDS = 3650 * 86400
+
+
+def parse_time(value: str, *, now: datetime | None = None) -> datetime:
+    """A query time: ``now``, a time relative to now (``-6h``, ``-30m``, ``+1d``; units ms s m
+    h d w), an RFC 3339 time (a naive one is UTC) or epoch seconds, 1970 to 9000
+    (:func:`parse_instant`). Raises ValueError, nothing else. The windows API and the CLI take
+    their ``since`` / ``until`` through it; records' own times take only absolute ones."""
+    moment = now or datetime.now(UTC)
+    text = value.strip()
+    if len(text) > MAX_TIME_CHARS:  # before any pattern, and never echoed whole
+        raise ValueError(f"too long for a time ({len(text):,} characters)")
+    if text.lower() == "now":
+        return moment
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = float(match[2]) * _UNIT[match[3]]
+        if not math.isfinite(seconds) or seconds > _MAX_RELATIVE_SECONDS:
+            raise ValueError(f"relative time out of range: {value!r}")
+        return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
+    if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
+        raise ValueError(f"relative time {value!r} needs a unit: ms, s, m, h, d or w (like -6h)")
+    return parse_instant(text, naive_is_utc=True)
+
+
 def _from_epoch(seconds: int | float, shown: str) -> datetime:
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     try:
@@ -82,4 +112,4 @@ def _in_range(moment: datetime, shown: str) -> datetime:
     return moment
 
 
-__all__ = ["EARLIEST", "EXAMPLE", "LATEST", "MAX_TIME_CHARS", "parse_instant"]
+__all__ = ["EARLIEST", "EXAMPLE", "LATEST", "MAX_TIME_CHARS", "parse_instant", "parse_time"]

@@ -8,12 +8,16 @@ whole microseconds, so alignment is exact for any size (``5m``, ``90s``, ``250ms
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from monitor.records import WindowKey
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Window ids are positive 64-bit integer keys (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_WINDOW_ID = 2**63 - 1
+_WINDOW_ID = re.compile(r"[0-9]{1,19}")
 _MICRO = timedelta(microseconds=1)
 
 
@@ -102,3 +106,15 @@ def due_windows(
     if limit is not None and count > limit:
         first = upto - limit * size
     return list(iter_windows(stream, first, upto, size))
+
+
+def window_key(window_id: str) -> int | None:
+    """The integer key of a window id (from a URL or the command line), or None when no
+    window can have it.
+
+    Only plain decimal digits within the database's 64-bit keys: ``int()`` alone takes
+    ``+1``, ``1_0`` and non-ASCII digits, and a key past 2**63 - 1 fails in SQLite (a 500)."""
+    if not _WINDOW_ID.fullmatch(window_id):
+        return None
+    key = int(window_id)
+    return key if 0 < key <= MAX_WINDOW_ID else None

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,7 +32,8 @@ from rich.progress import (
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
-from monitor.timestamps import MAX_TIME_CHARS, parse_instant
+from monitor.timestamps import parse_time
+from monitor.windows import window_key
 
 if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded when a command runs
     from monitor.reference.store import ReferenceStore
@@ -167,37 +168,12 @@ def out_console() -> Console:
     )
 
 
-_RELATIVE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_time_arg(value: str, *, now: datetime | None = None) -> datetime:
-    """``now``, a relative time (``-6h``, ``-30m``, ``+1d``; units ms s m h d w), an RFC 3339
-    time (``Z`` or an offset; a naive one is UTC) or epoch seconds, 1970 to 9000 (the API's
-    rule, :func:`~monitor.timestamps.parse_instant`); raises ValueError, nothing else."""
-    moment = now or datetime.now(UTC)
-    text = value.strip()
-    if len(text) > MAX_TIME_CHARS:  # before any pattern, and never echoed whole
-        raise ValueError(f"too long for a time ({len(text):,} characters)")
-    if text.lower() == "now":
-        return moment
-    match = _RELATIVE.match(text)
-    if match:
-        seconds = float(match[2]) * _UNIT[match[3]]
-        if not math.isfinite(seconds) or seconds > 3650 * 86400:
-            raise ValueError(f"relative time out of range: {value!r}")
-        return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
-    if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
-        raise ValueError(f"relative time {value!r} needs a unit: ms, s, m, h, d or w (like -6h)")
-    return parse_instant(text, naive_is_utc=True)
-
-
 def time_option(value: str | None, name: str) -> datetime | None:
     """A time option's value, or a usage error (exit 2) naming the option."""
     if value is None:
         return None
     try:
-        return parse_time_arg(value)
+        return parse_time(value)
     except ValueError as exc:
         raise typer.BadParameter(
             f"{exc} (use RFC 3339 like 2026-03-01T12:00:00Z, epoch seconds, now, or -6h / -30m)",
@@ -212,8 +188,6 @@ def parse_window_id(value: str) -> str:
     """``value`` as a window id, or the "no window" error when no window could have it (the
     API's rule: plain digits within the database's 64-bit keys), said before anything is
     opened or queried (SQLite cannot bind a larger number)."""
-    from monitor.ingest.windows_api import window_key
-
     key = window_key(value.strip())
     if key is None:
         raise no_window(value)

@@ -37,7 +37,6 @@ def windows_list(
 ) -> None:
     """Computed windows, oldest first: risk level, size, bound, the drift detector's
     statistic / threshold (alarmed while it pages) and the smallest p-value."""
-    from monitor.ingest.windows_api import list_windows
     from monitor.store.repository import open_repository
 
     start, end = time_option(since, "since"), time_option(until, "until")
@@ -50,7 +49,7 @@ def windows_list(
         )
     repository = open_repository(settings)
     try:
-        found = list_windows(repository, [stream] if stream else names, start, end)
+        found = repository.list_windows([stream] if stream else names, since=start, until=end)
     finally:
         repository.close()
     if as_json:

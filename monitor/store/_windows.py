@@ -11,6 +11,7 @@ before it ended).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -186,6 +187,16 @@ class Windows:
                 stmt = stmt.where(Window.window_start < as_utc(until))
             rows = conn.execute(stmt.order_by(Window.window_start)).all()
             return [_window_result(row) for row in rows]
+
+    def list_windows(
+        self,
+        streams: Sequence[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[WindowResult]:
+        """Windows of each of ``streams`` that overlap [since, until), by stream then start."""
+        return [w for stream in streams for w in self.get_windows(stream, since, until)]
 
     def recent_windows(
         self, stream: str, before: datetime, limit: int, *, status: str | None = "ok"

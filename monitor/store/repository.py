@@ -13,7 +13,7 @@ small class sharing one :class:`~monitor.store._base.Database` (engine, clock, t
   ``iter_embeddings``), late references (``locate_records``, ``add_late_reference(s)``), raw
   retention (``purge_raw``): ``monitor.store._samples``
 * ``windows``, window results and risk transitions (``store_window``: a window and its
-  transition in one transaction; ``upsert_window``, ``get_windows``,
+  transition in one transaction; ``upsert_window``, ``get_windows``, ``list_windows``,
   ``recent_windows``, ``next_windows``, ``last_window_end``, ``earliest_sample_time``,
   ``stale_locations``, ``record_risk_transition``, ``current_risk``): ``monitor.store._windows``
 * ``leader``, the lock that lets one process compute windows: ``monitor.store._leader``
@@ -97,6 +97,7 @@ class Repository:
         self.upsert_window = self.windows.upsert_window
         self.get_window = self.windows.get_window
         self.get_windows = self.windows.get_windows
+        self.list_windows = self.windows.list_windows
         self.record_risk_transition = self.windows.record_risk_transition
         self.risk_transitions = self.windows.risk_transitions
         self.current_risk = self.windows.current_risk

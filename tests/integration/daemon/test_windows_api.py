@@ -17,12 +17,13 @@ from monitor.config import Settings
 from monitor.ingest.app import create_app
 from monitor.ingest.readiness import Readiness
 from monitor.ingest.service import IngestService
-from monitor.ingest.windows_api import build_windows_router, parse_time
+from monitor.ingest.windows_api import build_windows_router
 from monitor.metrics import MonitorMetrics
 from monitor.records import DetectorReading, RiskLevel, TermValues, WindowKey, WindowResult
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
+from monitor.timestamps import parse_time
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SIZE = timedelta(minutes=5)
@@ -127,9 +128,17 @@ def test_the_token_is_required(client: TestClient) -> None:
 
 
 def test_parse_time_forms() -> None:
-    assert parse_time("2026-03-01T12:00:00Z", "since") == T0
-    assert parse_time("2026-03-01T13:00:00+01:00", "since") == T0
-    assert parse_time(str(T0.timestamp()), "since") == T0
+    assert parse_time("2026-03-01T12:00:00Z") == T0
+    assert parse_time("2026-03-01T13:00:00+01:00") == T0
+    assert parse_time(str(T0.timestamp())) == T0
+
+
+def test_since_and_until_may_be_relative_to_now_as_in_the_cli(client: TestClient) -> None:
+    code, absolute = get(client, since="2016-01-01T00:00:00Z")
+    code_relative, relative = get(client, since="-3650d", until="now")
+    assert code == code_relative == 200 and absolute["windows"]
+    assert relative == absolute
+    assert get(client, since="+1d")[1]["windows"] == []
 
 
 def test_cli_windows_list_json_and_show(settings: Settings, repository: Repository) -> None:
