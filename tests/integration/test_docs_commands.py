@@ -334,7 +334,7 @@ def read_rows(name: str) -> list[dict[str, Any]]:
 
 
 def free_port() -> int:
-    from monitor.quickstart import free_port as pick
+    from monitor.commands.quickstart import free_port as pick
 
     return pick()
 

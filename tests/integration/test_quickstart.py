@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from monitor import quickstart
+from monitor.commands import quickstart
 from monitor.config import load_settings
 from monitor.reference.manifest import read_manifest
 from tests.conftest import SHARED
@@ -176,7 +176,7 @@ def test_prometheus_fires_critical_for_the_shifted_stream_only(
     )
     settings = load_settings(config)
     quickstart.upgrade_database(settings)
-    plan = quickstart.plan_windows(
+    plan = quickstart.example_windows(
         read_manifest(quickstart.example_path(quickstart.HELD_OUT_FILE)),
         read_manifest(quickstart.example_path(quickstart.SHIFT_FILE)),
         datetime.now(UTC),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor import quickstart
+from monitor.commands import quickstart
 from monitor.config import load_settings
 from monitor.reference.manifest import ManifestRecord
 
@@ -39,7 +39,7 @@ def test_written_settings_load_and_say_what_the_quickstart_needs(tmp_path: Path)
 def test_plan_puts_id_then_shift_in_aligned_past_windows() -> None:
     now = datetime(2026, 3, 1, 12, 30, 41, tzinfo=UTC)
     total = quickstart.ID_WINDOWS + quickstart.SHIFT_WINDOWS
-    plan = quickstart.plan_windows(
+    plan = quickstart.example_windows(
         records(quickstart.ID_WINDOWS * quickstart.WINDOW_RECORDS, "id"),
         records(quickstart.SHIFT_WINDOWS * quickstart.WINDOW_RECORDS, "shift"),
         now,
@@ -59,7 +59,7 @@ def test_plan_puts_id_then_shift_in_aligned_past_windows() -> None:
 
 def test_plan_refuses_too_little_traffic() -> None:
     with pytest.raises(quickstart.QuickstartError):
-        quickstart.plan_windows(records(5, "id"), records(5, "shift"), datetime.now(UTC))
+        quickstart.example_windows(records(5, "id"), records(5, "shift"), datetime.now(UTC))
 
 
 def report(phase: str, level: int) -> quickstart.WindowReport:
@@ -115,4 +115,3 @@ def test_window_line_shows_risk_and_terms() -> None:
     )
     assert line.startswith("10:00-10:01")
     assert "MME (shift)" in line and "critical" in line and "0.7000" in line and "100%" in line
-    assert timedelta(minutes=1) == quickstart.WINDOW

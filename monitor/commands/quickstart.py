@@ -114,7 +114,7 @@ def minilm_model_dir() -> Path:
     return Path(str(minilm.get_model_path()))
 
 
-def plan_windows(
+def example_windows(
     held_out: Sequence[ManifestRecord], shift: Sequence[ManifestRecord], now: datetime
 ) -> list[PlannedWindow]:
     """ID windows then shift windows, minute-aligned, the last one ending a minute before now.
@@ -549,7 +549,7 @@ def run_quickstart(
     try:
         server.start(timeout=120)
         step(f"mllm-monitor serve is up on {base_url} (log: serve.log)")
-        windows = plan_windows(held_out, shift, datetime.now(UTC))
+        windows = example_windows(held_out, shift, datetime.now(UTC))
         run_id = f"{int(time.time())}"
         with httpx.Client(base_url=base_url, timeout=60) as client:
             sent = post_records(client, windows, run_id)
