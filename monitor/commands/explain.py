@@ -7,7 +7,8 @@
   current calibration (:meth:`StreamModel.estimate`), the drift detector stepped from the
   state stored with the window before (or, with ``alerts.hysteresis = "k/m"``, the k-of-m
   rule applied to the windows before it) (:func:`monitor.detection.risk.assess_risk`); the
-  history is listed.
+  history is listed. The reasons printed are the ones the rule returned, and the rule in
+  effect is put into words by :func:`monitor.detection.risk.describe_policy`, beside it.
 * The detector: the window's score, the statistic, threshold and clear level, whether it is
   alarmed, and why that makes the window critical or not.
 * The top-k most out-of-distribution samples of the window, most shifted first: sample id, kNN
@@ -21,7 +22,7 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -37,6 +38,9 @@ from monitor.commands._common import (
 )
 from monitor.errors import MonitorError
 from monitor.records import WINDOW_TERMS, DetectorReading, WindowResult
+
+if TYPE_CHECKING:  # the detection package imports the numerical stack: not at CLI start
+    from monitor.detection.risk import RiskDecision, RiskPolicy
 
 DEFAULT_TOP_K = 10
 NEIGHBOURS = 3
@@ -155,8 +159,23 @@ def _cut(text: str | None) -> str | None:
     return text if len(text) <= RAW_CHARS else text[:RAW_CHARS] + "..."
 
 
+def rule_explanation(policy: RiskPolicy) -> dict[str, Any]:
+    """The rule in effect, in words from the risk module (next to the code that applies it)."""
+    from monitor.detection.risk import describe_policy
+    from monitor.detection.window_stats import TESTED_TERMS
+
+    lines = describe_policy(policy, TESTED_TERMS).lines()
+    return {"rule": ". ".join(lines) + ".", "rule_lines": list(lines)}
+
+
+def decision_explanation(decision: RiskDecision) -> dict[str, Any]:
+    """The level and the reasons exactly as the rule gave them (none when the level is 0)."""
+    return {"recomputed_risk_level": int(decision.level), "reasons": list(decision.reasons)}
+
+
 def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     """The risk decision re-derived by the daemon's code, with the history before it."""
+    from monitor.detection.risk import WindowSignals, assess_risk
     from monitor.detection.window_model import judge_window
     from monitor.pipeline import WindowPipeline, read_window
 
@@ -180,23 +199,9 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
         }
         for w in previous
     ]
-    if policy.detector:
-        rule = (
-            "critical: the drift detector alarmed (its statistic passed the threshold and has "
-            "not fallen to the clear level since), or the EMID interval above budget; warning: "
-            "a term significant after the correction for the terms tested, or the OOD "
-            "fraction over its threshold"
-        )
-    else:
-        rule = (
-            f"critical: bound significant in {policy.k} of the last {policy.m} sufficient "
-            "windows, or the EMID interval above budget; warning: a term significant after the "
-            "correction for the terms tested, the OOD fraction over its threshold, or the "
-            "bound significant in this window"
-        )
     out: dict[str, Any] = {
         "stored_risk_level": int(window.risk_level),
-        "rule": rule,
+        **rule_explanation(policy),
         "history": history,
         "detector": None,
     }
@@ -204,10 +209,8 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     if window.status != "ok":
         if model.detector is not None:
             out["detector"] = detector_explanation(model.detector, window, before, None)
-        out.update(
-            recomputed_risk_level=0,
-            reasons=[f"insufficient window: n = {window.n} < min_samples"],
-        )
+        out.update(decision_explanation(assess_risk(WindowSignals(sufficient=False), [], policy)))
+        out["note"] = f"n = {window.n} < windows.min_samples {settings.windows.min_samples}"
         return out
     data = read_window(
         found.repository,
@@ -216,7 +219,7 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
         ood_threshold=model.ood_threshold,
     )
     if data is None:
-        out.update(recomputed_risk_level=None, reasons=["the window's samples are gone"])
+        out.update(recomputed_risk_level=None, reasons=[], note="the window's samples are gone")
         return out
     from monitor.pipeline import window_seed
 
@@ -233,9 +236,8 @@ def risk_explanation(found: Any, window: WindowResult) -> dict[str, Any]:
     decision = verdict.decision
     if model.detector is not None:
         out["detector"] = detector_explanation(model.detector, window, before, verdict.detector)
+    out.update(decision_explanation(decision))
     out.update(
-        recomputed_risk_level=int(decision.level),
-        reasons=list(decision.reasons) or ["nothing significant"],
         calibrated=assessment.calibrated,
         tests=assessment.tests,
         term_level=assessment.term_level,
@@ -344,15 +346,37 @@ def _print(data: dict[str, Any]) -> None:
             f"{'-' if share is None else f'{100 * share:.0f}%':>15}"
             + ("" if row["in_bound"] else "  (not in the bound)")
         )
-    risk = data["risk"]
+    _print_risk(data["risk"])
+    echo("")
+    samples = data["top_ood_samples"]
+    echo(f"most out-of-distribution samples ({len(samples)}):")
+    for s in samples:
+        flag = " OOD" if s["over_threshold"] else ""
+        echo(
+            f"  {s['id']}  kNN distance {s['ood_score']:.4f}{flag}  nearest ID: "
+            + ", ".join(s["nearest_id"])
+        )
+        if s["prompt"] is not None:
+            echo(f"      prompt: {json.dumps(s['prompt'], ensure_ascii=False)}")
+
+
+def _print_risk(risk: dict[str, Any]) -> None:
+    """The decision: the reasons exactly as the rule gave them, then the rule in effect."""
     echo("")
     echo(
         f"risk: stored level {risk['stored_risk_level']}, recomputed now "
         f"{risk.get('recomputed_risk_level')}"
     )
+    if risk.get("note"):
+        echo(f"  ({risk['note']})")
+    echo("  reasons the rule gave:" if risk["reasons"] else "  reasons the rule gave: none")
     for reason in risk["reasons"]:
         echo(f"  - {reason}")
-    echo(f"  rule: {risk['rule']}")
+    if risk.get("bound_significant") and risk.get("recomputed_risk_level") == 0:
+        echo("  the bound is significant in this window, which alone raises no level")
+    echo("  rule in effect:")
+    for line in risk["rule_lines"]:
+        echo(f"    {line}")
     detector = risk.get("detector")
     if detector is not None:
         echo(
@@ -372,17 +396,6 @@ def _print(data: dict[str, Any]) -> None:
                 f"significant {h['bound_significant']}  detector "
                 f"{_fmt(h['detector_statistic'])}" + (" (alarmed)" if h["detector_alarmed"] else "")
             )
-    echo("")
-    samples = data["top_ood_samples"]
-    echo(f"most out-of-distribution samples ({len(samples)}):")
-    for s in samples:
-        flag = " OOD" if s["over_threshold"] else ""
-        echo(
-            f"  {s['id']}  kNN distance {s['ood_score']:.4f}{flag}  nearest ID: "
-            + ", ".join(s["nearest_id"])
-        )
-        if s["prompt"] is not None:
-            echo(f"      prompt: {json.dumps(s['prompt'], ensure_ascii=False)}")
 
 
 def register(windows_app: typer.Typer) -> None:

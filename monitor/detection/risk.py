@@ -4,9 +4,10 @@ before it. Pure.
 * 0 ok: none of the below.
 * 1 warning: a term's shift is significant after correcting for the number of terms tested, or
   the OOD fraction is over its calibrated threshold (so a warning fires at about the configured
-  false-alarm rate on ID traffic). Under the k-of-m rule the answer-drift ``response`` term
-  can raise a warning, never a critical on its own (it is not part of the bound); the detector's
-  score reads it (:mod:`monitor.detection.detector` says why).
+  false-alarm rate on ID traffic). The bound alone never warns. Under the k-of-m rule the
+  answer-drift ``response`` term can raise a warning, never a critical on its own (it is not
+  part of the bound); the detector's score reads it (:mod:`monitor.detection.detector` says
+  why).
 * 2 critical, by default (``alerts.hysteresis = ""``): the stream's sequential detector
   (:mod:`monitor.detection.detector`) is alarmed after this window: its statistic passed the
   threshold and has not yet fallen to the clear level (and, when ``alerts.bound_budget`` is a
@@ -19,6 +20,9 @@ Insufficient windows (under ``windows.min_samples``) never alert; they are neith
 nor quiet: the k-of-m count skips them (the last m windows are the last m sufficient ones) and
 the detector carries its state through them unchanged. Windows without calibration (no
 p-values) cannot count as significant and have no detector score.
+
+:func:`describe_policy` puts the rule in effect into words for ``windows explain``; it sits
+here, next to :func:`assess_risk`, so that the two are changed together.
 """
 
 from __future__ import annotations
@@ -138,6 +142,62 @@ def _detector_critical(current: WindowSignals, policy: RiskPolicy, reasons: list
             f"{reading.threshold:.3g}; clears at the clear level)"
         )
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDescription:
+    """What raises each level under one policy, in words, for ``windows explain``.
+
+    Written next to :func:`assess_risk` from the same policy fields, so that the explanation
+    a user reads is the rule in effect (tests hold the two together)."""
+
+    critical: tuple[str, ...]  # any one of these makes a window critical
+    warning: tuple[str, ...]  # any one of these makes a non-critical window a warning
+    never: tuple[str, ...]  # what does not raise a level on its own
+
+    def lines(self) -> tuple[str, ...]:
+        return (
+            "critical when " + "; or ".join(self.critical),
+            "warning when " + "; or ".join(self.warning),
+            *self.never,
+        )
+
+
+def describe_policy(policy: RiskPolicy, warning_terms: Sequence[str]) -> PolicyDescription:
+    """The rule :func:`assess_risk` applies under ``policy``; ``warning_terms``: the terms
+    whose significance can raise the warning (those the window's assessment tests)."""
+    budget = (
+        ""
+        if policy.bound_budget is None
+        else f", with the bound over its budget {policy.bound_budget:g}"
+    )
+    if policy.detector:
+        critical = [
+            "the drift detector, on the bound's and the response term's p-values, is alarmed "
+            f"(its statistic passed the threshold and has not fallen to the clear level since)"
+            f"{budget}"
+        ]
+    else:
+        critical = [
+            f"the bound is significant{budget} in at least {policy.k} of the last "
+            f"{policy.m} sufficient windows, this one included"
+        ]
+    critical.append(f"the whole EMID interval lies above the EMID budget {policy.emid_budget:g}")
+    warning = (
+        "a term (" + ", ".join(warning_terms) + ") is significant in the joint test of the "
+        "terms the window tests",
+        "the OOD fraction is over its threshold",
+    )
+    never = ["the bound alone never warns: it only counts towards a critical"]
+    if not policy.detector and "response" in warning_terms:
+        never.append(
+            "the response term warns but never makes a window critical: it is not part of the bound"
+        )
+    never += [
+        "insufficient windows (under windows.min_samples) never alert",
+        "windows without calibration have no p-values: nothing in them is significant",
+    ]
+    return PolicyDescription(tuple(critical), warning, tuple(never))
 
 
 def policy_from_settings(
