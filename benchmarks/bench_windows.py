@@ -53,7 +53,7 @@ from monitor.metrics import MonitorMetrics  # noqa: E402
 from monitor.pipeline import WindowPipeline, read_window  # noqa: E402
 from monitor.records import WindowKey  # noqa: E402
 from monitor.reference import (  # noqa: E402
-    ManifestRecord,
+    IDRecord,
     build_store,
     load_store,
     train_store_estimator,
@@ -107,7 +107,7 @@ def build_reference(root: Path, dim: int, n: int) -> Any:
         fusion="mean",
     )
     records = [
-        ManifestRecord(
+        IDRecord(
             id=f"id-{i}",
             timestamp=START,
             prompt=f"question {i}",

@@ -38,7 +38,7 @@ from monitor.ingest.worker import EmbeddingWorkers
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.reference.build import build_store
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
@@ -94,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         id_records = [
-            ManifestRecord(id=r.id, timestamp=T0, prompt=r.prompt or "", response=r.response)
+            IDRecord(id=r.id, timestamp=T0, prompt=r.prompt or "", response=r.response)
             for r in records(256, prompts, answers, "id")
         ]
         store = build_store(id_records, root=root / "refs", name="default", encoders=encoders)

@@ -45,7 +45,7 @@ from rich.markup import escape
 from monitor.commands._common import progress_bar, stage_reporter
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError, MonitorError
-from monitor.reference.manifest import ManifestRecord, read_manifest
+from monitor.reference.id_records import IDRecord, read_id_records
 
 EXAMPLES = "llava_eval_text"
 ID_FILE = "mmbench_id.jsonl"  # reference store
@@ -74,7 +74,7 @@ class PlannedWindow:
     index: int
     phase: str  # "ID" or "shift"
     start: datetime
-    records: tuple[ManifestRecord, ...]
+    records: tuple[IDRecord, ...]
 
     @property
     def end(self) -> datetime:
@@ -115,7 +115,7 @@ def minilm_model_dir() -> Path:
 
 
 def example_windows(
-    held_out: Sequence[ManifestRecord], shift: Sequence[ManifestRecord], now: datetime
+    held_out: Sequence[IDRecord], shift: Sequence[IDRecord], now: datetime
 ) -> list[PlannedWindow]:
     """ID windows then shift windows, minute-aligned, the last one ending a minute before now.
 
@@ -139,7 +139,7 @@ def example_windows(
 
 
 def record_json(
-    record: ManifestRecord, at: datetime, record_id: str, stream: str = STREAM
+    record: IDRecord, at: datetime, record_id: str, stream: str = STREAM
 ) -> dict[str, Any]:
     return {
         "id": record_id,
@@ -282,7 +282,7 @@ def upgrade_database(settings: Settings) -> None:
 
 
 def build_reference(
-    settings: Settings, records: Sequence[ManifestRecord], console: Console
+    settings: Settings, records: Sequence[IDRecord], console: Console
 ) -> dict[str, Any]:
     """Build and calibrate the store ``default`` (with progress bars); returns the calibration."""
     from monitor.detection import calibrate_store
@@ -519,9 +519,9 @@ def run_quickstart(
         out.print(f"[bold]==[/bold] {text} [dim]({time.monotonic() - began:.0f} s)[/dim]")
 
     model_dir = minilm_model_dir()
-    id_records = read_manifest(example_path(ID_FILE))
-    held_out = read_manifest(example_path(HELD_OUT_FILE))
-    shift = read_manifest(example_path(SHIFT_FILE))
+    id_records = read_id_records(example_path(ID_FILE))
+    held_out = read_id_records(example_path(HELD_OUT_FILE))
+    shift = read_id_records(example_path(SHIFT_FILE))
     port = free_port() if port == 0 else port
     check_port(port)
 

@@ -20,12 +20,14 @@ from monitor.config import load_settings
 
 
 def reference_build(
-    manifest: Annotated[
+    id_records: Annotated[
         Path,
         typer.Option(
+            "--id-records",
             "--manifest",
             "-m",
-            help="JSONL manifest of ID records (prompt, response, reference, image, id).",
+            help="JSONL file of ID records, one a line (prompt, response, reference, image, id); "
+            "--manifest is its older name.",
             dir_okay=False,
         ),
     ],
@@ -37,8 +39,8 @@ def reference_build(
         Path | None,
         typer.Option(
             "--image-root",
-            help="Directory image paths are relative to (default: the manifest's "
-            "directory); paths may not escape it.",
+            help="Directory image paths are relative to (default: the ID records "
+            "file's directory); paths may not escape it.",
             file_okay=False,
         ),
     ] = None,
@@ -66,12 +68,12 @@ def reference_build(
         ),
     ] = 0,
 ) -> None:
-    """Embed a manifest with the configured encoders and write a reference store."""
+    """Embed a file of ID records with the configured encoders and write a reference store."""
     from monitor.embedding import ImageLimits, encoders_from_settings
-    from monitor.reference import BuildOptions, build_store, read_manifest
+    from monitor.reference import BuildOptions, build_store, read_id_records
 
     settings = load_for_compute(config)
-    records = read_manifest(manifest)
+    records = read_id_records(id_records)
     encoders = encoders_from_settings(settings.encoders)
     limits = ImageLimits(
         max_bytes=settings.encoders.image.max_bytes,
@@ -90,7 +92,7 @@ def reference_build(
             root=settings.reference.root,
             name=name,
             encoders=encoders,
-            image_root=image_root or manifest.parent,
+            image_root=image_root or id_records.parent,
             image_limits=limits,
             options=options,
             replace=replace,

@@ -1,7 +1,7 @@
 """Image decoding in one place: every image the monitor sees is decoded here, safely.
 
 Accepted: raw bytes, base64 text, ``data:image/...;base64,`` URLs, PIL images, and file paths
-where the caller allows them (reference manifests only). Refused with an
+where the caller allows them (the ID records a reference store is built from, only). Refused with an
 :class:`~monitor.errors.ImageDecodeError` naming the problem: empty or oversize input, unknown
 or refused formats (SVG, PDF, ...), truncated or corrupt files, decompression bombs (checked
 from the header, before any pixel is decoded), remote URLs (never fetched here).
@@ -113,7 +113,7 @@ def _read_bytes(
     ):
         if not allow_paths:
             raise ImageDecodeError(
-                "file paths are only accepted in reference manifests", field="image"
+                "file paths are only accepted in the ID records of a reference build", field="image"
             )
         data = _read_path(Path(source), limits, root)
     elif isinstance(source, str):

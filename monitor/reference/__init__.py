@@ -16,7 +16,7 @@ from monitor.reference.estimator import (
     load_store_estimator,
     train_store_estimator,
 )
-from monitor.reference.manifest import ManifestRecord, read_manifest
+from monitor.reference.id_records import IDRecord, read_id_records
 from monitor.reference.store import (
     KINDS,
     ReferenceStore,
@@ -29,7 +29,7 @@ from monitor.reference.store import (
 __all__ = [
     "KINDS",
     "BuildOptions",
-    "ManifestRecord",
+    "IDRecord",
     "ReferenceStore",
     "build_store",
     "encoder_fingerprints",
@@ -39,6 +39,6 @@ __all__ = [
     "load_store",
     "load_store_estimator",
     "open_store",
-    "read_manifest",
+    "read_id_records",
     "train_store_estimator",
 ]

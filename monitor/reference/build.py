@@ -36,8 +36,8 @@ from monitor.errors import ImageDecodeError, ReferenceStoreError
 from monitor.estimators._arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance, ood_threshold
 from monitor.files import file_sha256, write_json_atomic
+from monitor.reference.id_records import IDRecord
 from monitor.reference.index import IndexParams, build_index, choose_params, search, write_index
-from monitor.reference.manifest import ManifestRecord
 from monitor.reference.store import (
     MANIFEST,
     RECORDS,
@@ -69,7 +69,7 @@ class BuildOptions:
 
 
 def build_store(
-    records: Sequence[ManifestRecord],
+    records: Sequence[IDRecord],
     *,
     root: Path,
     name: str,
@@ -112,7 +112,7 @@ def build_store(
 
 
 def _embed_all(
-    records: Sequence[ManifestRecord],
+    records: Sequence[IDRecord],
     encoders: EncoderSet,
     image_root: Path | None,
     limits: ImageLimits,
@@ -235,7 +235,7 @@ def read_image_file(root: Path | None, relative: str, max_bytes: int) -> bytes:
     return data
 
 
-def _image_data(record: ManifestRecord, root: Path | None, limits: ImageLimits) -> bytes:
+def _image_data(record: IDRecord, root: Path | None, limits: ImageLimits) -> bytes:
     if record.image is not None:
         return record.image
     try:
@@ -244,7 +244,7 @@ def _image_data(record: ManifestRecord, root: Path | None, limits: ImageLimits) 
         raise ReferenceStoreError(f"record {record.id!r}: {exc}") from exc
 
 
-def _decode(record: ManifestRecord, data: bytes, limits: ImageLimits) -> Image.Image:
+def _decode(record: IDRecord, data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         return decode_image(data, limits=limits)
     except ImageDecodeError as exc:
@@ -254,7 +254,7 @@ def _decode(record: ManifestRecord, data: bytes, limits: ImageLimits) -> Image.I
 def _write_store(
     workdir: Path,
     name: str,
-    records: Sequence[ManifestRecord],
+    records: Sequence[IDRecord],
     embeddings: dict[str, Rows],
     encoders: EncoderSet,
     options: BuildOptions,

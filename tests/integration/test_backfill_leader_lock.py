@@ -26,7 +26,7 @@ import pytest
 
 from monitor.config import load_settings
 from monitor.embedding import EncoderSet
-from monitor.reference import ManifestRecord, build_store
+from monitor.reference import IDRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
@@ -62,7 +62,7 @@ class Hashed:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("refs")
-    records = [ManifestRecord(id=f"r-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
+    records = [IDRecord(id=f"r-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
     encoders = EncoderSet(image=Hashed(), text=Hashed(), fusion="mean")  # type: ignore[arg-type]
     build_store(records, root=root, name="bare", encoders=encoders)
     return root

@@ -31,7 +31,7 @@ import pytest
 
 from monitor.commands import quickstart
 from monitor.config import load_settings
-from monitor.reference.manifest import read_manifest
+from monitor.reference.id_records import read_id_records
 from tests.conftest import SHARED
 from tests.integration.deploy.prometheus_server import PrometheusServer, tool_path
 
@@ -177,8 +177,8 @@ def test_prometheus_fires_critical_for_the_shifted_stream_only(
     settings = load_settings(config)
     quickstart.upgrade_database(settings)
     plan = quickstart.example_windows(
-        read_manifest(quickstart.example_path(quickstart.HELD_OUT_FILE)),
-        read_manifest(quickstart.example_path(quickstart.SHIFT_FILE)),
+        read_id_records(quickstart.example_path(quickstart.HELD_OUT_FILE)),
+        read_id_records(quickstart.example_path(quickstart.SHIFT_FILE)),
         datetime.now(UTC),
     )
     streams = {

@@ -11,13 +11,13 @@ import pytest
 
 from monitor.commands import quickstart
 from monitor.config import load_settings
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 
 
-def records(n: int, tag: str) -> list[ManifestRecord]:
+def records(n: int, tag: str) -> list[IDRecord]:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     return [
-        ManifestRecord(id=f"{tag}-{i}", timestamp=now, prompt=f"{tag} {i}?", response="A")
+        IDRecord(id=f"{tag}-{i}", timestamp=now, prompt=f"{tag} {i}?", response="A")
         for i in range(n)
     ]
 

@@ -25,7 +25,7 @@ from monitor.embedding import EncoderSet
 from monitor.ingest.readiness import Readiness
 from monitor.metrics import MonitorMetrics
 from monitor.records import WindowKey
-from monitor.reference import ManifestRecord, build_store, load_store
+from monitor.reference import IDRecord, build_store, load_store
 from monitor.scheduler import WindowScheduler
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
@@ -59,7 +59,7 @@ def database_url() -> Iterator[str]:
 def settings(tmp_path: Path, database_url: str) -> Settings:
     stand_in = StandIn("text")
     encoders = EncoderSet(image=None, text=stand_in, fusion="mean")  # type: ignore[arg-type]
-    records = [ManifestRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
+    records = [IDRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
     build_store(records, root=tmp_path / "refs", name="bare", encoders=encoders)
     settings = Settings(
         database={"url": database_url},

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from monitor.config import load_settings
 from monitor.embedding import encoders_from_settings
-from monitor.reference import ManifestRecord, build_store
+from monitor.reference import IDRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import open_repository
@@ -119,10 +119,7 @@ def test_one_leader_computes_windows_and_the_other_takes_over(
     migrate.upgrade(engine)
     engine.dispose()
     build_store(
-        [
-            ManifestRecord(id=f"id-{i}", prompt=f"question {i}", response=f"answer {i}")
-            for i in range(30)
-        ],
+        [IDRecord(id=f"id-{i}", prompt=f"question {i}", response=f"answer {i}") for i in range(30)],
         root=settings.reference.root,
         name="default",
         encoders=encoders_from_settings(settings.encoders),

@@ -26,7 +26,7 @@ from monitor.embedding import EncoderSet
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
 from monitor.records import RiskLevel, WindowKey, WindowResult
-from monitor.reference import ManifestRecord, build_store, load_store, train_store_estimator
+from monitor.reference import IDRecord, build_store, load_store, train_store_estimator
 from monitor.scheduler import WindowScheduler
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
@@ -80,7 +80,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("refs")
     encoders = EncoderSet(image=StandIn("image"), text=StandIn("text"), fusion="mean")  # type: ignore[arg-type]
     records = [
-        ManifestRecord(
+        IDRecord(
             id=f"id-{i}",
             prompt=f"q{i}",
             response=f"a{i}",
@@ -99,7 +99,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
         window=SIZE,
         false_page_interval=PAGE_INTERVAL,
     )
-    bare = [ManifestRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
+    bare = [IDRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
     build_store(bare, root=root, name="bare", encoders=encoders)
     return root
 

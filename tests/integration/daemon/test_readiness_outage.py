@@ -20,7 +20,7 @@ from monitor.config import load_settings
 from monitor.detection.calibrate import calibrate_store
 from monitor.embedding import encoders_from_settings
 from monitor.ingest.readiness import CachedProbe, database_check
-from monitor.reference import ManifestRecord, build_store
+from monitor.reference import IDRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine, engine_from_settings
 from tests.integration.daemon.own_postgres import OwnPostgres, own_postgres
@@ -54,7 +54,7 @@ def test_readyz_turns_503_within_2_s_of_postgresql_stopping_and_200_when_it_retu
     migrate.upgrade(engine)
     engine.dispose()
     store = build_store(
-        [ManifestRecord(id=f"id-{i}", prompt=f"q {i}", response=f"a {i}") for i in range(30)],
+        [IDRecord(id=f"id-{i}", prompt=f"q {i}", response=f"a {i}") for i in range(30)],
         root=settings.reference.root,
         name="default",
         encoders=encoders_from_settings(settings.encoders),

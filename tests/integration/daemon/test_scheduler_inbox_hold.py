@@ -16,7 +16,7 @@ from monitor.config import Settings
 from monitor.embedding import EncoderSet
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord, WindowKey
-from monitor.reference import ManifestRecord, build_store, load_store
+from monitor.reference import IDRecord, build_store, load_store
 from monitor.scheduler import WindowScheduler
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
@@ -31,7 +31,7 @@ SIZE = timedelta(minutes=5)
 def make_settings(tmp_path: Path, lease: str) -> Settings:
     stand_in = StandIn("text")
     encoders = EncoderSet(image=None, text=stand_in, fusion="mean")  # type: ignore[arg-type]
-    records = [ManifestRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
+    records = [IDRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
     build_store(records, root=tmp_path / "refs", name="bare", encoders=encoders)
     settings = Settings(
         database={"url": f"sqlite:///{tmp_path / 'm.db'}"},

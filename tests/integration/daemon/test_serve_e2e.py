@@ -31,7 +31,7 @@ from monitor.compute import apply_compute_settings
 from monitor.config import Settings, load_settings
 from monitor.detection import calibrate_store
 from monitor.embedding import encoders_from_settings
-from monitor.reference import ManifestRecord, build_store
+from monitor.reference import IDRecord, build_store
 from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.windows import window_start
@@ -120,9 +120,7 @@ def build_references(settings: Settings, mmbench: list[dict[str, Any]], mmvet: l
         ("mmvet", mmvet, 50, 0.25),
     ):
         records = [
-            ManifestRecord(
-                id=f"{name}-{i}", timestamp=T_REF, prompt=r["prompt"], response=r["response"]
-            )
+            IDRecord(id=f"{name}-{i}", timestamp=T_REF, prompt=r["prompt"], response=r["response"])
             for i, r in enumerate(rows)
         ]
         store = build_store(records, root=settings.reference.root, name=name, encoders=encoders)

@@ -89,7 +89,7 @@ def build_reference(config: Path) -> None:
     from monitor.config import load_settings
     from monitor.embedding import encoders_from_settings
     from monitor.reference.build import build_store
-    from monitor.reference.manifest import ManifestRecord
+    from monitor.reference.id_records import IDRecord
     from monitor.store import migrate
     from monitor.store.engine import create_db_engine
 
@@ -100,7 +100,7 @@ def build_reference(config: Path) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     build_store(
         [
-            ManifestRecord(id=f"ref-{i}", timestamp=t0, prompt=f"question {i}", response="yes")
+            IDRecord(id=f"ref-{i}", timestamp=t0, prompt=f"question {i}", response="yes")
             for i in range(8)
         ],
         root=settings.reference.root,

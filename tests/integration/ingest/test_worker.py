@@ -14,7 +14,7 @@ from monitor.embedding import EncoderSet
 from monitor.ingest.worker import EmbeddingWorkers, sample_fingerprint
 from monitor.metrics import MonitorMetrics
 from monitor.reference.build import build_store
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from monitor.reference.store import ReferenceStore
 from monitor.store.repository import Repository
 from monitor.store.types import NewSample
@@ -35,9 +35,9 @@ def encoders(tmp_path_factory: pytest.TempPathFactory) -> EncoderSet:
     return tiny_encoders(tmp_path_factory.mktemp("models"))
 
 
-def id_records(n: int = 12) -> list[ManifestRecord]:
+def id_records(n: int = 12) -> list[IDRecord]:
     return [
-        ManifestRecord(
+        IDRecord(
             id=f"id-{i}",
             timestamp=T0,
             prompt=f"What is shown in picture number {i}?",

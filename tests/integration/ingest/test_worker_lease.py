@@ -24,7 +24,7 @@ from monitor.errors import StorageError
 from monitor.ingest.worker import EmbeddingWorkers
 from monitor.metrics import MonitorMetrics
 from monitor.reference.build import build_store
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from monitor.reference.store import ReferenceStore
 from monitor.store.models import InboxItem
 from monitor.store.repository import Repository
@@ -46,7 +46,7 @@ def encoders(tmp_path_factory: pytest.TempPathFactory) -> EncoderSet:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, encoders: EncoderSet) -> ReferenceStore:
     records = [
-        ManifestRecord(id=f"id-{i}", timestamp=T0, prompt=f"question {i}", response=f"answer {i}")
+        IDRecord(id=f"id-{i}", timestamp=T0, prompt=f"question {i}", response=f"answer {i}")
         for i in range(8)
     ]
     return build_store(records, root=tmp_path_factory.mktemp("refs"), name="ref", encoders=encoders)

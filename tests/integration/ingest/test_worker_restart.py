@@ -22,7 +22,7 @@ import pytest
 from monitor.config import load_settings
 from monitor.embedding import encoders_from_settings
 from monitor.reference.build import build_store
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from monitor.store.repository import open_repository
 from tests.integration.ingest.proxy_support import T0, migrated_engine, wait_for
 
@@ -120,9 +120,7 @@ def test_an_acknowledged_record_survives_sigkill_and_is_embedded_after_restart(
     migrated_engine(settings.database.url).dispose()
     build_store(
         [
-            ManifestRecord(
-                id=f"id-{i}", timestamp=T0, prompt=f"question {i}", response=f"answer {i}"
-            )
+            IDRecord(id=f"id-{i}", timestamp=T0, prompt=f"question {i}", response=f"answer {i}")
             for i in range(8)
         ],
         root=settings.reference.root,

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from monitor.cli import app
 from monitor.embedding import EncoderSet, load_encoder
 from monitor.errors import ReferenceStoreError
-from monitor.reference import ManifestRecord, build_store, load_store, read_manifest
+from monitor.reference import IDRecord, build_store, load_store, read_id_records
 from tests.conftest import LLAVA_SHIFT, PAPER_CLUB
 from tests.unit.embedding.conftest import make_clip, make_xlmr
 
@@ -118,7 +118,7 @@ def test_shifted_prompts_score_higher_on_knn_ood(tmp_path: Path) -> None:
     encoder = load_encoder("hf_mean_pool", str(minilm.get_model_path()), local_files_only=True)
     questions = jsonl("qa90_questions.jsonl")
     records = [
-        ManifestRecord(id=str(q["question_id"]), prompt=str(q["text"]), response="-")
+        IDRecord(id=str(q["question_id"]), prompt=str(q["text"]), response="-")
         for q in questions
         if int(str(q["question_id"])) % 2 == 0
     ]
@@ -185,7 +185,7 @@ def test_store_with_images_through_a_tiny_clip(tmp_path: Path) -> None:
     encoders = image_encoders(tmp_path)
     manifest = image_manifest(tmp_path)
     build_store(
-        read_manifest(manifest),
+        read_id_records(manifest),
         root=tmp_path / "refs",
         name="img",
         encoders=encoders,
@@ -222,7 +222,7 @@ def test_bad_image_paths_fail_clearly_and_leave_nothing(
     )
     with pytest.raises(ReferenceStoreError, match=f"record 'bad': .*{message}"):
         build_store(
-            read_manifest(manifest),
+            read_id_records(manifest),
             root=tmp_path / "refs",
             name="img",
             encoders=encoders,

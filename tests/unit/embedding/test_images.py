@@ -71,7 +71,9 @@ def test_file_paths_only_where_allowed_and_inside_the_root(tmp_path: Path) -> No
     root.mkdir()
     Image.new("RGB", (8, 8), "blue").save(root / "ok.png")
     (tmp_path / "secret.png").write_bytes(b"x")
-    with pytest.raises(ImageDecodeError, match="only accepted in reference manifests"):
+    with pytest.raises(
+        ImageDecodeError, match="only accepted in the ID records of a reference build"
+    ):
         decode_image(root / "ok.png")
     assert decode_image("ok.png", allow_paths=True, root=root).size == (8, 8)
     with pytest.raises(ImageDecodeError, match="escapes the image root"):

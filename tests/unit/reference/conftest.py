@@ -15,7 +15,7 @@ import numpy as np
 
 from monitor.embedding import EncoderSet
 from monitor.reference.build import BuildOptions, build_store
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from monitor.reference.store import ReferenceStore
 
 
@@ -60,7 +60,7 @@ def small_store(
     references = unit(prompts + 0.3 * rng.standard_normal((n, D)))
     encoder = TableEncoder(np.vstack([prompts, responses, references]), fingerprint)
     records = [
-        ManifestRecord(
+        IDRecord(
             id=f"r{i}", prompt=f"row:{i}", response=f"row:{n + i}", reference=f"row:{2 * n + i}"
         )
         for i in range(n)

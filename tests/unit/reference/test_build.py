@@ -18,14 +18,14 @@ from PIL import Image
 from monitor.embedding import EncoderSet, ImageLimits
 from monitor.embedding.images import ImageSource
 from monitor.errors import ReferenceStoreError
-from monitor.reference import load_store, read_manifest
+from monitor.reference import load_store, read_id_records
 from monitor.reference.build import (
     BuildOptions,
     batches_by_bytes,
     build_store,
     decoded_size,
 )
-from monitor.reference.manifest import ManifestRecord
+from monitor.reference.id_records import IDRecord
 from tests.unit.reference.conftest import TableEncoder, id_rows, small_store, unit
 
 
@@ -53,7 +53,7 @@ def _image_store(
     *,
     limits: ImageLimits | None = None,
     options: BuildOptions | None = None,
-    extra: Sequence[ManifestRecord] = (),
+    extra: Sequence[IDRecord] = (),
 ) -> tuple[RecordingImageEncoder, Path]:
     root = tmp_path / "images"
     root.mkdir(exist_ok=True)
@@ -63,9 +63,7 @@ def _image_store(
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         Image.fromarray(pixels, "RGB").save(root / f"{i}.png")
         records.append(
-            ManifestRecord(
-                id=f"r{i}", prompt=f"row:{i}", response=f"row:{i}", image_path=f"{i}.png"
-            )
+            IDRecord(id=f"r{i}", prompt=f"row:{i}", response=f"row:{i}", image_path=f"{i}.png")
         )
     text = TableEncoder(id_rows(rng, len(sizes) + len(extra)))
     images = RecordingImageEncoder()
@@ -136,10 +134,10 @@ def test_symlink_inside_the_root_to_outside_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "images"
     root.mkdir()
     (root / "link.png").symlink_to(outside)
-    record = ManifestRecord(id="x", prompt="row:0", response="row:1", image_path="link.png")
+    record = IDRecord(id="x", prompt="row:0", response="row:1", image_path="link.png")
     with pytest.raises(ReferenceStoreError, match=r"record 'x': .*escapes the image root"):
         build_store(
-            [record, ManifestRecord(id="y", prompt="row:1", response="row:0")],
+            [record, IDRecord(id="y", prompt="row:1", response="row:0")],
             root=tmp_path / "refs",
             name="img",
             encoders=EncoderSet(
@@ -156,13 +154,13 @@ def test_a_fifo_in_the_image_root_does_not_hang_the_build(tmp_path: Path) -> Non
     root.mkdir()
     fifo = root / "pipe.png"
     os.mkfifo(fifo)
-    record = ManifestRecord(id="p", prompt="row:0", response="row:1", image_path="pipe.png")
+    record = IDRecord(id="p", prompt="row:0", response="row:1", image_path="pipe.png")
     errors: list[BaseException] = []
 
     def build() -> None:
         try:
             build_store(
-                [record, ManifestRecord(id="q", prompt="row:1", response="row:0")],
+                [record, IDRecord(id="q", prompt="row:1", response="row:0")],
                 root=tmp_path / "refs",
                 name="img",
                 encoders=EncoderSet(
@@ -202,10 +200,7 @@ def test_concurrent_builds_of_one_name_exclude_each_other(tmp_path: Path) -> Non
             rng = np.random.default_rng(0)
             encoder = TableEncoder(id_rows(rng, 30))
             build_store(
-                [
-                    ManifestRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}")
-                    for i in range(30)
-                ],
+                [IDRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}") for i in range(30)],
                 root=tmp_path,
                 name="ref",
                 encoders=EncoderSet(image=None, text=encoder, fusion="mean"),
@@ -245,7 +240,7 @@ def test_manifest_images_inline_and_by_path(tmp_path: Path) -> None:
         f'{{"id": "b", "prompt": "row:1", "response": "row:0", "image": {{"url": "{inline}"}}}}\n'
         '{"id": "c", "prompt": "row:2", "response": "row:2"}\n'
     )
-    records = read_manifest(manifest)
+    records = read_id_records(manifest)
     assert records[0].image_path == "a.png" and records[0].image is None
     assert records[1].image == buffer.getvalue() and records[1].image_path is None
     assert [r.has_image for r in records] == [True, True, False]

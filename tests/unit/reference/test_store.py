@@ -24,12 +24,12 @@ from monitor.estimators.club import CLUB
 from monitor.estimators.rjsd import ReferenceJSD
 from monitor.reference import (
     BuildOptions,
-    ManifestRecord,
+    IDRecord,
     build_store,
     import_store_estimator,
     load_store,
     load_store_estimator,
-    read_manifest,
+    read_id_records,
     train_store_estimator,
 )
 from monitor.reference.checkpoint import save_club
@@ -50,7 +50,7 @@ def table_store(
     seed: int = 0,
     name: str = "ref",
     options: BuildOptions | None = None,
-) -> tuple[TableEncoder, list[ManifestRecord]]:
+) -> tuple[TableEncoder, list[IDRecord]]:
     rng = np.random.default_rng(seed)
     # rows 0..n-1 prompts, n..2n-1 responses, 2n..3n-1 references
     prompts = id_rows(rng, n)
@@ -58,7 +58,7 @@ def table_store(
     references = unit(prompts + 0.3 * rng.standard_normal((n, D)))
     encoder = TableEncoder(np.vstack([prompts, responses, references]))
     records = [
-        ManifestRecord(
+        IDRecord(
             id=f"r{i}", prompt=f"row:{i}", response=f"row:{n + i}", reference=f"row:{2 * n + i}"
         )
         for i in range(n)
@@ -115,9 +115,7 @@ def test_existing_store_needs_replace(tmp_path: Path) -> None:
         table_store(tmp_path)
     rng = np.random.default_rng(9)
     encoder = TableEncoder(id_rows(rng, 50), fingerprint="table-v2")
-    records = [
-        ManifestRecord(id=f"n{i}", prompt=f"row:{i}", response=f"row:{i}") for i in range(50)
-    ]
+    records = [IDRecord(id=f"n{i}", prompt=f"row:{i}", response=f"row:{i}") for i in range(50)]
     encoders = EncoderSet(image=None, text=encoder, fusion="mean")
     build_store(records, root=tmp_path, name="ref", encoders=encoders, replace=True)
     after = load_store(tmp_path, "ref")
@@ -168,7 +166,7 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path: Path) -> None:
             rng = np.random.default_rng(0)
             encoder = TableEncoder(id_rows(rng, 30))
             records = [
-                ManifestRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}") for i in range(30)
+                IDRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}") for i in range(30)
             ]
             build_store(
                 records,
@@ -214,7 +212,7 @@ def test_estimator_train_import_and_load(tmp_path: Path) -> None:
 def test_estimator_needs_references(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     encoder = TableEncoder(id_rows(rng, 20))
-    records = [ManifestRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}") for i in range(20)]
+    records = [IDRecord(id=str(i), prompt=f"row:{i}", response=f"row:{i}") for i in range(20)]
     store = build_store(
         records,
         root=tmp_path,
@@ -283,20 +281,20 @@ def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": 3, "response": "x"}\n')
     with pytest.raises(ReferenceStoreError, match=r"m.jsonl:3: field 'prompt' must be a string"):
-        read_manifest(path)
+        read_id_records(path)
     path.write_text('{"prompt": "a"}\n')
     with pytest.raises(ReferenceStoreError, match=r":1: missing required field 'response'"):
-        read_manifest(path)
+        read_id_records(path)
     path.write_text(
         '{"id": 1, "prompt": "a", "response": "b"}\n{"id": "1", "prompt": "c", "response": "d"}\n'
     )
     with pytest.raises(ReferenceStoreError, match="duplicate id '1'"):
-        read_manifest(path)
+        read_id_records(path)
     path.write_text("not json\n")
     with pytest.raises(ReferenceStoreError, match="invalid JSON"):
-        read_manifest(path)
+        read_id_records(path)
     assert (
-        read_manifest(_write(tmp_path, [{"prompt": "p", "response": "r", "x": 1}]))[0].id
+        read_id_records(_write(tmp_path, [{"prompt": "p", "response": "r", "x": 1}]))[0].id
         == "line-1"
     )
     shutil.rmtree(tmp_path / "none", ignore_errors=True)

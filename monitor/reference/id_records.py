@@ -1,4 +1,5 @@
-"""The JSONL manifest a reference store is built from: one ID record per line.
+"""The JSONL file of ID records a reference store is built from: one record per line. (The
+store's own ``manifest.json``, its checksummed inventory, is :mod:`monitor.reference.store`'s.)
 
 A line is a record as the records API takes it (:class:`~monitor.records.TrafficRecord`):
 ``prompt`` and ``response`` (required here), ``reference`` (optional), ``image`` (optional: a
@@ -31,11 +32,11 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class ManifestRecord(TrafficRecord):
-    """A manifest line: a TrafficRecord whose image may instead be a file path.
+class IDRecord(TrafficRecord):
+    """An ID-records line: a TrafficRecord whose image may instead be a file path.
 
     ``image`` holds inline image bytes (from a data URL); ``image_path`` a path relative to the
-    build's image root, read only by the build (paths are accepted in manifests only).
+    build's image root, read only by the build (paths are accepted in ID-records files only).
     """
 
     timestamp: datetime = field(default_factory=_now)
@@ -46,14 +47,14 @@ class ManifestRecord(TrafficRecord):
         return self.image is not None or self.image_path is not None
 
 
-def read_manifest(path: Path) -> list[ManifestRecord]:
+def read_id_records(path: Path) -> list[IDRecord]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as exc:
-        raise ReferenceStoreError(f"manifest not found: {path}", path=path) from exc
+        raise ReferenceStoreError(f"ID records file not found: {path}", path=path) from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReferenceStoreError(f"cannot read manifest {path}: {exc}", path=path) from exc
-    records: list[ManifestRecord] = []
+        raise ReferenceStoreError(f"cannot read ID records file {path}: {exc}", path=path) from exc
+    records: list[IDRecord] = []
     seen: set[str] = set()
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -64,11 +65,11 @@ def read_manifest(path: Path) -> list[ManifestRecord]:
         seen.add(record.id)
         records.append(record)
     if not records:
-        raise ReferenceStoreError(f"manifest {path} has no records", path=path)
+        raise ReferenceStoreError(f"ID records file {path} has no records", path=path)
     return records
 
 
-def _parse(line: str, path: Path, number: int) -> ManifestRecord:
+def _parse(line: str, path: Path, number: int) -> IDRecord:
     where = f"{path}:{number}"
 
     def fail(message: str) -> ReferenceStoreError:
@@ -110,7 +111,7 @@ def _parse(line: str, path: Path, number: int) -> ManifestRecord:
         extra["stream"] = values["stream"]
     if "timestamp" in data and data["timestamp"] is not None:
         extra["timestamp"] = _timestamp(data["timestamp"], fail)
-    return ManifestRecord(
+    return IDRecord(
         id=values["id"] or f"line-{number}",
         prompt=values["prompt"],
         response=values["response"],

@@ -10,7 +10,7 @@ import pytest
 
 from monitor.errors import ReferenceStoreError
 from monitor.records import TrafficRecord
-from monitor.reference import read_manifest
+from monitor.reference import read_id_records
 
 
 def _lines(tmp_path: Path, *lines: object) -> Path:
@@ -26,7 +26,7 @@ def test_line_separators_inside_strings_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     line = json.dumps({"id": "a", "prompt": prompt, "response": "r"}, ensure_ascii=False)
     path.write_text(line + "\r\n" + line.replace('"a"', '"b"') + "\n", encoding="utf-8")
-    records = read_manifest(path)
+    records = read_id_records(path)
     assert [r.id for r in records] == ["a", "b"]
     assert records[0].prompt == prompt
 
@@ -46,7 +46,7 @@ def test_a_line_is_a_traffic_record(tmp_path: Path) -> None:
         },
         {"prompt": "q", "response": "s", "timestamp": 0},
     )
-    first, second = read_manifest(path)
+    first, second = read_id_records(path)
     assert isinstance(first, TrafficRecord)
     assert (first.id, first.stream, first.model, first.reference) == ("7", "chat", "m1", "ref")
     assert first.timestamp == datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -69,4 +69,4 @@ def test_a_line_is_a_traffic_record(tmp_path: Path) -> None:
 def test_bad_lines_name_the_line(tmp_path: Path, line: object, message: str) -> None:
     path = _lines(tmp_path, {"prompt": "ok", "response": "ok"}, line)
     with pytest.raises(ReferenceStoreError, match=f"m.jsonl:2: .*{message}"):
-        read_manifest(path)
+        read_id_records(path)
