@@ -130,7 +130,7 @@ def run_sidecar(port: int, upstream: str, db: str, sampling: bool) -> None:
     ingest = IngestService(settings, repo, metrics)
     router = build_proxy_router(settings, ingest, metrics)
     if not sampling:  # diagnostic: the relay alone, nothing offered for sampling
-        router.proxy._offer = lambda exchange: None  # type: ignore[attr-defined]
+        router.proxy.sampler.offer = lambda exchange: None  # type: ignore[attr-defined]
     app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 

@@ -27,23 +27,11 @@ upstream that breaks off an SSE answer gets the stream ended with an OpenAI-styl
 upstream that breaks off is an ordinary event: one warning line, and a lost sample counted
 ``aborted``.
 
-Sampling is off the request path and fails open. The complete exchange (request body, answer
-bytes) goes on a bounded in-memory queue that a background task drains into
-``IngestService.submit`` in a thread, in batches (up to 64 exchanges, gathered for up to 50 ms:
-one hand-off to the thread per batch, not per exchange); the response has been relayed already.
-A full queue, a full inbox, a database outage or a monitor bug never changes, fails or delays
-what the client receives: the loss is counted in ``proxy_fail_open{reason}`` and as a
-``dropped`` record (``invalid`` exchanges, which cannot become a record, count as
-``rejected``). An exchange whose request or (inflated) answer is over ``[proxy]
-max_sample_bytes`` passes unsampled, counted ``too_large``: a compressed answer is inflated
-with that cap, never whole.
-
-Sample ids: the upstream's completion id while it is new, so that a late reference can be
-posted under the id the client saw; a completion id the sidecar has seen recently (it keeps the
-last 16,384) gets an id of the sidecar's own, ``<completion id>~<8 hex digits>``; so does one
-that the inbox reports as a duplicate (stored before this process began remembering ids: it is
-counted ``duplicate`` once, then sampled under the new id). An upstream that reuses ids never
-merges exchanges.
+Sampling is off the request path and fails open: the complete exchange (request body, answer
+bytes) is offered to the sidecar's :class:`~monitor.ingest.proxy_sampler.ProxySampler` once the
+response has been relayed, and nothing the sampler meets (a full queue or inbox, a database
+outage, a monitor bug) changes, fails or delays what the client receives. An exchange whose
+request or answer is over ``[proxy] max_sample_bytes`` passes unsampled, counted ``too_large``.
 
 ``[proxy] upstream`` is the inference server's root URL (``http://127.0.0.1:8000``); the request
 path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accepted too.
@@ -51,17 +39,12 @@ path is appended. A base ending in ``/v1`` (as OpenAI clients write it) is accep
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import unquote
 
 import httpx
@@ -71,32 +54,20 @@ from starlette.routing import Route
 from starlette.types import Receive, Send
 
 from monitor.config import Settings
-from monitor.errors import (
-    ClientGoneError,
-    ConfigError,
-    InboxFullError,
-    InvalidInputError,
-    PayloadTooLargeError,
-    StorageError,
-)
-from monitor.ingest.parsing import parse_record
+from monitor.errors import ClientGoneError, ConfigError, PayloadTooLargeError
 from monitor.ingest.proxy_body import (
     RelayedResponse,
     RequestBody,
     WholeResponse,
-    assemble_json,
-    assemble_sse,
     broken_event,
     cancelled_on_hang_up,
     declared_body,
-    decoded,
-    json_object,
     raw_body,
     upstream_transport,
 )
+from monitor.ingest.proxy_sampler import Exchange, ProxySampler
 from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
-from monitor.records import TrafficRecord
 
 log = logging.getLogger("monitor.ingest.proxy")
 
@@ -120,28 +91,9 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 _NOT_FORWARDED_UPSTREAM_BYTES = frozenset(name.encode() for name in _NOT_FORWARDED_UPSTREAM)
 _ROUTES = ("chat_completions", "completions", "models")
+_ANSWER_TOO_LARGE = "answer over [proxy] max_sample_bytes"
 # Upstream URLs kept parsed, by (path, query): parsing one costs more than relaying a chunk.
 _URL_CACHE_SIZE = 256
-
-# Most exchanges submitted to the inbox in one transaction.
-_SUBMIT_BATCH = 64
-# How long the sampler waits for more exchanges before it submits a batch short of _SUBMIT_BATCH.
-_SUBMIT_LINGER_SECONDS = 0.05
-
-
-# Completion ids remembered to tell a reused one (an upstream answering chatcmpl-CONSTANT).
-_RECENT_IDS = 16_384
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """A completed chat completion as it passed through: what sampling starts from."""
-
-    request_body: bytes
-    response_body: bytes
-    content_type: str
-    content_encoding: str
-    received_at: datetime
 
 
 @dataclass(slots=True)
@@ -154,37 +106,9 @@ class _Exchange:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-class _RecentIds:
-    """A bounded memory of completion ids: a new one is used as it is, a repeated one gets a
-    random suffix (thread-safe: sampling threads call it)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def unique(self, completion_id: str) -> str:
-        with self._lock:
-            if completion_id not in self._seen:
-                self._remember(completion_id)
-                return completion_id
-        return self.own(completion_id)
-
-    def own(self, completion_id: str) -> str:
-        """An id of the sidecar's own for an exchange whose completion id is taken."""
-        own = f"{completion_id}~{secrets.token_hex(4)}"
-        with self._lock:
-            self._remember(own)
-        return own
-
-    def _remember(self, key: str) -> None:
-        self._seen[key] = None
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-
-
 class SidecarProxy:
-    """State of the sidecar: the upstream client, the sampling queue and its consumer task."""
+    """The sidecar's relay: the upstream transport and the routes; sampling is its
+    :class:`ProxySampler`'s (``self.sampler``)."""
 
     def __init__(
         self,
@@ -200,18 +124,10 @@ class SidecarProxy:
         upstream = httpx.URL(proxy.upstream)
         if upstream.scheme not in ("http", "https") or not upstream.host:
             raise ConfigError(f"[proxy] upstream must be an http(s) URL, got {proxy.upstream!r}")
-        streams = [s.name for s in settings.streams]
-        if proxy.stream not in streams:
-            raise ConfigError(
-                f"[proxy] stream {proxy.stream!r} is not a configured stream ({', '.join(streams)})"
-            )
-        self.settings = settings
-        self.ingest = ingest
+        self.sampler = ProxySampler(settings, ingest, metrics)
         self.metrics = metrics
-        self.stream = proxy.stream
         self._base = _upstream_base(proxy.upstream)
         self._max_sample_bytes = proxy.max_sample_bytes
-        self._queue_size = proxy.sample_queue_size
         # The transport, not an httpx client: a client would add its default headers (user
         # agent, accept-encoding) to what the caller sent, keep the upstream's cookies and send
         # them with other callers' requests, and cost more CPU per request. Redirects are the
@@ -219,16 +135,12 @@ class SidecarProxy:
         self._own_transport = transport is None
         self.transport = transport or upstream_transport(proxy.max_connections)
         self._max_body_bytes = proxy.max_body_bytes
-        self._recent_ids = _RecentIds(_RECENT_IDS)
         # Read-only, shared by every request (the transport reads the "timeout" extension).
         self._timeout = httpx.Timeout(
             proxy.timeout.total_seconds(), connect=proxy.connect_timeout.total_seconds()
         ).as_dict()
         self._urls: dict[tuple[bytes, bytes], httpx.URL] = {}
         self._forwarded = {route: metrics.proxy_requests.labels(route=route) for route in _ROUTES}
-        self._queue: asyncio.Queue[Exchange] | None = None
-        self._consumer: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.router = self._build_router()
 
     # -- routes ----------------------------------------------------------------------------
@@ -367,7 +279,7 @@ class SidecarProxy:
                 if size > self._max_sample_bytes:
                     if exchange.sampled:
                         exchange.sampled = False
-                        self._lose("too_large", "answer over [proxy] max_sample_bytes")
+                        self.sampler.lose("too_large", _ANSWER_TOO_LARGE)
                     relayed = RelayedResponse(
                         lambda receive, send: self._relay(
                             upstream, headers, exchange, receive, send, parts, chunks
@@ -429,7 +341,9 @@ class SidecarProxy:
                             size += len(chunk)
                             if size > self._max_sample_bytes:
                                 parts = None
-                                self._lose("too_large", "answer over [proxy] max_sample_bytes")
+                                self.sampler.lose(
+                                    "too_large", "answer over [proxy] max_sample_bytes"
+                                )
                             else:
                                 parts.append(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -452,13 +366,13 @@ class SidecarProxy:
 
     def _offer_answer(self, upstream: httpx.Response, exchange: _Exchange, answer: bytes) -> None:
         if len(answer) > self._max_sample_bytes:
-            self._lose("too_large", "answer over [proxy] max_sample_bytes")
+            self.sampler.lose("too_large", _ANSWER_TOO_LARGE)
             return
         request_body = exchange.body.kept()
         if request_body is None:
-            self._lose("too_large", "request over [proxy] max_sample_bytes")
+            self.sampler.lose("too_large", "request over [proxy] max_sample_bytes")
             return
-        self._offer(
+        self.sampler.offer(
             Exchange(
                 request_body=request_body,
                 response_body=answer,
@@ -486,7 +400,7 @@ class SidecarProxy:
     def _warn_aborted(self, lost_sample: bool, detail: str) -> None:
         log.warning("sidecar: exchange broken off: %s", detail)
         if lost_sample:
-            self._lose("aborted", detail)
+            self.sampler.lose("aborted", detail)
 
     def _url(self, raw_path: bytes, query: bytes) -> httpx.URL | None:
         """The upstream URL of a request: the path as the client sent it (still escaped). None
@@ -504,159 +418,10 @@ class SidecarProxy:
                 self._urls[(raw_path, query)] = url
         return url
 
-    # -- sampling, off the request path ------------------------------------------------------
-
-    def _offer(self, exchange: Exchange) -> None:
-        """Queue a complete exchange for sampling; never raises, never waits."""
-        try:
-            queue = self._ensure_consumer()
-            queue.put_nowait(exchange)
-        except asyncio.QueueFull:
-            self._lose("queue_full", "the sampling queue is full")
-        except Exception:  # a monitor bug must not reach the client
-            log.exception("sidecar: offering an exchange for sampling failed")
-            self._lose("internal_error", "offering failed")
-
-    def _ensure_consumer(self) -> asyncio.Queue[Exchange]:
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:
-            self._queue = asyncio.Queue(maxsize=self._queue_size)
-            self._loop = loop
-            self._consumer = None
-        if self._consumer is None or self._consumer.done():
-            self._consumer = loop.create_task(self._consume(self._queue))
-        return self._queue
-
-    async def _consume(self, queue: asyncio.Queue[Exchange]) -> None:
-        while True:
-            batch = [await queue.get()]
-            if queue.qsize() < _SUBMIT_BATCH - 1 and self._queue_size >= 2 * _SUBMIT_BATCH:
-                # Let a batch gather: each hand-off to a thread costs the event loop (and the
-                # requests it relays) far more CPU than parsing and inserting one more exchange.
-                await asyncio.sleep(_SUBMIT_LINGER_SECONDS)
-            while len(batch) < _SUBMIT_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._sample(batch)
-            except Exception:  # _sample counts its own losses; this is a last resort
-                log.exception("sidecar: sampling a batch failed")
-            finally:
-                for _ in batch:
-                    queue.task_done()
-
-    async def _sample(self, exchanges: Sequence[Exchange]) -> None:
-        """Turn exchanges into records and submit them (one thread hand-off), then fetch the
-        allowed image URLs of the others and submit those; every loss is counted, nothing is
-        raised."""
-        with_urls = await asyncio.to_thread(self._parse_and_submit, exchanges)
-        records: list[TrafficRecord] = []
-        for record in with_urls:
-            try:
-                records.append((await self.ingest.resolve_images([record]))[0])
-            except InvalidInputError as exc:  # refused or failed fetch
-                self._lose("invalid", str(exc))
-            except Exception:
-                log.exception("sidecar: fetching an image URL failed")
-                self._lose("internal_error", "image fetch failed")
-        if records:
-            await asyncio.to_thread(self._submit, records)
-
-    def _parse_and_submit(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
-        """Submit the records that need nothing fetched; return those with image URLs."""
-        parsed = self._parse_all(exchanges)
-        ready = [record for record in parsed if record.image_url is None]
-        if ready:
-            self._submit(ready)
-        return [record for record in parsed if record.image_url is not None]
-
-    def _parse_all(self, exchanges: Sequence[Exchange]) -> list[TrafficRecord]:
-        records: list[TrafficRecord] = []
-        for exchange in exchanges:
-            # Parsing holds the GIL, and the event loop waiting for it would otherwise wait
-            # until the whole batch is parsed (or the 5 ms switch interval passes): let it in
-            # between exchanges, so sampling delays no relayed request by more than one parse.
-            time.sleep(0)
-            try:
-                records.append(self.exchange_to_record(exchange))
-            except PayloadTooLargeError as exc:
-                self._lose("too_large", str(exc))
-            except InvalidInputError as exc:
-                self._lose("invalid", str(exc))
-            except Exception:
-                log.exception("sidecar: reading an exchange failed")
-                self._lose("internal_error", "reading the exchange failed")
-        return records
-
-    def _submit(self, records: list[TrafficRecord], *, again: bool = True) -> None:
-        try:
-            result = self.ingest.submit(records)
-        except InboxFullError:
-            self._lose("inbox_full", "the inbox is full", len(records))
-        except StorageError as exc:
-            log.warning("sidecar: sampling lost to a storage error: %s", exc)
-            self._lose("storage_error", str(exc), len(records))
-        except InvalidInputError as exc:
-            self._lose("invalid", str(exc), len(records))
-        except Exception:
-            log.exception("sidecar: submitting sampled exchanges failed")
-            self._lose("internal_error", "submit failed", len(records))
-        else:
-            if result.duplicate_ids and again:
-                self._submit(self._own_ids(records, set(result.duplicate_ids)), again=False)
-
-    def _own_ids(self, records: list[TrafficRecord], taken: set[str]) -> list[TrafficRecord]:
-        """The records whose completion id was stored already (an upstream that reused it
-        before this process began remembering ids), under ids of the sidecar's own."""
-        return [
-            replace(record, id=self._recent_ids.own(record.id))
-            for record in records
-            if record.id in taken
-        ]
-
-    def exchange_to_record(self, exchange: Exchange) -> TrafficRecord:
-        """The record of an exchange: the request's messages, the assembled answer.
-
-        Its id is the upstream's completion id while that is new (a late reference can be
-        posted under the id the client saw); an id seen among the last few thousand exchanges
-        gets a suffix of the sidecar's own, ``<completion id>~<8 hex>``, so an upstream that
-        reuses ids never merges two exchanges into one sample."""
-        request = json_object(exchange.request_body, "request")
-        body = decoded(exchange.response_body, exchange.content_encoding, self._max_sample_bytes)
-        if exchange.content_type.startswith("text/event-stream"):
-            answer, meta = assemble_sse(body)
-        else:
-            answer, meta = assemble_json(body)
-        record: dict[str, Any] = {
-            "stream": self.stream,
-            "model": meta.get("model") or request.get("model"),
-            "messages": request.get("messages"),
-            "response": answer,
-        }
-        if isinstance(meta.get("id"), str) and meta["id"]:
-            record["id"] = self._recent_ids.unique(meta["id"])
-        return parse_record(record, settings=self.settings, now=exchange.received_at)
-
-    def _lose(self, reason: str, detail: str, count: int = 1) -> None:
-        self.metrics.proxy_fail_open.labels(reason=reason).inc(count)
-        outcome = "rejected" if reason == "invalid" else "dropped"
-        self.metrics.count_records(self.stream, outcome, count)
-        log.debug("sidecar: exchange not sampled (%s): %s", reason, detail)
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Wait until every queued exchange has been submitted (tests, shutdown)."""
-        if self._queue is not None and self._loop is asyncio.get_running_loop():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout)
-
     async def aclose(self) -> None:
-        """Submit what is queued (a few seconds at most), stop the consumer, close the
-        transport (when it is the proxy's own)."""
-        await self.drain(5.0)
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._consumer
-            self._consumer = None
+        """Submit what is queued for sampling (a few seconds at most) and stop the sampler,
+        then close the transport (when it is the proxy's own)."""
+        await self.sampler.aclose()
         if self._own_transport:
             await self.transport.aclose()
 
@@ -670,7 +435,8 @@ def build_proxy_router(
 ) -> APIRouter:
     """The sidecar's routes; the router's lifespan drains sampling and closes the transport.
 
-    ``router.proxy`` is the :class:`SidecarProxy` behind them (tests drain it)."""
+    ``router.proxy`` is the :class:`SidecarProxy` behind them (``router.proxy.sampler`` its
+    sampler, which tests and benchmarks reach)."""
     proxy = SidecarProxy(settings, ingest, metrics, transport=transport)
     router = proxy.router
     router.proxy = proxy  # type: ignore[attr-defined]
@@ -716,11 +482,4 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in segments)
 
 
-__all__ = [
-    "HOP_BY_HOP",
-    "Exchange",
-    "SidecarProxy",
-    "assemble_json",
-    "assemble_sse",
-    "build_proxy_router",
-]
+__all__ = ["HOP_BY_HOP", "SidecarProxy", "build_proxy_router"]
