@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ def one_compute_thread() -> None:
     from monitor.config import ComputeSettings
 
     apply_compute_settings(ComputeSettings(threads=1))
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings as a command on a clean machine sees them: no MLLM_MONITOR_* variable from the
+    caller's shell (the test database's URL excepted), and an empty working directory, so no
+    stray ./mllm-monitor.toml is read. Modules use it with pytest.mark.usefixtures."""
+    for name in list(os.environ):
+        if name.startswith("MLLM_MONITOR_") and name != "MLLM_MONITOR_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +71,6 @@ def unit_rows(
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI=true a skipped test is a failure: CI must have everything the tests need."""
-    import os
-
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if os.environ.get("CI") == "true" and skipped and exitstatus == 0:

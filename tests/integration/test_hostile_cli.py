@@ -22,12 +22,7 @@ from monitor.cli import EXIT_ERROR, EXIT_USAGE, app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MLLM_MONITOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def assert_one_error_line(output: str, code: int, actual: int, *needles: str) -> str:

@@ -19,15 +19,7 @@ from monitor.config import (
 )
 from monitor.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("MLLM_MONITOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray ./mllm-monitor.toml
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def write(tmp_path: Path, text: str) -> Path:
