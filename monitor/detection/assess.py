@@ -5,45 +5,33 @@
 * Each tested term (:data:`TESTED_TERMS`) reads a null for the count of rows entering it
   (records for text and response, images for visual, reference pairs for output_live):
   - a calibrated count: its null;
-  - a count between two calibrated ones, from 20 on: each quantile interpolated linearly in
-    1/sqrt(n) between the two. Measured on synthetic ID data (1,000 trials, 95% and 99%
-    quantiles, every term, counts 28, 70, 140 between the doubled ones): within -3% (noise of
-    the 99% quantile) to +6% of the directly calibrated quantile, where the smaller count's
-    null alone sat 5-40% higher and never alarmed. Linear in 1/n fits at n >= 20 too (within
-    2%) but comes out 2-6% low below 20, where quantiles bend; even in 1/sqrt(n), 7 reference
-    pairs read between 5 and 10 alarmed 0.069 of the time at alpha = 0.05 (the output term's
-    null is narrow around a large offset). Each trial keeps its rank in the smaller count's
-    null, so the bound's null keeps the terms' dependence;
-  - a count between two calibrated ones below 20: the smaller count's null (conservative:
-    JSD shrinks with n); small counts are calibrated sqrt(2) apart (5, 7, 10, 14) for that;
-  - above the largest count: the largest count's null (conservative, JSD shrinks with n);
-  - below the smallest: no p-value. A larger count's null is far too narrow for it (a window
-    of 30 read against the 50-null alarmed 97% of the time).
+  - between two calibrated counts, from 20 on: each quantile interpolated linearly in
+    1/sqrt(n), each trial keeping its rank so that the bound's null keeps the terms'
+    dependence (linear in 1/n comes out low below 20, where quantiles bend);
+  - between two calibrated counts below 20: the smaller count's null (conservative: JSD
+    shrinks with n); small counts are calibrated sqrt(2) apart (5, 7, 10, 14) for that;
+  - above the largest count: the largest count's null (conservative);
+  - below the smallest: no p-value (a larger count's null is far too narrow for it).
 * The warning is one joint test of the terms with a p-value and the OOD fraction
   (:mod:`monitor.detection.joint`): the window's smallest p-value against the null of the
-  smallest p-value over the calibration's trials, trial i of every term computed on the same
-  pseudo-window, so the terms' dependence is the null's. Its false-alarm rate is below alpha at
-  any dependence; a term (or the OOD fraction) is significant when its p-value is below the
-  joint level (``term_level``), which lies between alpha / tests (independent terms) and alpha
-  (identical ones). Measured on synthetic ID data (4 calibrations of 400 trials, 400 windows
-  of 100 records each, alpha = 0.05): text and response alone (their nulls correlate, rank
-  correlation 0.77) get a joint level of about 0.032 instead of Bonferroni's 0.025; windows with
-  30% of the records shifted in prompt and answer warned 0.308 of the time instead of 0.279,
-  fresh ID windows 0.046 (Bonferroni 0.041). With images and references as well (4 terms,
-  level about 0.015 instead of 0.0125): 0.224 instead of 0.219, fresh ID windows 0.048 (0.046).
-  Bonferroni (each term and the OOD fraction at alpha / tests) is read instead where the
-  trials alone give a joint level below alpha / tests (too few trials past the ties of their
-  top values: :mod:`monitor.detection.joint`), and for a permutation calibration: its terms
-  stop on splits of their own, so no split holds every term's value.
+  smallest p-value over the calibration's trials, whose terms were computed on the same
+  pseudo-windows, so the null carries their dependence. Its false-alarm rate is below alpha at
+  any dependence; a term (or the OOD fraction) is significant below the joint level
+  (``term_level``), between alpha / tests (independent terms) and alpha (identical ones), so it
+  gains power over Bonferroni where terms correlate (as text and response do). Bonferroni is
+  read instead where the trials alone give a joint level below alpha / tests (too few trials
+  past the ties of their top values), and for a permutation calibration, whose terms stop on
+  splits of their own.
 * The OOD fraction counts the flags among the samples that have an OOD score
-  (``ood_scored``), not extrapolated to all. A calibration made with the records' own flags
-  (``ood_null``: leave-one-out against the store's threshold) holds each trial's count, and
-  the OOD fraction is one more term of the joint test, up to the largest window size; past it,
-  or without them, its binomial tail (each fresh ID sample flagged with probability 1 - TPR,
-  valid for any window size) joins the terms' min-p assuming independence.
+  (``ood_scored``). A calibration made with the records' own flags (``ood_null``) holds each
+  trial's count, and the OOD fraction joins the joint test up to the largest window size; past
+  it, or without them, its binomial tail (each ID sample flagged with probability 1 - TPR)
+  joins the terms' min-p assuming independence.
 * The bound (scale-adjusted) is tested at ``alpha`` against the bound of each calibration
   trial's term values, with the same terms present as in the window; it is the input of the
-  critical rule (k of m windows), not of the warning.
+  critical rule, not of the warning.
+
+The measurements behind these choices are in benchmarks/README.md.
 """
 
 from __future__ import annotations

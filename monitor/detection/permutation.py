@@ -1,42 +1,28 @@
 """Per-window permutation nulls: a valid test for ID sets too small to calibrate.
 
-Pseudo-window calibration (:mod:`monitor.detection.window_stats`) draws its pseudo-windows
-from a pool that must be about 20 times the window (``MAX_POOL_FRACTION``: pseudo-windows of a
-smaller pool share its own deviation and the null comes out too narrow). A store of a few
-hundred records, such as a curated evaluation set, cannot calibrate windows of a hundred that
-way. A permutation test needs no pool: for each window, the window's records and the
-comparison records are pooled and split at random into two sets of the window's and the
-comparison's sizes, ``trials`` times, and every term and the bound are computed on each split
-exactly as on the window. Under the null hypothesis (the window's records are exchangeable with
-the ID records) the window's own split is one uniformly random split among them, so
+Pseudo-window calibration (:mod:`monitor.detection.window_stats`) needs a pool about 20 times
+the window (``MAX_POOL_FRACTION``), which a store of a few hundred records does not have. A
+permutation test needs no pool: the window's and the comparison's records are pooled and split
+at random into sets of their sizes, ``trials`` times, every term and the bound computed on each
+split as on the window. Under the null hypothesis (the window is exchangeable with the ID
+records) the window is one random split among them, so
 
     p = (1 + #{splits with a value >= the window's}) / (1 + trials)
 
-is valid at any window and comparison size, and one set of splits serves every term and the
-bound, which keeps their dependence. Most windows are quiet, and a quiet term's p-value is
-settled long before ``trials`` splits: a term stops once EXCEEDANCES (10) splits have reached
-its value, with Besag and Clifford's sequential p-value exceedances / splits (valid as well;
-Biometrika 78, 1991); a window of p about 0.5 takes about 20 splits, and only a term near or
-past significance runs them all. A stopped term has no threshold (None), only its p-value.
-A split whose window side lacks rows a term needs (fewer than 2 images or reference pairs)
-counts as at least as extreme as the window (conservative).
+is valid at any size, and one set of splits serves every term and the bound (their dependence
+kept). A quiet term stops once EXCEEDANCES splits have reached its value (Besag and Clifford's
+sequential p-value, Biometrika 78, 1991; about 20 splits at p = 0.5) and then has no threshold,
+only its p-value. A split whose window side lacks rows a term needs counts as at least as
+extreme as the window (conservative).
 
-Exact on average is not exact for every store. The comparison records are one draw of the ID
-distribution, and their own deviation from it is shared by every window compared with them:
-the false-alarm rate one store delivers varies around the configured one, the more the closer
-windows come to the comparison's size. Measured (balanced text JSD, synthetic low-rank unit
-rows at d = 384, 6 comparison sets x 40 ID windows each, alpha = 0.1): windows of 100% of the
-comparison (300 of 300) alarmed 0.00 to 0.25 of the time by store (109 of 109: 0.03 to 0.65),
-25% (75 of 300) 0.03 to 0.23, 5% (15 of 300) 0.03 to 0.10. So, as for pseudo-windows
-(``MAX_POOL_FRACTION``), a window is tested on at most ``max_window_fraction`` (default 5%) of
-the comparison's size, a seeded subset of its records on which its values are computed too;
-``calibrate --window-fraction`` trades that per-store control for power, which a store of a
-few hundred records needs to see anything but gross changes.
-
-The price is compute per window rather than once: three eigendecompositions per term and
-split, each of size min(rows, d). ``calibrate`` therefore picks this method only when no
-default window size fits the pool, and the comparison is capped at ``MAX_COMPARISON`` records
-(a seeded subset fixed at calibration), the window at ``MAX_WINDOW``.
+What a user must know: valid on average is not exact per store. The comparison records are one
+draw of the ID distribution, shared by every window, so one store's false-alarm rate varies
+around the configured one, the more the closer windows come to the comparison's size (figures:
+benchmarks/README.md). A window is therefore tested on at most ``max_window_fraction`` (default
+5%) of the comparison's size, a seeded subset of its records; ``calibrate --window-fraction``
+trades that per-store control for power. Each window costs three eigendecompositions per term
+and split, so ``calibrate`` picks this method only when no default window size fits the pool,
+with the comparison capped at ``MAX_COMPARISON`` records and the window at ``MAX_WINDOW``.
 """
 
 from __future__ import annotations
