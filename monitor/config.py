@@ -422,7 +422,7 @@ class Settings(BaseSettings):
     compute: ComputeSettings = ComputeSettings()
     reference: ReferenceStoreSettings = ReferenceStoreSettings()
     proxy: ProxySettings = ProxySettings()
-    references: ReferenceModelSettings = ReferenceModelSettings()
+    reference_model: ReferenceModelSettings = ReferenceModelSettings()
     streams: list[StreamSettings] = Field(default_factory=lambda: [StreamSettings()])
     windows: WindowSettings = WindowSettings()
     alerts: AlertSettings = AlertSettings()
@@ -559,6 +559,20 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path | No
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
+#: Sections renamed since an earlier release: old name -> new name. A file or variable that
+#: uses an old name is refused with the new one, never silently ignored (a secret in it would
+#: be lost).
+RENAMED_SECTIONS: dict[str, str] = {"references": "reference_model"}
+
+
+def _renamed_section_problems(data: Mapping[str, Any]) -> list[str]:
+    return [
+        f"[{old}] is now [{new}]: rename the section (its keys are unchanged)"
+        for old, new in RENAMED_SECTIONS.items()
+        if old in data
+    ]
+
+
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read, merge and validate the settings; any problem raises one :class:`ConfigError`."""
     source = resolve_config_path(path)
@@ -572,6 +586,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {source}: {exc}", path=source) from exc
     where = f"config file {source}" if source else "settings"
+    renamed = _renamed_section_problems(data)
+    if renamed:
+        raise ConfigError(f"invalid {where}:", problems=renamed, path=source)
     unknown = unknown_environment_variables(os.environ)
     if unknown:
         raise ConfigError(f"invalid environment for {where}:", problems=unknown, path=source)
@@ -609,6 +626,12 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
         if KUBERNETES_SERVICE_VARIABLE.fullmatch(upper):
             continue
         path = upper[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] in RENAMED_SECTIONS:
+            new = f"{ENV_PREFIX}{'__'.join([RENAMED_SECTIONS[path[0]], *path[1:]]).upper()}"
+            problems.append(
+                f"{variable}: [{path[0]}] is now [{RENAMED_SECTIONS[path[0]]}]: use {new}"
+            )
+            continue
         fields: dict[str, Any] | None = Settings.model_fields
         for depth, part in enumerate(path):
             if fields is None or part not in fields:

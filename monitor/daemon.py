@@ -300,14 +300,14 @@ def _module(name: str) -> Any:
 
 
 def _reference_model(settings: Settings, repository: Any, metrics: MonitorMetrics) -> Any:
-    """The reference-model sampler when ``[references] model_url`` and ``model`` are set."""
-    if not (settings.references.model_url and settings.references.model):
+    """The reference-model sampler when ``[reference_model] model_url`` and ``model`` are set."""
+    if not (settings.reference_model.model_url and settings.reference_model.model):
         return None
     try:
         ReferenceModel = _module("monitor.ingest.reference_model").ReferenceModel
     except ImportError as exc:
         raise MonitorError(
-            f"[references] model_url is set but the reference-model sampler is unavailable: {exc}"
+            f"[reference_model] model_url is set but the reference-model sampler is unavailable: {exc}"
         ) from exc
     return ReferenceModel(settings, repository, metrics)
 

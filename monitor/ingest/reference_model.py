@@ -1,10 +1,10 @@
 """The reference-model sampler: reference answers for live records from a configured model.
 
     ReferenceModel(settings, repository, metrics, *, client=None)
-        .start() / .stop(timeout)     background threads ([references] concurrency)
+        .start() / .stop(timeout)     background threads ([reference_model] concurrency)
         .offer(record) -> bool        never blocks; True when the record was queued
 
-When ``[references] model_url`` and ``model`` are set, the embedding workers offer every record
+When ``[reference_model] model_url`` and ``model`` are set, the embedding workers offer every record
 they stored without a reference. A fraction of them (``fraction``, chosen deterministically by
 record id, so a replay asks for the same records) is sent, within a budget of
 ``max_per_minute`` requests in any 60 seconds, to that OpenAI-compatible endpoint (chat
@@ -15,7 +15,7 @@ like one posted to ``POST /v1/references``.
 Nothing here can slow or fail ingestion: requests run on their own threads from a bounded
 queue, and every outcome is counted in ``mllm_monitor_reference_requests_total{outcome}``:
 ``succeeded``, ``failed`` (an error status, a bad answer, a refused connection), ``timeout``
-(``[references] timeout``), ``budget_skipped`` (over ``max_per_minute``, or the queue full).
+(``[reference_model] timeout``), ``budget_skipped`` (over ``max_per_minute``, or the queue full).
 
 ``model_url`` is a base URL as OpenAI clients take it (``http://host:8000/v1``); a URL that
 already ends in ``/chat/completions`` is used as it is, and one without ``/v1`` gets it.
@@ -95,12 +95,12 @@ class ReferenceModel:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        cfg = settings.references
+        cfg = settings.reference_model
         if not (cfg.model_url and cfg.model):
-            raise ConfigError("[references] model_url and model must both be set")
+            raise ConfigError("[reference_model] model_url and model must both be set")
         url = httpx.URL(cfg.model_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"[references] model_url must be an http(s) URL: {cfg.model_url!r}")
+            raise ConfigError(f"[reference_model] model_url must be an http(s) URL: {cfg.model_url!r}")
         self.settings = settings
         self.repository = repository
         self.metrics = metrics

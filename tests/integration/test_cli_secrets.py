@@ -24,14 +24,14 @@ def run_entry_point(*args: str, cwd: Path) -> tuple[int, str, str]:
 
 
 def test_config_check_masks_database_and_model_url_secrets(tmp_path: Path) -> None:
-    """Neither the text nor the JSON form shows a secret of [database] url or [references]
+    """Neither the text nor the JSON form shows a secret of [database] url or [reference_model]
     model_url; the parameters that are no secret stay readable."""
     config = tmp_path / "m.toml"
     config.write_text(
         "[database]\n"
         f'url = "postgresql+psycopg://mon:{SECRET}1@db:5432/m'
         f'?sslmode=verify-full&sslpassword={SECRET}2"\n'
-        "[references]\n"
+        "[reference_model]\n"
         f'model_url = "https://models.example/v1?sv=2024&sig={SECRET}3'
         f'&X-Amz-Signature={SECRET}4#access_token={SECRET}5"\n'
         'model = "m"\n'
@@ -45,7 +45,7 @@ def test_config_check_masks_database_and_model_url_secrets(tmp_path: Path) -> No
     assert shown["database"]["url"] == (
         "postgresql+psycopg://mon:***@db:5432/m?sslmode=verify-full&sslpassword=***"
     )
-    assert shown["references"]["model_url"] == (
+    assert shown["reference_model"]["model_url"] == (
         "https://models.example/v1?sv=2024&sig=***&X-Amz-Signature=***#access_token=***"
     )
 

@@ -173,7 +173,7 @@ host = "0.0.0.0"
 token = "{SECRETS[1]}"
 [proxy]
 upstream = "https://gateway:{SECRETS[2]}@llm.internal/v1"
-[references]
+[reference_model]
 model_url = "https://refuser:{SECRETS[5]}@api.example.com/v1?api_key={SECRETS[4]}&x=1"
 api_key = "{SECRETS[3]}"
 """
@@ -193,10 +193,10 @@ def test_config_check_masks_every_secret_in_text_and_json(tmp_path: Path) -> Non
     assert data["database"]["url"] == "postgresql+psycopg://monitor:***@db.internal:5432/monitor"
     assert data["server"]["token"] == "***"
     assert data["proxy"]["upstream"] == "https://gateway:***@llm.internal/v1"
-    assert data["references"]["model_url"] == (
+    assert data["reference_model"]["model_url"] == (
         "https://refuser:***@api.example.com/v1?api_key=***&x=1"
     )
-    assert data["references"]["api_key"] == "***"
+    assert data["reference_model"]["api_key"] == "***"
     assert data["server"]["host"] == "0.0.0.0"  # not a secret, shown as is
 
 

@@ -29,7 +29,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 SECRET_STANDINS = {
     "MLLM_MONITOR_DATABASE__URL": "postgresql+psycopg://user:pass@db.invalid:5432/mllm_monitor",
     "MLLM_MONITOR_SERVER__TOKEN": "test-token",
-    "MLLM_MONITOR_REFERENCES__API_KEY": "test-key",
+    "MLLM_MONITOR_REFERENCE_MODEL__API_KEY": "test-key",
 }
 
 

@@ -77,7 +77,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     with serve(fake.app()) as url:
         settings = make_settings(
             "sqlite://",
-            references={
+            reference_model={
                 "model_url": f"{url}/v1",
                 "model": "reference-llava",
                 "fraction": fraction,
