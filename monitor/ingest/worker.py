@@ -7,11 +7,11 @@
         .run_once(worker_id)      one inbox batch; returns how many records it settled
         .resolve_late_references(limit)   embed references that arrived after their record
 
-One batch: claim up to ``[workers] batch_size`` records under a lease; decode images (safely,
-in :mod:`monitor.embedding.images`); embed prompts, answers, references and images exactly as
-the reference build embeds ID records (:func:`embed_records`); score each query x against the
-stream's reference store (kNN OOD); store samples and embeddings and acknowledge the inbox items
-in one transaction.
+One batch: claim up to ``[workers] batch_size`` records under a lease; decode, embed and score
+them (kNN OOD) into samples (:class:`~monitor.ingest.sample_embedding.SampleEmbedder`); store
+samples and embeddings and acknowledge the inbox items in one transaction; offer the records
+without a reference to the reference-model sampler. One worker a process also joins late
+references (posted after their record was embedded) to their samples.
 
 Failure handling:
 
@@ -36,14 +36,13 @@ meanwhile is computed without them, and recomputed when their samples are stored
 scheduler's stale-window pass). With the short lease that is seconds, not minutes.
 
 ``stores`` maps stream names (or reference-store names) to loaded reference stores; a stream
-without one gets samples with no OOD score. Encoders are shared by all workers of the process
-and called under one lock (tokenizers are not safe to share between threads, and torch already
-uses every core for one batch); the other workers meanwhile decode, score and write.
+without one gets samples with no OOD score (:mod:`monitor.ingest.ood_scoring`). Encoders are
+shared by all workers of the process and called under one lock; the other workers meanwhile
+decode, score and write.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -54,21 +53,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
-
 from monitor.config import Settings
-from monitor.embedding import EncoderSet, ImageLimits, decode_image, fuse
-from monitor.errors import EncoderError, InvalidInputError, MonitorError
+from monitor.embedding import EncoderSet
+from monitor.errors import InvalidInputError, MonitorError
+from monitor.ingest.ood_scoring import OodScorer
+from monitor.ingest.sample_embedding import PreparedRecord, SampleEmbedder
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.reference.store import ReferenceStore
 from monitor.store.repository import Repository
-from monitor.store.types import InboxEntry, NewSample, WindowLocation
+from monitor.store.types import InboxEntry, WindowLocation
 
 log = logging.getLogger("monitor.ingest.worker")
-Rows = npt.NDArray[np.float32]
 
 # Longest pause between tries while the database (or anything else) keeps failing.
 _MAX_BACKOFF_SECONDS = 30.0
@@ -92,12 +88,6 @@ def process_worker_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def sample_fingerprint(encoders: EncoderSet) -> str:
-    """The encoder fingerprint stored with each sample: image and text encoders together."""
-    image = encoders.image.fingerprint if encoders.image is not None else "none"
-    return f"{image}+{encoders.text.fingerprint}"
-
-
 class EmbeddingWorkers:
     """In-process embedding workers over one repository, one encoder set, and the stores."""
 
@@ -118,11 +108,7 @@ class EmbeddingWorkers:
         self.metrics = metrics
         self.reference_model = reference_model
         self.on_reference = on_reference  # a late reference changed this sample's window
-        self.fingerprint = sample_fingerprint(encoders)
-        self._stores = _stores_by_stream(settings, stores)
-        image = settings.encoders.image
-        self._image_limits = ImageLimits(max_bytes=image.max_bytes, max_pixels=image.max_pixels)
-        self._encode_lock = threading.Lock()
+        self.embedder = SampleEmbedder(settings, encoders, OodScorer(settings, stores))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         prefix = process_worker_id()
@@ -203,7 +189,7 @@ class EmbeddingWorkers:
         cfg = self.settings.workers
         started = time.perf_counter()
         failed: dict[int, str] = {}
-        work: list[tuple[InboxEntry, TrafficRecord, Image.Image | None]] = []
+        work: list[PreparedRecord] = []
         for entry in entries:
             if entry.attempts > cfg.max_attempts:
                 failed[entry.id] = (
@@ -212,17 +198,15 @@ class EmbeddingWorkers:
                 )
                 continue
             try:
-                record, image = self._prepare(entry.record)
+                work.append(self.embedder.prepare(entry.id, entry.record))
             except InvalidInputError as exc:
                 failed[entry.id] = f"{type(exc).__name__}: {exc}"
-                continue
-            work.append((entry, record, image))
 
-        samples, embed_failures = self._embed(work)
+        samples, embed_failures = self.embedder.embed(work)
         failed.update(embed_failures)
         if failed:
             self._move_aside(entries, failed, worker_id)
-        stored_ids = [entry.id for entry, _, _ in work if entry.id not in failed]
+        stored_ids = [item.inbox_id for item in work if item.inbox_id not in failed]
         if samples:
             self.repository.add_samples(samples, ack=stored_ids, worker_id=worker_id)
         self.metrics.embed_batch_seconds.observe(time.perf_counter() - started)
@@ -267,88 +251,6 @@ class EmbeddingWorkers:
             return
         log.info("failed batch given back", extra={"worker": worker_id, "records": released})
 
-    def _prepare(self, record: TrafficRecord) -> tuple[TrafficRecord, Image.Image | None]:
-        """The record as it will be embedded and its decoded image (ImageDecodeError when the
-        image is not one)."""
-        if record.image is None:
-            if record.image_url is not None:
-                raise InvalidInputError(
-                    "the record's image URL was never fetched", field="image_url"
-                )
-            return record, None
-        if self.encoders.image is None:
-            # A text-only deployment ignores images; the sample says it has none.
-            return dataclasses.replace(record, image=None), None
-        return record, decode_image(record.image, limits=self._image_limits)
-
-    def _embed(
-        self, work: Sequence[tuple[InboxEntry, TrafficRecord, Image.Image | None]]
-    ) -> tuple[list[NewSample], dict[int, str]]:
-        """Samples for ``work``, batched; when the batch fails, each record alone, so one bad
-        record is moved aside and the others are stored."""
-        if not work:
-            return [], {}
-        try:
-            return self._embed_together(work), {}
-        except InvalidInputError as exc:
-            if len(work) == 1:
-                return [], {work[0][0].id: f"{type(exc).__name__}: {exc}"}
-        samples: list[NewSample] = []
-        failed: dict[int, str] = {}
-        for item in work:
-            try:
-                samples.extend(self._embed_together([item]))
-            except InvalidInputError as exc:
-                failed[item[0].id] = f"{type(exc).__name__}: {exc}"
-        return samples, failed
-
-    def _embed_together(
-        self, work: Sequence[tuple[InboxEntry, TrafficRecord, Image.Image | None]]
-    ) -> list[NewSample]:
-        records = [record for _, record, _ in work]
-        with self._encode_lock:
-            rows = embed_records(self.encoders, records, [image for _, _, image in work])
-        ood = self._ood_scores(records, rows["query"])
-        cursors = dict.fromkeys(("image", "response", "reference"), 0)
-        samples: list[NewSample] = []
-        for i, record in enumerate(records):
-            embeddings: dict[str, np.ndarray] = {"prompt": rows["prompt"][i]}
-            for kind, present in (
-                ("image", work[i][2] is not None),
-                ("response", record.response is not None),
-                ("reference", record.reference is not None),
-            ):
-                if present:
-                    embeddings[kind] = rows[kind][cursors[kind]]
-                    cursors[kind] += 1
-            samples.append(
-                NewSample.from_record(
-                    record,
-                    embeddings,
-                    encoder_fingerprint=self.fingerprint,
-                    ood_score=ood[i],
-                )
-            )
-        return samples
-
-    def _ood_scores(
-        self, records: Sequence[TrafficRecord], queries: np.ndarray
-    ) -> list[float | None]:
-        """kNN OOD score of each record's x against its stream's reference store."""
-        scores: list[float | None] = [None] * len(records)
-        by_stream: dict[str, list[int]] = {}
-        for i, record in enumerate(records):
-            by_stream.setdefault(record.stream, []).append(i)
-        for stream, positions in by_stream.items():
-            store = self._stores.get(stream)
-            if store is None or "query" not in store.kinds:
-                continue
-            for position, score in zip(
-                positions, store.knn_scores(queries[positions]), strict=True
-            ):
-                scores[position] = float(score)
-        return scores
-
     def _move_aside(
         self, entries: Sequence[InboxEntry], failed: Mapping[int, str], worker_id: str
     ) -> None:
@@ -366,16 +268,16 @@ class EmbeddingWorkers:
 
     def _offer_references(
         self,
-        work: Sequence[tuple[InboxEntry, TrafficRecord, Image.Image | None]],
+        work: Sequence[PreparedRecord],
         failed: Mapping[int, str],
     ) -> None:
         if self.reference_model is None:
             return
-        for entry, record, _ in work:
-            if entry.id in failed or record.reference is not None:
+        for item in work:
+            if item.inbox_id in failed or item.record.reference is not None:
                 continue
             try:
-                self.reference_model.offer(record)
+                self.reference_model.offer(item.record)
             except Exception:  # the sampler must never cost a stored sample
                 log.exception("offering a record to the reference model failed")
 
@@ -387,8 +289,7 @@ class EmbeddingWorkers:
         pending = [ref for ref in pending if ref.text is not None]
         if not pending:
             return 0
-        with self._encode_lock:
-            vectors = self.encoders.text.encode_texts([ref.text or "" for ref in pending])
+        vectors = self.embedder.embed_texts([ref.text or "" for ref in pending])
         for ref, vector in zip(pending, vectors, strict=True):
             where = self.repository.resolve_late_reference(ref.id, vector)
             if where is not None and self.on_reference is not None:
@@ -396,50 +297,4 @@ class EmbeddingWorkers:
         return len(pending)
 
 
-def embed_records(
-    encoders: EncoderSet, records: Sequence[TrafficRecord], images: Sequence[Image.Image | None]
-) -> dict[str, Rows]:
-    """One batch of live records embedded as the reference build embeds ID records.
-
-    The same encoders, calls and fusion as :mod:`monitor.reference.build`: prompts (an
-    image-only record's prompt is ""), answers and references through the text encoder, images
-    through the image encoder, and x = ``fuse(prompt, image, has_image, fusion)``; a test checks
-    that a record embeds to the very rows the store built from it holds. ``prompt`` and ``query``
-    have one row per record; ``response``, ``reference`` and ``image`` one row per record that
-    has one, in record order.
-    """
-    out: dict[str, Rows] = {"prompt": encoders.text.encode_texts([r.prompt or "" for r in records])}
-    for kind, texts in (
-        ("response", [r.response for r in records]),
-        ("reference", [r.reference for r in records]),
-    ):
-        present = [text for text in texts if text is not None]
-        if present:
-            out[kind] = encoders.text.encode_texts(present)
-    has_image = np.array([image is not None for image in images], dtype=bool)
-    full_image = None
-    if has_image.any():
-        if encoders.image is None:
-            raise EncoderError("records have images but encoders.image.kind is 'none'")
-        out["image"] = encoders.image.encode_images([i for i in images if i is not None])
-        full_image = np.zeros((len(records), out["image"].shape[1]), dtype=np.float32)
-        full_image[has_image] = out["image"]
-    elif encoders.image is not None and encoders.fusion == "concat":
-        full_image = np.zeros((len(records), encoders.image.dim), dtype=np.float32)
-    out["query"] = fuse(out["prompt"], full_image, has_image, encoders.fusion)
-    return out
-
-
-def _stores_by_stream(
-    settings: Settings, stores: Mapping[str, ReferenceStore]
-) -> dict[str, ReferenceStore]:
-    """Stores keyed by stream, whether given by stream name or by reference-store name."""
-    found: dict[str, ReferenceStore] = {}
-    for stream in settings.streams:
-        store = stores.get(stream.name) or stores.get(stream.reference)
-        if store is not None:
-            found[stream.name] = store
-    return found
-
-
-__all__ = ["EmbeddingWorkers", "ReferenceSampler", "embed_records", "sample_fingerprint"]
+__all__ = ["EmbeddingWorkers", "ReferenceSampler", "process_worker_id"]

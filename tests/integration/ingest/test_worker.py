@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.embedding import EncoderSet
-from monitor.ingest.worker import EmbeddingWorkers, sample_fingerprint
+from monitor.ingest.sample_embedding import sample_fingerprint
+from monitor.ingest.worker import EmbeddingWorkers
 from monitor.metrics import MonitorMetrics
 from monitor.reference.build import build_store
 from monitor.reference.id_records import IDRecord
