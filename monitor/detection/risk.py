@@ -182,7 +182,10 @@ def describe_policy(policy: RiskPolicy, warning_terms: Sequence[str]) -> PolicyD
             f"the bound is significant{budget} in at least {policy.k} of the last "
             f"{policy.m} sufficient windows, this one included"
         ]
-    critical.append(f"the whole EMID interval lies above the EMID budget {policy.emid_budget:g}")
+    critical.append(
+        "with references, the whole EMID bootstrap interval lies above the EMID budget "
+        f"{policy.emid_budget:g}"
+    )
     warning = (
         "a term (" + ", ".join(warning_terms) + ") is significant in the joint test of the "
         "terms the window tests",
