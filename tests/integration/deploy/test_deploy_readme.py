@@ -8,8 +8,7 @@ import re
 import shlex
 from typing import Any
 
-import yaml
-
+from tests.integration.deploy.deploy_files import document
 from tests.integration.deploy.project_facts import DEPLOY, cli_command
 
 README = DEPLOY / "README.md"
@@ -36,7 +35,7 @@ def sections() -> dict[str, str]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    doc = document("prometheus/alerts.yml")
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import yaml
-
+from tests.integration.deploy.deploy_files import document
 from tests.integration.deploy.prometheus_server import DEPLOY
 
 GRAFANA = DEPLOY / "grafana"
 
 
 def dashboard() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((GRAFANA / "dashboard.json").read_text())
+    doc: dict[str, Any] = document(GRAFANA / "dashboard.json")
     return doc
 
 
@@ -141,9 +139,9 @@ def test_panels_do_not_overlap() -> None:
 
 
 def test_provisioning_points_at_the_dashboard() -> None:
-    datasources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+    datasources = document(GRAFANA / "provisioning/datasources/prometheus.yml")
     assert [d["type"] for d in datasources["datasources"]] == ["prometheus"]
-    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/mllm-monitor.yml").read_text())
+    providers = document(GRAFANA / "provisioning/dashboards/mllm-monitor.yml")
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
     assert dashboard()["uid"] == "mllm-monitor"

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.deploy.deploy_files import document
 from tests.integration.deploy.kustomize_lite import (
     UnsupportedKustomizationError,
     build,
@@ -70,7 +71,7 @@ def container_env(container: dict[str, Any], objects: list[dict[str, Any]]) -> d
 
 def secret_keys() -> set[str]:
     """Keys of the Secret the workloads read (documented in secret.example.yaml)."""
-    secret = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
+    secret = document(K8S / "base" / "secret.example.yaml")
     return set(secret["stringData"])
 
 
@@ -126,8 +127,8 @@ def test_rendering_agrees_with_kustomize_where_installed(tmp_path: Path) -> None
 
 
 def test_prometheusrule_holds_exactly_the_alert_rules() -> None:
-    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    rule = yaml.safe_load((K8S / "base" / "prometheusrule.yaml").read_text())
+    alerts = document("prometheus/alerts.yml")
+    rule = document(K8S / "base" / "prometheusrule.yaml")
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == alerts["groups"]
     # And the file is what the generator writes now (it was regenerated after the last edit).

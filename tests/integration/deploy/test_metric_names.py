@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.metrics import MonitorMetrics
+from tests.integration.deploy.deploy_files import document
 from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY, tool_path
 
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
@@ -33,13 +31,13 @@ def exported() -> set[str]:
 
 
 def rule_expressions() -> list[str]:
-    doc = yaml.safe_load(ALERTS.read_text())
+    doc = document(ALERTS)
     return [rule["expr"] for group in doc["groups"] for rule in group["rules"]]
 
 
 def annotation_texts() -> list[str]:
     """Annotations of the alert rules; some query gauges through templates (`query`)."""
-    doc = yaml.safe_load(ALERTS.read_text())
+    doc = document(ALERTS)
     return [
         str(text)
         for group in doc["groups"]
@@ -87,23 +85,11 @@ def test_alert_annotations_query_exported_metrics(exported: set[str]) -> None:
 
 def test_dashboard_uses_exported_metrics(exported: set[str]) -> None:
     text = DASHBOARD.read_text()
-    queries = dashboard_queries(json.loads(text))
+    queries = dashboard_queries(document(DASHBOARD))
     used_in_queries = {name for query in queries for name in METRIC_NAME.findall(query)}
     assert len(used_in_queries) >= 15
     # Every name anywhere in the file (titles and descriptions too) must exist.
     assert set(METRIC_NAME.findall(text)) - exported == set()
-
-
-@pytest.mark.parametrize(
-    "path",
-    sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml", ".json"}),
-    ids=lambda p: str(p.relative_to(DEPLOY)),
-)
-def test_deploy_files_parse(path: Path) -> None:
-    text = path.read_text()
-    # A YAML file may hold several documents (Kubernetes manifests); each must be a mapping.
-    docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
-    assert docs and all(isinstance(doc, dict) for doc in docs if doc is not None)
 
 
 def test_promtool_check_metrics_is_clean_on_a_scrape() -> None:

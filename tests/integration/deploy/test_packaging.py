@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from monitor.config import ServerSettings
+from tests.integration.deploy.deploy_files import deploy_files, document, documents
 from tests.integration.deploy.project_facts import (
     DEPLOY,
     ROOT,
@@ -315,7 +316,7 @@ def test_traffic_script_sends_chat_completions(upstream: str) -> None:
 
 
 def compose() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    doc: dict[str, Any] = document(COMPOSE)
     return doc
 
 
@@ -371,10 +372,10 @@ def test_reference_init_runs_cli_commands_on_the_example_data() -> None:
     assert [c[1] for c in commands] == ["reference", "calibrate"]
     for command in commands:
         cli_command(command[1:])
-    manifest = next(c[c.index("--manifest") + 1] for c in commands if "--manifest" in c)
+    id_records = next(c[c.index("--id-records") + 1] for c in commands if "--id-records" in c)
     mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
-    host_dir = DEPLOY / mounts[str(Path(manifest).parent)]
-    assert (host_dir / Path(manifest).name).is_file()
+    host_dir = DEPLOY / mounts[str(Path(id_records).parent)]
+    assert (host_dir / Path(id_records).name).is_file()
     # "Already built" is the store's manifest file under the configured root.
     from monitor.reference.store import MANIFEST
 
@@ -442,7 +443,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
 def test_compose_alertmanager_routes_to_a_defined_receiver() -> None:
     alertmanager = compose()["services"]["alertmanager"]
     source = next(v.split(":")[0] for v in alertmanager["volumes"])
-    config = yaml.safe_load((DEPLOY / source).read_text())
+    config = document(source)
     receivers = {r["name"] for r in config["receivers"]}
     routes = [config["route"], *config["route"].get("routes", [])]
     assert all(route["receiver"] in receivers for route in routes)
@@ -462,12 +463,12 @@ def test_compose_grafana_mounts_where_provisioning_looks() -> None:
     grafana = compose()["services"]["grafana"]
     mounts = dict(v.split(":")[:2][::-1] for v in grafana["volumes"] if v.startswith("."))
     provider_file = DEPLOY / mounts["/etc/grafana/provisioning/dashboards"]
-    (provider,) = yaml.safe_load((provider_file / "mllm-monitor.yml").read_text())["providers"]
+    (provider,) = document(provider_file / "mllm-monitor.yml")["providers"]
     dashboard_target = next(t for t in mounts if t.endswith("dashboard.json"))
     assert str(Path(dashboard_target).parent) == provider["options"]["path"]
     assert (DEPLOY / mounts[dashboard_target]).is_file()
     datasources = DEPLOY / mounts["/etc/grafana/provisioning/datasources"]
-    (datasource,) = yaml.safe_load((datasources / "prometheus.yml").read_text())["datasources"]
+    (datasource,) = document(datasources / "prometheus.yml")["datasources"]
     assert datasource["url"] == "http://prometheus:9090"
 
 
@@ -573,20 +574,13 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
 # -- every file ---------------------------------------------------------------------------------
 
 
-def test_every_deploy_file_parses() -> None:
-    """YAML (every document of multi-document files), JSON and TOML under deploy/."""
-    counted = 0
-    for path in sorted(DEPLOY.rglob("*")):
-        if path.suffix in {".yml", ".yaml"}:
-            documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-            assert documents and all(isinstance(d, dict) for d in documents), path
-        elif path.suffix == ".json":
-            assert isinstance(json.loads(path.read_text()), dict), path
-        elif path.suffix == ".toml":
-            import tomllib
+@pytest.mark.parametrize("path", deploy_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_deploy_file_parses_to_mappings(path: Path) -> None:
+    """YAML (every document of multi-document files), JSON and TOML under deploy/: each
+    document a mapping with something in it."""
+    parsed = [d for d in documents(path) if d is not None]
+    assert parsed and all(isinstance(d, dict) and d for d in parsed), path
 
-            assert tomllib.loads(path.read_text()), path
-        else:
-            continue
-        counted += 1
-    assert counted >= 20
+
+def test_the_structured_deploy_files_are_all_found() -> None:
+    assert len(deploy_files()) >= 20

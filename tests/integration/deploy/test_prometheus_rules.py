@@ -6,9 +6,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.integration.deploy.deploy_files import document
 from tests.integration.deploy.prometheus_server import ALERTS, DEPLOY, shortened_rules, tool_path
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
@@ -27,7 +27,7 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def all_rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load(ALERTS.read_text())
+    doc = document(ALERTS)
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
@@ -60,7 +60,7 @@ def test_promtool_check_config_loads_the_rules() -> None:
 def test_every_alert_is_tested_firing_and_quiet() -> None:
     firing: set[str] = set()
     quiet: set[str] = set()
-    for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+    for case in document(RULE_TESTS)["tests"]:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     names = {rule["alert"] for rule in alert_rules()}
@@ -73,7 +73,7 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
 def test_every_recording_rule_is_tested_and_named_by_convention() -> None:
     tested = {
         check["expr"].strip()
-        for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in document(RULE_TESTS)["tests"]
         for check in case.get("promql_expr_test", [])
         if check.get("exp_samples")
     }
@@ -126,8 +126,3 @@ def test_shortened_rules_keep_the_expressions(tmp_path: Path) -> None:
     for name, rule in shortened.items():
         assert rule["expr"] == shipped[name]["expr"]
         assert rule.get("for", "1s") == "1s"
-
-
-@pytest.mark.parametrize("path", sorted(PROMETHEUS_DIR.glob("*.yml")), ids=lambda p: p.name)
-def test_prometheus_files_are_yaml_mappings(path: Path) -> None:
-    assert isinstance(yaml.safe_load(path.read_text()), dict)
