@@ -31,6 +31,7 @@ from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
 from tests.integration.databases import drop_database
+from tests.support.config_files import write_config
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 DIM = 8
@@ -92,13 +93,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def config(tmp_path: Path, reference: Path, database_url: str) -> Path:
-    path = tmp_path / "mllm-monitor.toml"
-    path.write_text(
-        f'[database]\nurl = "{database_url}"\n\n'
-        f'[reference]\nroot = "{reference}"\n\n'
-        '[[streams]]\nname = "live"\nreference = "bare"\n\n'
-        '[windows]\nsize = "5m"\nlateness = "0s"\n\n'
-        f'[scheduler]\nlock_path = "{tmp_path / "scheduler.lock"}"\n'
+    path = write_config(
+        tmp_path / "mllm-monitor.toml",
+        database={"url": database_url},
+        reference={"root": reference},
+        streams=[{"name": "live", "reference": "bare"}],
+        windows={"size": "5m", "lateness": "0s"},
+        scheduler={"lock_path": tmp_path / "scheduler.lock"},
     )
     engine = engine_from_settings(load_settings(path).database)
     migrate.upgrade(engine)

@@ -24,6 +24,7 @@ from monitor.store import migrate
 from monitor.store.engine import engine_from_settings
 from monitor.store.repository import Repository, open_repository
 from monitor.timestamps import parse_time
+from tests.support.config_files import write_config
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SIZE = timedelta(minutes=5)
@@ -141,11 +142,14 @@ def test_since_and_until_may_be_relative_to_now_as_in_the_cli(client: TestClient
     assert get(client, since="+1d")[1]["windows"] == []
 
 
-def test_cli_windows_list_json_and_show(settings: Settings, repository: Repository) -> None:
+def cli_config(settings: Settings) -> Path:
+    """A settings file for the CLI, next to the test's SQLite database."""
     config = Path(settings.database.url.removeprefix("sqlite:///")).with_name("m.toml")
-    config.write_text(
-        f'[database]\nurl = "{settings.database.url}"\n\n[[streams]]\nname = "chat"\n'
-    )
+    return write_config(config, database={"url": settings.database.url}, streams=[{"name": "chat"}])
+
+
+def test_cli_windows_list_json_and_show(settings: Settings, repository: Repository) -> None:
+    config = cli_config(settings)
     runner = CliRunner()
     result = runner.invoke(cli, ["windows", "list", "-c", str(config), "--json"])
     assert result.exit_code == 0, result.output
@@ -173,10 +177,7 @@ def test_windows_carry_the_detector_in_json_and_in_the_table(
         f"/v1/windows/{body['windows'][2]['id']}", headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert answer.json()["detector"] == body["windows"][2]["detector"]
-    config = Path(settings.database.url.removeprefix("sqlite:///")).with_name("m.toml")
-    config.write_text(
-        f'[database]\nurl = "{settings.database.url}"\n\n[[streams]]\nname = "chat"\n'
-    )
+    config = cli_config(settings)
     result = CliRunner().invoke(cli, ["windows", "list", "-c", str(config)])
     assert result.exit_code == 0, result.output
     header, *rows = result.output.splitlines()

@@ -13,6 +13,7 @@ from monitor.config import load_settings
 from monitor.errors import DatabaseUnavailableError, SchemaMismatchError
 from monitor.store import migrate
 from monitor.store.repository import open_repository
+from tests.support.config_files import write_config
 
 runner = CliRunner()
 
@@ -62,9 +63,8 @@ def test_upgrade_current_downgrade(
 
 
 def test_settings_file_is_honoured(tmp_path: Path) -> None:
-    path = tmp_path / "m.toml"
     db = tmp_path / "from-file.db"
-    path.write_text(f'[database]\nurl = "sqlite:///{db}"\n')
+    path = write_config(tmp_path / "m.toml", database={"url": f"sqlite:///{db}"})
     result = runner.invoke(app, ["db", "upgrade", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert db.is_file()
