@@ -32,7 +32,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -40,6 +40,9 @@ from monitor.compute import apply_compute_settings
 from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
+
+if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded by load()
+    from monitor.reference.store import ReferenceStore
 
 log = logging.getLogger("monitor.daemon")
 
@@ -112,31 +115,28 @@ class Daemon:
             routers=routers,
         )
 
-    def _load_stores(self) -> dict[str, Any]:
+    def _load_stores(self) -> dict[str, ReferenceStore]:
+        """The reference stores by stream (:func:`monitor.services.stream_stores`), each
+        store's readiness and each stream's calibration checked as it comes."""
         from monitor.detection.calibrate import check_supports
         from monitor.detection.selfcheck import failure_line
         from monitor.pipeline import check_detector_settings
-        from monitor.reference import open_store
+        from monitor.services import stream_stores
 
-        by_name: dict[str, Any] = {}
-        by_stream: dict[str, Any] = {}
-        for stream in self.settings.streams:
+        by_stream: dict[str, ReferenceStore] = {}
+        for stream, store, first in stream_stores(self.settings, self.encoders):
             name = stream.reference
-            if name not in by_name:
-                by_name[name] = open_store(self.settings.reference.root, name, self.encoders)
+            if first:
                 self.readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
-                failed = failure_line(name, by_name[name].calibration)
+                failed = failure_line(name, store.calibration)
                 if failed:  # the stream still runs; its alerts are less trustworthy
                     log.warning(failed, extra={"store": name})
-            store = by_name[name]
             by_stream[stream.name] = store
-            calibrated = store.calibration is not None
-            self.metrics.calibrated.labels(stream=stream.name).set(1 if calibrated else 0)
-            if calibrated:
+            calibration = store.calibration
+            self.metrics.calibrated.labels(stream=stream.name).set(0 if calibration is None else 1)
+            if calibration is not None:
                 alerts = self.settings.alerts
-                check_supports(
-                    store.calibration, alerts.false_alarm_rate, alerts.trials_hysteresis, name
-                )
+                check_supports(calibration, alerts.false_alarm_rate, alerts.trials_hysteresis, name)
                 check_detector_settings(self.settings, store, name)
                 self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
             else:

@@ -13,6 +13,7 @@ HTTP layer) can map them to exit codes and 4xx answers by class, never by messag
     │   └── UnknownRecordError      a late reference names a record the monitor never kept
     ├── InboxFullError              the durable inbox is at its configured depth (retry later)
     ├── ClientGoneError             a sidecar client went away before its request was complete
+    ├── TooManyWindowsError         a range to backfill holds more windows than allowed
     ├── EncoderError                an encoder cannot be loaded or run (model missing, bad config)
     ├── ReferenceStoreError         a reference store is missing, corrupt, or built otherwise
     │   └── FingerprintMismatchError  the store was built with another encoder
@@ -149,3 +150,15 @@ class InboxFullError(MonitorError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class TooManyWindowsError(MonitorError):
+    """A range with more windows to compute than --max-windows allows (a usage error)."""
+
+    def __init__(self, stream: str, count: int, cap: int) -> None:
+        super().__init__(
+            f"the range has {count:,} windows of stream {stream!r} to compute, more than "
+            f"--max-windows {cap:,} (default: [scheduler] max_catch_up): narrow --since/--until, "
+            f"or pass --max-windows {count} to compute them all"
+        )
+        self.count = count

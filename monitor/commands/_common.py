@@ -1,6 +1,6 @@
 """What the commands share: the --config and --reference options, time arguments, error-line
-sanitising, the services the daemon runs (opened the same way), and progress output (a bar
-with ETA on a terminal, plain lines otherwise)."""
+sanitising, the services the daemon runs (:mod:`monitor.services`, opened the same way), and
+progress output (a rich bar; for long runs with ETA, and plain lines when not a terminal)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -31,7 +29,8 @@ from rich.progress import (
 
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
-from monitor.metrics import MonitorMetrics
+from monitor.services import Services as Services
+from monitor.services import services as services
 from monitor.timestamps import parse_time
 from monitor.windows import window_key
 
@@ -133,27 +132,104 @@ def open_configured_store(config: Path | None, name: str) -> tuple[Settings, Ref
     return settings, open_store(settings.reference.root, name, encoders)
 
 
+# Seconds between the progress lines of a long run when stderr is not a terminal (logs, CI).
+PROGRESS_LINE_EVERY = 5.0
+
+
 def progress_bar(
-    *, console: Console | None = None, transient: bool = False, indent: str = ""
+    *,
+    console: Console | None = None,
+    transient: bool = False,
+    indent: str = "",
+    log_every: float | None = None,
 ) -> Progress:
-    """A rich progress bar (count and elapsed time) for the store commands; on stderr unless
-    ``console`` says otherwise."""
-    return Progress(
+    """The progress of every command: a rich bar (count and elapsed time) on stderr unless
+    ``console`` says otherwise. With ``log_every`` (a run that may take hours: backfill,
+    replay), the bar shows an ETA too, and where the console is not a terminal (logs, CI) each
+    task is a plain line at most every ``log_every`` seconds and once at the end, instead of
+    rich's one line when all is done."""
+    console = console or err_console
+    columns = [
         TextColumn(indent + "{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console or err_console,
-        transient=transient,
-    )
+    ]
+    if log_every is None:
+        return Progress(*columns, console=console, transient=transient)
+    if not console.is_terminal:
+        return LinesProgress(console=console, every=log_every)
+    columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=transient)
 
 
-def stage_reporter(progress: Progress) -> Callable[[str, int, int], None]:
-    """A ``progress(stage, done, total)`` callback (``build_store``'s) with one bar per stage,
-    made when the stage first reports."""
+class LinesProgress(Progress):
+    """Progress where no bar can be drawn: a plain line per task (count, share of the total
+    and ETA when it is known, elapsed seconds) at most every ``every`` seconds while it moves,
+    and its last count when the progress stops."""
+
+    def __init__(self, *, console: Console, every: float) -> None:
+        super().__init__(console=console, disable=True)
+        self._every = every
+        self._last: dict[TaskID, float] = {}  # when each task's last line was written
+        self._shown: dict[TaskID, float] = {}  # the count that line showed
+
+    def update(
+        self,
+        task_id: TaskID,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        visible: bool | None = None,
+        refresh: bool = False,
+        **fields: Any,
+    ) -> None:
+        super().update(
+            task_id,
+            total=total,
+            completed=completed,
+            advance=advance,
+            description=description,
+            visible=visible,
+            refresh=refresh,
+            **fields,
+        )
+        now = time.monotonic()
+        if self._task(task_id).completed and now - self._last.get(task_id, 0.0) >= self._every:
+            self._last[task_id] = now
+            self._line(task_id)
+
+    def stop(self) -> None:
+        super().stop()
+        for task in self.tasks:
+            if task.completed and self._shown.get(task.id) != task.completed:
+                self._line(task.id)
+
+    def _task(self, task_id: TaskID) -> Task:
+        return next(task for task in self.tasks if task.id == task_id)
+
+    def _line(self, task_id: TaskID) -> None:
+        task = self._task(task_id)
+        self._shown[task_id] = task.completed
+        done, total, elapsed = int(task.completed), task.total, task.elapsed or 0.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        line = f"{task.description}: {done:,}"
+        if total:
+            left = (total - done) / rate if rate > 0 else math.inf
+            eta = f", ETA {left:.0f} s" if math.isfinite(left) else ""
+            line += f"/{int(total):,} ({100 * done / total:.0f}%){eta}"
+        line += f", {elapsed:.1f} s"
+        self.console.print(line, markup=False)
+
+
+def stage_reporter(progress: Progress) -> Callable[[str, int, int | None], None]:
+    """A ``progress(stage, done, total)`` callback (``build_store``'s, the backfill services')
+    with one bar per stage, made when the stage first reports (``total`` None: unknown)."""
     tasks: dict[str, TaskID] = {}
 
-    def report(stage: str, done: int, total: int) -> None:
+    def report(stage: str, done: int, total: int | None) -> None:
         if stage not in tasks:
             tasks[stage] = progress.add_task(stage, total=total)
         progress.update(tasks[stage], completed=done)
@@ -224,115 +300,10 @@ def require_stream(settings: Settings, stream: str) -> None:
         )
 
 
-@dataclass
-class Services:
-    """The daemon's services for one command: repository, metrics (a private registry),
-    reference stores by stream, and the encoders when asked for."""
-
-    settings: Settings
-    repository: Any
-    metrics: MonitorMetrics
-    stores: dict[str, Any] = field(default_factory=dict)
-    encoders: Any = None
-
-    def close(self) -> None:
-        self.repository.close()
-
-
-@contextmanager
-def services(settings: Settings, *, encoders: bool, stores: bool = True) -> Iterator[Services]:
-    """Open what the daemon opens: the repository (schema checked), the streams' reference
-    stores (checked against the encoders when these are loaded; none without ``stores``, as
-    a dry run needs) and the encoders."""
-    from monitor.reference import load_store, open_store
-    from monitor.store.repository import open_repository
-
-    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
-    loaded_encoders = None
-    if encoders:
-        from monitor.embedding import encoders_from_settings
-
-        loaded_encoders = encoders_from_settings(settings.encoders)
-    by_name: dict[str, Any] = {}
-    by_stream: dict[str, Any] = {}
-    for stream in settings.streams if stores else ():
-        name = stream.reference
-        if name not in by_name:
-            root = settings.reference.root
-            by_name[name] = (
-                open_store(root, name, loaded_encoders)
-                if loaded_encoders is not None
-                else load_store(root, name)
-            )
-        by_stream[stream.name] = by_name[name]
-    repository = open_repository(settings)
-    found = Services(settings, repository, metrics, by_stream, loaded_encoders)
-    try:
-        yield found
-    finally:
-        found.close()
-
-
-class Reporter:
-    """Progress of a long command: a rich bar with ETA when stderr is a terminal, else a plain
-    line at most every ``every`` seconds (logs, CI)."""
-
-    def __init__(self, description: str, total: int | None, *, every: float = 5.0) -> None:
-        self.description = description
-        self.total = total
-        self.done = 0
-        self._every = every
-        self._last = 0.0
-        self._shown = -1
-        self._started = time.monotonic()
-        self._progress: Progress | None = None
-        self._task: Any = None
-        if sys.stderr.isatty():
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=err_console,
-            )
-
-    def __enter__(self) -> Reporter:
-        if self._progress is not None:
-            self._progress.start()
-            self._task = self._progress.add_task(self.description, total=self.total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-        elif self.done and self._shown != self.done:
-            self._line()
-
-    def advance(self, count: int = 1, *, total: int | None = None) -> None:
-        self.done += count
-        if total is not None:
-            self.total = total
-        if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, total=self.total)
-            return
-        now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
-            self._line()
-
-    def _line(self) -> None:
-        self._shown = self.done
-        elapsed = time.monotonic() - self._started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        line = f"{self.description}: {self.done:,}"
-        if self.total:
-            left = (self.total - self.done) / rate if rate > 0 else math.inf
-            eta = f", ETA {left:.0f} s" if math.isfinite(left) else ""
-            line += f"/{self.total:,} ({100 * self.done / self.total:.0f}%){eta}"
-        line += f", {elapsed:.1f} s"
-        err_console.print(line, markup=False)
+def notice(message: str) -> None:
+    """One line on stderr about something a run met (an invalid line, a retry, a wait for the
+    leader lock): the ``notify`` callback of the services."""
+    err_console.print(one_line(message), markup=False)
 
 
 def fail(message: str) -> MonitorError:

@@ -17,11 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
+from monitor.backfill.range import backfill_range, plan_windows
 from monitor.cli import EXIT_ERROR, EXIT_USAGE, app
-from monitor.commands._common import Services
-from monitor.commands.backfill import backfill_range, plan_windows
 from monitor.config import load_settings
 from monitor.metrics import MonitorMetrics
+from monitor.services import Services
 from monitor.store.repository import open_repository
 
 runner = CliRunner()
@@ -261,7 +261,7 @@ def test_plan_counts_windows_by_arithmetic(config: Path) -> None:
 
 
 def test_a_ten_year_dry_run_is_exact_and_small(config: Path) -> None:
-    from monitor.commands.backfill import TooManyWindowsError
+    from monitor.errors import TooManyWindowsError
 
     found = _services(config)
     try:

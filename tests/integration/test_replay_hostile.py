@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.commands.replay import same_server
+from monitor.backfill.replay import same_server
 
 TOKEN = "settings-secret-token"
 

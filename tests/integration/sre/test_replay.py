@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.commands.backfill import content_id
+from monitor.backfill.lines import content_id
 from tests.integration.sre.conftest import BASE, Workspace, window_records, write_config
 
 pytestmark = pytest.mark.slow

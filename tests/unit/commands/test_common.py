@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from monitor.backfill.lines import content_id, read_lines
 from monitor.commands._common import echo, one_line, printable
-from monitor.commands.backfill import content_id, read_lines
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -68,7 +68,7 @@ def test_a_read_error_names_the_file() -> None:
 
 
 def test_lines_over_the_limit_are_not_held(tmp_path: Path) -> None:
-    from monitor.commands.backfill import LineTooLong, load_line
+    from monitor.backfill.lines import LineTooLong, load_line
     from monitor.errors import InvalidInputError
 
     path = tmp_path / "t.jsonl"
