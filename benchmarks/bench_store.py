@@ -29,13 +29,13 @@ import numpy as np
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from monitor.records import EMBEDDING_KINDS
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine
 from monitor.store.repository import Repository
 from monitor.store.types import NewSample
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
-KINDS = ("image", "prompt", "response", "reference")
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 STEP = timedelta(milliseconds=30)  # 10,000 samples = one 5-minute window
 
@@ -88,7 +88,8 @@ def batches(n: int, batch: int, pool: np.ndarray) -> Iterator[list[NewSample]]:
                     event_time=T0 + i * STEP,
                     encoder_fingerprint="bench",
                     embeddings={
-                        kind: pool[(4 * i + k) % len(pool)] for k, kind in enumerate(KINDS)
+                        kind: pool[(4 * i + k) % len(pool)]
+                        for k, kind in enumerate(EMBEDDING_KINDS)
                     },
                     model="bench-model",
                     prompt_sha256="0" * 64,
@@ -118,7 +119,9 @@ def run(backend: str, url: str, args: argparse.Namespace, pool: np.ndarray) -> R
         rows = 0
         for chunk in repo.iter_embeddings("bench", begin, end, chunk_size=2048):
             rows += len(chunk)
-            assert all(chunk.vectors[kind].shape == (len(chunk), args.dim) for kind in KINDS)
+            assert all(
+                chunk.vectors[kind].shape == (len(chunk), args.dim) for kind in EMBEDDING_KINDS
+            )
         read_s = time.perf_counter() - start
         size_mb = None
         if engine.dialect.name == "postgresql":
@@ -140,7 +143,7 @@ def main() -> None:
     pool = vector_pool(args.dim)
     print(
         f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{args.samples:,} samples x {len(KINDS)} embeddings of {args.dim} dims "
+        f"{args.samples:,} samples x {len(EMBEDDING_KINDS)} embeddings of {args.dim} dims "
         f"(float16, {2 * args.dim} bytes each), batches of {args.batch:,}; "
         f"read: one window of {args.window:,} samples, all four kinds"
     )
@@ -163,7 +166,7 @@ def main() -> None:
         "insert, total s": [f"{r.insert_s:.1f}" for r in results],
         "insert, samples/s": [f"{args.samples / r.insert_s:,.0f}" for r in results],
         "insert, embedding rows/s": [
-            f"{args.samples * len(KINDS) / r.insert_s:,.0f}" for r in results
+            f"{args.samples * len(EMBEDDING_KINDS) / r.insert_s:,.0f}" for r in results
         ],
         f"read {args.window:,}-sample window, ms": [f"{1000 * r.read_s:,.0f}" for r in results],
         "read, samples/s": [f"{r.read_rows / r.read_s:,.0f}" for r in results],

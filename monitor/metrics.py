@@ -24,15 +24,16 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
+from monitor.records import WINDOW_TERMS, WindowResult
 
 PREFIX = "mllm_monitor"
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
-#: Terms of a window: the four JSD terms of the EMID bound, and answer drift.
-WINDOW_TERMS: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response")
 #: What happens to a record offered to the monitor.
 RECORD_OUTCOMES: tuple[str, ...] = (
     "sampled",
@@ -291,6 +292,9 @@ class MonitorMetrics:
             registry=r,
         )
 
+        # Per stream: the start of the window the window gauges show, and the latest window end.
+        self._shown: dict[str, datetime] = {}
+        self._last_end: dict[str, datetime] = {}
         self._create_label_values()
 
     def _create_label_values(self) -> None:
@@ -353,6 +357,58 @@ class MonitorMetrics:
     def count_records(self, stream: str | None, outcome: str, amount: int = 1) -> None:
         if amount:
             self.records.labels(stream=self.stream_label(stream), outcome=outcome).inc(amount)
+
+    def note_window_end(self, stream: str, end: datetime) -> None:
+        """Move the stream's last-window-end gauge forward to ``end`` (never back: an older
+        window recomputed later does not make the stream look stale)."""
+        if end > self._last_end.get(stream, _NEVER):
+            self._last_end[stream] = end
+            self.last_window_end_timestamp_seconds.labels(stream=stream).set(end.timestamp())
+
+    def publish_window(
+        self, result: WindowResult, *, bound_budget: float | None, emid_budget: float
+    ) -> bool:
+        """Show a sufficient window in the stream's window gauges (None -> NaN), unless they
+        already show a newer one (a recomputed older window). Returns whether it was shown."""
+        stream = result.key.stream
+        if result.status != "ok" or result.key.start < self._shown.get(stream, _NEVER):
+            return False
+        self._shown[stream] = result.key.start
+        for term in WINDOW_TERMS:
+            labels = {"stream": stream, "term": term}
+            self.window_jsd.labels(**labels).set(gauge_value(getattr(result.jsd, term)))
+            self.window_p_value.labels(**labels).set(gauge_value(getattr(result.p_values, term)))
+            self.window_jsd_threshold.labels(**labels).set(
+                gauge_value(getattr(result.thresholds, term))
+            )
+        bound = self.upper_bound
+        bound.labels(stream=stream, form="scale_adjusted").set(
+            gauge_value(result.bound_scale_adjusted)
+        )
+        bound.labels(stream=stream, form="entropy_scaled").set(
+            gauge_value(result.bound_entropy_scaled)
+        )
+        low, high = result.emid_interval or (None, None)
+        reading = result.detector
+        for gauge, value in (
+            (self.upper_bound_p_value, result.bound_p_value),
+            (self.upper_bound_threshold, result.bound_threshold),
+            (self.upper_bound_budget, bound_budget),
+            (self.emid_nats, result.emid),
+            (self.emid_budget_nats, emid_budget),
+            (self.risk_level, int(result.risk_level)),
+            (self.window_samples, result.n),
+            (self.ood_ratio, result.ood_fraction),
+            (self.ood_ratio_threshold, result.ood_threshold),
+            (self.detector_statistic, reading.statistic if reading is not None else None),
+            (self.detector_threshold, reading.threshold if reading is not None else None),
+        ):
+            gauge.labels(stream=stream).set(gauge_value(value))
+        self.emi_nats.labels(stream=stream, side="live").set(gauge_value(result.emi_live))
+        self.emi_nats.labels(stream=stream, side="id").set(gauge_value(result.emi_id))
+        self.emid_interval_nats.labels(stream=stream, edge="lower").set(gauge_value(low))
+        self.emid_interval_nats.labels(stream=stream, edge="upper").set(gauge_value(high))
+        return True
 
 
 def gauge_value(value: float | None) -> float:

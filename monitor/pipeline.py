@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -71,8 +71,10 @@ from monitor.detection.window_model import (
     renormalise,
 )
 from monitor.errors import MonitorError, StorageError
-from monitor.metrics import MonitorMetrics, gauge_value
+from monitor.metrics import MonitorMetrics
+from monitor.protocols import StoreView, WindowReader, WindowRepository
 from monitor.records import (
+    EMBEDDING_KINDS,
     TERMS,
     WINDOW_TERMS,
     DetectorReading,
@@ -81,14 +83,14 @@ from monitor.records import (
     WindowKey,
     WindowResult,
 )
+from monitor.timestamps import utcnow
 
 if TYPE_CHECKING:
-    from monitor.store._windows import StoredWindow
+    from monitor.store.types import StoredWindow
 
 log = logging.getLogger("monitor.pipeline")
 
 Rows = npt.NDArray[np.float32]
-KINDS = ("image", "prompt", "response", "reference")
 # ID records used for EMI(ID) and the ID side of the EMID bootstrap (a seeded subset beyond).
 MAX_ID_EMI_RECORDS = 5_000
 BOOTSTRAP_RESAMPLES = 200
@@ -98,18 +100,14 @@ BOOTSTRAP_ROWS = 1_000
 REPLAY_BATCH = 256
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class WindowPipeline:
     """Computes, stores and publishes windows of the configured streams."""
 
     def __init__(
         self,
         settings: Settings,
-        repository: Any,
-        stores: Mapping[str, Any],
+        repository: WindowRepository,
+        stores: Mapping[str, StoreView],
         metrics: MonitorMetrics,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -126,8 +124,6 @@ class WindowPipeline:
         )
         self._streams = {s.name: s for s in settings.streams}
         self._models: dict[str, StreamModel] = {}
-        self._shown: dict[str, datetime] = {}  # start of the window the gauges show
-        self._last_end: dict[str, datetime] = {}
 
     def model(self, stream: str) -> StreamModel:
         if stream not in self._models:
@@ -142,8 +138,8 @@ class WindowPipeline:
         """Publish the stream's newest stored sufficient window (after a restart)."""
         newest = self.repository.recent_windows(stream, datetime.max.replace(tzinfo=UTC), 1)
         if newest:
+            self.metrics.note_window_end(stream, newest[0].key.end)
             self._publish(newest[0])
-        self._shown.setdefault(stream, datetime.min.replace(tzinfo=UTC))
 
     def compute(self, key: WindowKey, *, replay: bool = True) -> WindowResult:
         """Compute, store and publish one window; returns what was stored (with its id).
@@ -319,11 +315,7 @@ class WindowPipeline:
 
     def _after_store(self, result: WindowResult, stored: StoredWindow, reason: str) -> None:
         stream = result.key.stream
-        if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
-            self._last_end[stream] = result.key.end
-            self.metrics.last_window_end_timestamp_seconds.labels(stream=stream).set(
-                result.key.end.timestamp()
-            )
+        self.metrics.note_window_end(stream, result.key.end)
         if stored.changed:  # (the store decided, in the window's transaction)
             before, after = stored.level_before, stored.level_after
             (log.warning if after > before else log.info)(
@@ -336,62 +328,17 @@ class WindowPipeline:
                     "window": result.to_dict()["start"],
                 },
             )
-        if result.status != "ok":
-            return  # insufficient windows change the gauges no more than the risk level
-        if result.key.start < self._shown.get(stream, datetime.min.replace(tzinfo=UTC)):
-            return  # a recomputed older window: the gauges show a newer one
         self._publish(result)
 
     def _publish(self, result: WindowResult) -> None:
-        """Set the stream's window gauges from ``result`` (None -> NaN)."""
-        m, stream = self.metrics, result.key.stream
-        self._shown[stream] = result.key.start
-        for term in WINDOW_TERMS:
-            m.window_jsd.labels(stream=stream, term=term).set(
-                gauge_value(getattr(result.jsd, term))
-            )
-            m.window_p_value.labels(stream=stream, term=term).set(
-                gauge_value(getattr(result.p_values, term))
-            )
-            m.window_jsd_threshold.labels(stream=stream, term=term).set(
-                gauge_value(getattr(result.thresholds, term))
-            )
-        m.upper_bound.labels(stream=stream, form="scale_adjusted").set(
-            gauge_value(result.bound_scale_adjusted)
+        """The window gauges show the stream's newest sufficient window."""
+        self.metrics.publish_window(
+            result, bound_budget=self.policy.bound_budget, emid_budget=self.policy.emid_budget
         )
-        m.upper_bound.labels(stream=stream, form="entropy_scaled").set(
-            gauge_value(result.bound_entropy_scaled)
-        )
-        m.upper_bound_p_value.labels(stream=stream).set(gauge_value(result.bound_p_value))
-        m.upper_bound_threshold.labels(stream=stream).set(gauge_value(result.bound_threshold))
-        m.upper_bound_budget.labels(stream=stream).set(gauge_value(self.policy.bound_budget))
-        m.emi_nats.labels(stream=stream, side="live").set(gauge_value(result.emi_live))
-        m.emi_nats.labels(stream=stream, side="id").set(gauge_value(result.emi_id))
-        m.emid_nats.labels(stream=stream).set(gauge_value(result.emid))
-        low, high = result.emid_interval or (None, None)
-        m.emid_interval_nats.labels(stream=stream, edge="lower").set(gauge_value(low))
-        m.emid_interval_nats.labels(stream=stream, edge="upper").set(gauge_value(high))
-        m.emid_budget_nats.labels(stream=stream).set(self.policy.emid_budget)
-        m.risk_level.labels(stream=stream).set(int(result.risk_level))
-        m.window_samples.labels(stream=stream).set(result.n)
-        m.ood_ratio.labels(stream=stream).set(gauge_value(result.ood_fraction))
-        m.ood_ratio_threshold.labels(stream=stream).set(gauge_value(result.ood_threshold))
-        reading = result.detector
-        m.detector_statistic.labels(stream=stream).set(
-            gauge_value(reading.statistic if reading is not None else None)
-        )
-        m.detector_threshold.labels(stream=stream).set(
-            gauge_value(reading.threshold if reading is not None else None)
-        )
-        if result.key.end > self._last_end.get(stream, datetime.min.replace(tzinfo=UTC)):
-            self._last_end[stream] = result.key.end
-            m.last_window_end_timestamp_seconds.labels(stream=stream).set(
-                result.key.end.timestamp()
-            )
 
 
 def read_window(
-    repository: Any, key: WindowKey, *, max_samples: int, ood_threshold: float
+    repository: WindowReader, key: WindowKey, *, max_samples: int, ood_threshold: float
 ) -> WindowData | None:
     """The window's embeddings (a seeded uniform subset of ``max_samples`` when larger);
     None when it has no sample."""
@@ -408,9 +355,9 @@ def read_window(
     # at the end: the window is held once, not twice (10,000 samples, d = 768: 117 MiB).
     capacity = max_samples if keep is not None else total
     out: dict[str, Rows] = {}
-    masks: dict[str, list[npt.NDArray[np.bool_]]] = {kind: [] for kind in KINDS}
+    masks: dict[str, list[npt.NDArray[np.bool_]]] = {kind: [] for kind in EMBEDDING_KINDS}
     n = flagged = scored = offset = filled = 0
-    for chunk in repository.iter_embeddings(key.stream, key.start, key.end, kinds=KINDS):
+    for chunk in repository.iter_embeddings(key.stream, key.start, key.end, kinds=EMBEDDING_KINDS):
         size = len(chunk)
         scores = chunk.ood_scores
         valid = ~np.isnan(scores)
@@ -421,7 +368,7 @@ def read_window(
         if keep is not None:  # samples that arrived after the count are left out
             chosen = np.flatnonzero(keep[offset : offset + size])
         offset += size
-        for kind in KINDS:
+        for kind in EMBEDDING_KINDS:
             position = np.full(size, -1, dtype=np.int64)
             position[chunk.index[kind]] = np.arange(len(chunk.index[kind]))
             where = position[chosen]
@@ -455,7 +402,7 @@ def read_window(
         return None
     rows_of: dict[str, Rows | None] = {}
     present: dict[str, npt.NDArray[np.bool_]] = {}
-    for kind in KINDS:
+    for kind in EMBEDDING_KINDS:
         present[kind] = np.concatenate(masks[kind]) if masks[kind] else np.zeros(0, dtype=bool)
         if kind in out and len(out[kind]) < filled:
             # Grown past the count only in chunks that had the kind: zero rows for the rest.
@@ -498,7 +445,7 @@ def _with_id(result: WindowResult, window_id: str) -> WindowResult:
     return replace(result, id=window_id)
 
 
-def check_detector_settings(settings: Settings, store: Any, name: str) -> None:
+def check_detector_settings(settings: Settings, store: StoreView, name: str) -> None:
     """Refuse a store whose detector was calibrated for another ``false_page_interval`` or
     window size (only where the detector decides criticals and the store is calibrated)."""
     if settings.alerts.hysteresis_k_of_m is not None or store.calibration is None:

@@ -17,6 +17,8 @@ TERMS: tuple[str, ...] = ("visual", "text", "output_id", "output_live")
 # Every term of a window, also the `term` label of the metrics: the bound's four, and answer
 # drift (`response`: the window's model answers vs the ID ones; not part of the bound).
 WINDOW_TERMS: tuple[str, ...] = (*TERMS, "response")
+#: The embeddings a sample can have (the fused image+prompt query is the reference store's).
+EMBEDDING_KINDS: tuple[str, ...] = ("image", "prompt", "response", "reference")
 
 WindowStatus = Literal["ok", "insufficient"]
 

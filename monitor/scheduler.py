@@ -38,7 +38,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -47,7 +46,9 @@ from monitor.config import Settings
 from monitor.errors import DatabaseUnavailableError, MonitorError, StorageError
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
+from monitor.protocols import LeaderLock, ReadinessBoard, SchedulerRepository, StoreView
 from monitor.records import WindowKey
+from monitor.timestamps import utcnow
 from monitor.windows import due_windows, is_due, window_containing
 
 log = logging.getLogger("monitor.scheduler")
@@ -56,23 +57,19 @@ log = logging.getLogger("monitor.scheduler")
 STALE_SLACK = timedelta(seconds=60)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class WindowScheduler:
     """Computes every stream's due and stale windows while this process holds the lock."""
 
     def __init__(
         self,
         settings: Settings,
-        repository: Any,
-        stores: Mapping[str, Any],
+        repository: SchedulerRepository,
+        stores: Mapping[str, StoreView],
         metrics: MonitorMetrics,
         *,
-        readiness: Any = None,
+        readiness: ReadinessBoard | None = None,
         clock: Callable[[], datetime] = utcnow,
-        lock: Any = None,
+        lock: LeaderLock | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository

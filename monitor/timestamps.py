@@ -28,6 +28,11 @@ MAX_TIME_CHARS = 64
 EXAMPLE = "2026-03-01T12:00:00Z"
 
 
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (the default clock of the repository and the scheduler)."""
+    return datetime.now(UTC)
+
+
 def parse_instant(value: str | int | float, *, naive_is_utc: bool = False) -> datetime:
     """``value`` as an aware UTC datetime; raises ValueError (never anything else).
 
@@ -112,4 +117,12 @@ def _in_range(moment: datetime, shown: str) -> datetime:
     return moment
 
 
-__all__ = ["EARLIEST", "EXAMPLE", "LATEST", "MAX_TIME_CHARS", "parse_instant", "parse_time"]
+__all__ = [
+    "EARLIEST",
+    "EXAMPLE",
+    "LATEST",
+    "MAX_TIME_CHARS",
+    "parse_instant",
+    "parse_time",
+    "utcnow",
+]

@@ -53,6 +53,7 @@ from monitor.estimators.rjsd import (
     set_jsd,
     von_neumann_entropy,
 )
+from monitor.records import EMBEDDING_KINDS
 
 Rows = npt.NDArray[np.floating[Any]]
 Mask = npt.NDArray[np.bool_]
@@ -70,7 +71,6 @@ BOUND_TERMS = {"visual", "text", "output_live"}
 MIN_ROWS = {"visual": 2}
 # Which embedding kind each two-sample term compares.
 KIND_OF = {"text": "prompt", "visual": "image", "response": "response"}
-KINDS = ("prompt", "image", "response", "reference")
 
 
 def calibration_method(calibration: Mapping[str, Any] | None) -> str | None:
@@ -229,7 +229,7 @@ class PermutationTest:
         one row per window record (zeros where absent) and which records have it.
         """
         n = len(window_present["prompt"])
-        union = {kind: self._union(kind, window_rows, window_present) for kind in KINDS}
+        union = {kind: self._union(kind, window_rows, window_present) for kind in EMBEDDING_KINDS}
         splitters = {
             term: _SplitJSD(union[kind][0][union[kind][1]], self.mode, MIN_ROWS.get(term, 1))
             for term, kind in KIND_OF.items()

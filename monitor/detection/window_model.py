@@ -34,7 +34,9 @@ from monitor.detection.window_stats import WindowStatistics, store_arrays
 from monitor.embedding.fusion import fuse
 from monitor.errors import MonitorError
 from monitor.estimators.calibration import emid_bootstrap
+from monitor.estimators.club import CLUB
 from monitor.estimators.emi import emi
+from monitor.protocols import StoreView
 from monitor.records import DetectorReading
 from monitor.reference import load_store_estimator
 from monitor.reference.estimator import held_out_pairs
@@ -104,7 +106,7 @@ class Estimate:
 class StreamModel:
     """Everything a stream's windows are computed against, built once from its store."""
 
-    def __init__(self, stream: StreamSettings, store: Any, settings: Settings) -> None:
+    def __init__(self, stream: StreamSettings, store: StoreView, settings: Settings) -> None:
         self.stream = stream.name
         self.store = store
         self.calibration: dict[str, Any] | None = store.calibration
@@ -138,7 +140,7 @@ class StreamModel:
         self.version = f"{__version__}/club:{club_version}/cal:{calibration_sum[:12]}"
 
     @staticmethod
-    def _load_club(store: Any) -> Any:
+    def _load_club(store: StoreView) -> CLUB | None:
         if not store.manifest.get("estimator"):
             return None
         try:
@@ -344,7 +346,7 @@ def renormalise(rows: Rows, *, in_place: bool = False) -> Rows:
     return out
 
 
-def _id_emi_rows(store: Any) -> tuple[Rows, Rows, Rows]:
+def _id_emi_rows(store: StoreView) -> tuple[Rows, Rows, Rows]:
     """(x, model answer, reference) of the ID records the store's CLUB was not trained on (out
     of sample), or of every record with a reference when the store keeps no hold-out; a seeded
     subset of MAX_ID_EMI_RECORDS when more."""

@@ -39,6 +39,7 @@ from monitor.estimators.rjsd import (
 )
 
 if TYPE_CHECKING:
+    from monitor.protocols import StoreView
     from monitor.reference.store import ReferenceStore
 
 Rows = npt.NDArray[np.floating[Any]]
@@ -47,7 +48,6 @@ Mask = npt.NDArray[np.bool_]
 CALIBRATION_FORMAT = "mllm-monitor/calibration@2"
 # Terms that get a per-window null and p-value; output_id is one number per comparison set.
 TESTED_TERMS: tuple[str, ...] = ("visual", "text", "output_live", "response")
-VALUE_KEYS: tuple[str, ...] = ("visual", "text", "output_id", "output_live", "response")
 # Which window count keys each tested term's null.
 COUNT_OF: dict[str, str] = {
     "visual": "n_images",
@@ -274,7 +274,7 @@ class IDArrays:
         return len(self.prompts)
 
 
-def store_arrays(store: ReferenceStore) -> IDArrays:
+def store_arrays(store: StoreView) -> IDArrays:
     def rows(kind: str) -> Rows | None:
         return store.embeddings(kind) if kind in store.kinds else None
 

@@ -100,7 +100,9 @@ class ReferenceModel:
             raise ConfigError("[reference_model] model_url and model must both be set")
         url = httpx.URL(cfg.model_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"[reference_model] model_url must be an http(s) URL: {cfg.model_url!r}")
+            raise ConfigError(
+                f"[reference_model] model_url must be an http(s) URL: {cfg.model_url!r}"
+            )
         self.settings = settings
         self.repository = repository
         self.metrics = metrics

@@ -18,7 +18,7 @@ from monitor.reference.estimator import (
 )
 from monitor.reference.id_records import IDRecord, read_id_records
 from monitor.reference.store import (
-    KINDS,
+    STORE_KINDS,
     ReferenceStore,
     encoder_fingerprints,
     fingerprint_mismatches,
@@ -27,7 +27,7 @@ from monitor.reference.store import (
 )
 
 __all__ = [
-    "KINDS",
+    "STORE_KINDS",
     "BuildOptions",
     "IDRecord",
     "ReferenceStore",

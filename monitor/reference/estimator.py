@@ -29,6 +29,7 @@ import numpy as np
 from monitor.errors import CheckpointError, ReferenceStoreError
 from monitor.estimators.club import CLUB, EpochReport, train_club
 from monitor.files import file_sha256
+from monitor.protocols import StoreView
 from monitor.reference.checkpoint import load_club, load_club_bytes, save_club
 from monitor.reference.store import ESTIMATOR, ReferenceStore, read_verified, update_manifest
 
@@ -98,7 +99,7 @@ def held_out_records(candidates: np.ndarray, fraction: float, seed: int) -> np.n
     return held
 
 
-def held_out_pairs(store: ReferenceStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def held_out_pairs(store: StoreView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, model answer, reference) rows of the records the store's CLUB was not trained on:
     what EMI(ID) is computed from, out of sample. Raises when there are fewer than 2 (a store
     trained with ``id_holdout_fraction=0``, or without references)."""
@@ -147,7 +148,7 @@ def import_store_estimator(store: ReferenceStore, path: Path) -> CLUB:
     return model
 
 
-def load_store_estimator(store: ReferenceStore) -> CLUB:
+def load_store_estimator(store: StoreView) -> CLUB:
     """The store's CLUB, its file verified against the manifest's sha256 as it is read."""
     if not store.manifest.get("estimator"):
         raise ReferenceStoreError(

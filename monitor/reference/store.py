@@ -53,7 +53,7 @@ from monitor.files import (
 from monitor.reference.index import IndexParams, read_index, search
 
 STORE_FORMAT = "mllm-monitor/reference-store@1"
-KINDS = ("image", "prompt", "query", "response", "reference")
+STORE_KINDS = ("image", "prompt", "query", "response", "reference")
 MANIFEST = "manifest.json"
 RECORDS = "records.json"
 CALIBRATION = "calibration.json"
@@ -61,7 +61,7 @@ ESTIMATOR = "estimator.pt"
 # Every file a store may hold besides its manifest; anything else listed is refused.
 STORE_FILES = frozenset(
     {RECORDS, CALIBRATION, ESTIMATOR}
-    | {f"{kind}.{ext}" for kind in KINDS for ext in ("npy", "faiss")}
+    | {f"{kind}.{ext}" for kind in STORE_KINDS for ext in ("npy", "faiss")}
 )
 Rows = npt.NDArray[np.float32]
 Fingerprints = Mapping[str, str | None]
@@ -110,7 +110,7 @@ class ReferenceStore:
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if self.manifest["counts"].get(k)]
+        return [k for k in STORE_KINDS if self.manifest["counts"].get(k)]
 
     @property
     def ood(self) -> dict[str, Any]:
@@ -400,8 +400,9 @@ def read_store_manifest(path: Path, name: str) -> dict[str, Any]:
     for key in ("counts", "dims"):
         table = data[key]
         need(
-            isinstance(table, dict) and all(k in KINDS and _is_count(v) for k, v in table.items()),
-            f"{key!r} must map kinds {list(KINDS)} to non-negative integers",
+            isinstance(table, dict)
+            and all(k in STORE_KINDS and _is_count(v) for k, v in table.items()),
+            f"{key!r} must map kinds {list(STORE_KINDS)} to non-negative integers",
         )
     need(set(data["dims"]) == set(data["counts"]), "'dims' and 'counts' name other kinds")
     need(
@@ -576,17 +577,16 @@ def _is_index_params(value: object) -> bool:
 __all__ = [
     "CALIBRATION",
     "ESTIMATOR",
-    "KINDS",
     "MANIFEST",
     "RECORDS",
     "STORE_FILES",
     "STORE_FORMAT",
+    "STORE_KINDS",
     "EncodersLike",
     "Fingerprints",
     "ReferenceStore",
     "check_fingerprints",
     "encoder_fingerprints",
-    "file_sha256",  # kept for callers that imported it from here; it lives in monitor.files
     "fingerprint_mismatches",
     "load_store",
     "open_store",
@@ -595,6 +595,5 @@ __all__ = [
     "store_lock",
     "store_path",
     "update_manifest",
-    "write_json_atomic",  # idem
     "write_store_json",
 ]

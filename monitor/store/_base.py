@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, select
@@ -18,15 +18,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from monitor.store.engine import SQLITE_BEGIN_OPTION, translate_errors
 from monitor.store.models import Stream
 from monitor.store.types import as_utc
+from monitor.timestamps import utcnow
 
 T = TypeVar("T")
 
 # Rows per statement when a list of ids goes into an IN (...) clause.
 ID_BATCH = 500
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -13,10 +13,10 @@ import numpy as np
 from sqlalchemy import ColumnElement, Dialect, Row, and_, delete, func, select, update
 
 from monitor.errors import EmbeddingError, StorageError
+from monitor.records import EMBEDDING_KINDS
 from monitor.store._base import ID_BATCH, Database, Streams, batched
 from monitor.store._inbox import Inbox
 from monitor.store.models import (
-    EMBEDDING_KINDS,
     Embedding,
     InboxItem,
     LateReference,

@@ -12,7 +12,6 @@ before it ended).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,25 +36,12 @@ from monitor.store.models import (
 )
 from monitor.store.types import (
     RiskTransitionEntry,
+    StoredWindow,
     WindowLocation,
     as_utc,
 )
 
 _WINDOW_KEY = ("stream_id", "window_start", "window_end")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredWindow:
-    """What :meth:`Windows.store_window` wrote: the window's id and the stream's risk level
-    before and after the write (equal when the window did not move it)."""
-
-    id: str
-    level_before: RiskLevel
-    level_after: RiskLevel
-
-    @property
-    def changed(self) -> bool:
-        return self.level_before != self.level_after
 
 
 class Windows:

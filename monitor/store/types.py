@@ -256,3 +256,17 @@ class PurgeCounts:
 
     raw_content: int
     late_references: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWindow:
+    """What storing a window (``Repository.store_window``) wrote: the window's id and the
+    stream's risk level before and after the write (equal when the window did not move it)."""
+
+    id: str
+    level_before: RiskLevel
+    level_after: RiskLevel
+
+    @property
+    def changed(self) -> bool:
+        return self.level_before != self.level_after

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from monitor.pipeline import KINDS, window_seed, read_window
-from monitor.records import WindowKey
+from monitor.pipeline import read_window, window_seed
+from monitor.records import EMBEDDING_KINDS, WindowKey
 from monitor.store.types import EmbeddingChunk
 
 KEY = WindowKey("s", datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 1, tzinfo=UTC))
@@ -99,7 +99,7 @@ def test_rows_of_every_kind_in_sample_order(n: int, counted: int, max_samples: i
     if counted > max_samples:
         rng = np.random.default_rng(window_seed(KEY))
         chosen = np.sort(rng.choice(counted, size=max_samples, replace=False))
-    for kind in KINDS:
+    for kind in EMBEDDING_KINDS:
         rows, present = _expected(samples, chosen, kind)
         got = data.rows[kind]
         assert got is not None and got.dtype == np.float32
