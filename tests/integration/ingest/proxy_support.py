@@ -1,5 +1,10 @@
 """Shared by the sidecar, worker and reference-model tests: real servers on loopback, a fake
-OpenAI-compatible upstream, tiny real encoders, settings and a migrated repository.
+OpenAI-compatible upstream, the sidecar in front of an upstream, tiny real encoders, settings
+and a migrated repository.
+
+Every sidecar test builds its sidecar with :func:`running_sidecar` (any upstream URL) or
+:func:`sidecar_over_fake` (in front of a :class:`FakeUpstream`): the ingest app with the proxy's
+routes, served on loopback, as ``mllm-monitor serve`` assembles it.
 
 The fake upstream speaks the chat completions API (JSON and SSE, usage, finish_reason), the
 completions and models routes, and answers 400 / 401 / 429 / 500 on request (a user message
@@ -18,18 +23,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import openai
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from monitor.config import Settings
 from monitor.embedding import EncoderSet, load_encoder
+from monitor.ingest.app import create_app
+from monitor.ingest.proxy import SidecarProxy, build_proxy_router
+from monitor.ingest.service import IngestService
+from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.store import migrate
 from monitor.store.engine import create_db_engine
@@ -37,6 +49,7 @@ from monitor.store.repository import Repository
 
 API_KEY = "sk-upstream-test"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+U = TypeVar("U")
 
 
 # -- servers on loopback ------------------------------------------------------------------------
@@ -223,6 +236,92 @@ async def _sse(
         }
         yield f"data: {json.dumps(data)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+
+
+# -- the sidecar --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningSidecar(Generic[U]):
+    """The sidecar served on loopback in front of ``upstream`` (the test's fake upstream, as the
+    test drives it), with what it was built from."""
+
+    upstream: U
+    upstream_url: str
+    url: str  # the sidecar's base URL
+    settings: Settings
+    repository: Repository
+    metrics: MonitorMetrics
+    ingest: IngestService
+    proxy: SidecarProxy
+
+    def client(self, *, direct: bool = False) -> openai.OpenAI:
+        """The official OpenAI client (the test API key, no retries), through the sidecar or
+        (``direct``) to the upstream itself."""
+        base = self.upstream_url if direct else self.url
+        return openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
+
+    def lost(self, reason: str) -> float:
+        """Exchanges passed through unsampled for ``reason`` (``proxy_fail_open``)."""
+        value = self.metrics.registry.get_sample_value(
+            "mllm_monitor_proxy_fail_open_total", {"reason": reason}
+        )
+        assert value is not None
+        return value
+
+    def records(self, outcome: str) -> float:
+        """Records of the default stream counted with ``outcome`` (dropped, rejected...)."""
+        value = self.metrics.registry.get_sample_value(
+            "mllm_monitor_records_total", {"stream": "default", "outcome": outcome}
+        )
+        return value or 0.0
+
+
+@contextmanager
+def running_sidecar(
+    upstream: U,
+    upstream_url: str,
+    repository: Repository,
+    *,
+    db_url: str = "sqlite://",
+    proxy: dict[str, Any] | None = None,
+    ingest_class: type[IngestService] = IngestService,
+    **sections: Any,
+) -> Iterator[RunningSidecar[U]]:
+    """The ingest app with the sidecar's routes for ``upstream_url``, served on loopback.
+
+    Settings are :func:`make_settings` (``db_url``, ``sections``) with ``[proxy] upstream`` and
+    the ``proxy`` options; ``ingest_class`` is the ingest service the sidecar samples into (a
+    subclass can count, fail or crawl)."""
+    settings = make_settings(db_url, proxy={"upstream": upstream_url, **(proxy or {})}, **sections)
+    metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
+    ingest = ingest_class(settings, repository, metrics)
+    router = build_proxy_router(settings, ingest, metrics)
+    app = create_app(settings, repository, metrics, ingest=ingest, routers=[router])
+    with serve(app) as url:
+        yield RunningSidecar(
+            upstream=upstream,
+            upstream_url=upstream_url,
+            url=url,
+            settings=settings,
+            repository=repository,
+            metrics=metrics,
+            ingest=ingest,
+            proxy=router.proxy,  # type: ignore[attr-defined]
+        )
+
+
+@contextmanager
+def sidecar_over_fake(
+    repository: Repository, **options: Any
+) -> Iterator[RunningSidecar[FakeUpstream]]:
+    """:func:`running_sidecar` in front of a :class:`FakeUpstream` served on loopback."""
+    fake = FakeUpstream()
+    with (
+        serve(fake.app) as upstream_url,
+        running_sidecar(fake, upstream_url, repository, **options) as sidecar,
+    ):
+        yield sidecar
 
 
 # -- data ---------------------------------------------------------------------------------------

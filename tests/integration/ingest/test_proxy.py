@@ -10,11 +10,7 @@ from typing import Any
 
 import openai
 import pytest
-from prometheus_client import CollectorRegistry
 
-from monitor.ingest.app import create_app
-from monitor.ingest.proxy import build_proxy_router
-from monitor.ingest.service import IngestService
 from monitor.ingest.worker import EmbeddingWorkers
 from monitor.metrics import MonitorMetrics
 from monitor.store.repository import Repository
@@ -22,10 +18,9 @@ from monitor.store.types import content_sha256
 from tests.integration.ingest.proxy_support import (
     API_KEY,
     FakeUpstream,
-    make_settings,
     png_data_url,
-    serve,
     shared_tiny_encoders,
+    sidecar_over_fake,
     sqlite_repository,
     wait_for,
 )
@@ -45,34 +40,19 @@ class Sidecar:
 
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
-    fake = FakeUpstream()
     repo = sqlite_repository(tmp_path)
-    with serve(fake.app) as upstream_url:
-        # The monitor's own token is set: proxied routes must not ask for it.
-        settings = make_settings(
-            "sqlite://", proxy={"upstream": upstream_url}, server={"token": "monitor-secret"}
+    # The monitor's own token is set: proxied routes must not ask for it.
+    with sidecar_over_fake(repo, server={"token": "monitor-secret"}) as running:
+        yield Sidecar(
+            upstream=running.client(direct=True),
+            proxied=running.client(),
+            fake=running.upstream,
+            repository=repo,
+            metrics=running.metrics,
+            workers=EmbeddingWorkers(
+                running.settings, repo, shared_tiny_encoders(), {}, running.metrics
+            ),
         )
-        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = IngestService(settings, repo, metrics)
-        app = create_app(
-            settings,
-            repo,
-            metrics,
-            ingest=ingest,
-            routers=[build_proxy_router(settings, ingest, metrics)],
-        )
-        workers = EmbeddingWorkers(settings, repo, shared_tiny_encoders(), {}, metrics)
-        with serve(app) as sidecar_url:
-            yield Sidecar(
-                upstream=openai.OpenAI(
-                    base_url=f"{upstream_url}/v1", api_key=API_KEY, max_retries=0
-                ),
-                proxied=openai.OpenAI(base_url=f"{sidecar_url}/v1", api_key=API_KEY, max_retries=0),
-                fake=fake,
-                repository=repo,
-                metrics=metrics,
-                workers=workers,
-            )
 
 
 def ask(client: openai.OpenAI, content: Any, **options: Any) -> Any:

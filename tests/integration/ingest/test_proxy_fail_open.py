@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,58 +16,26 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from monitor.config import Settings
 from monitor.embedding import EncoderSet
-from monitor.ingest.app import create_app
-from monitor.ingest.proxy import build_proxy_router
 from monitor.ingest.service import IngestService, SubmitResult
 from monitor.ingest.worker import EmbeddingWorkers
-from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.store.repository import Repository
 from tests.integration.databases import drop_database
 from tests.integration.ingest.proxy_support import (
-    API_KEY,
-    FakeUpstream,
-    make_settings,
     migrated_engine,
     record,
-    serve,
+    running_sidecar,
+    sidecar_over_fake,
     sqlite_repository,
     wait_for,
 )
 
 MODEL = "llava-fake"
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
-
-
-@contextmanager
-def sidecar(
-    settings_for: Any, repo: Repository, ingest_class: type[IngestService] = IngestService
-) -> Iterator[tuple[openai.OpenAI, openai.OpenAI, MonitorMetrics]]:
-    """(direct client, proxied client, metrics) around a fake upstream."""
-    fake = FakeUpstream()
-    with serve(fake.app) as upstream_url:
-        settings: Settings = settings_for(upstream_url)
-        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = ingest_class(settings, repo, metrics)
-        app = create_app(
-            settings,
-            repo,
-            metrics,
-            ingest=ingest,
-            routers=[build_proxy_router(settings, ingest, metrics)],
-        )
-        with serve(app) as url:
-            yield (
-                openai.OpenAI(base_url=f"{upstream_url}/v1", api_key=API_KEY, max_retries=0),
-                openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0),
-                metrics,
-            )
 
 
 def answers(client: openai.OpenAI, prompt: str) -> tuple[str | None, str | None]:
@@ -83,35 +50,15 @@ def answers(client: openai.OpenAI, prompt: str) -> tuple[str | None, str | None]
     return plain.choices[0].message.content, "".join(parts)
 
 
-def lost(metrics: MonitorMetrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "mllm_monitor_proxy_fail_open_total", {"reason": reason}
-    )
-    assert value is not None
-    return value
-
-
-def dropped(metrics: MonitorMetrics) -> float:
-    value = metrics.registry.get_sample_value(
-        "mllm_monitor_records_total", {"stream": "default", "outcome": "dropped"}
-    )
-    assert value is not None
-    return value
-
-
 def test_a_full_inbox_loses_the_sample_not_the_answer(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
     repo.enqueue([record(0)])  # the inbox is at its limit of 1
 
-    def settings_for(upstream: str) -> Settings:
-        return make_settings(
-            "sqlite://", proxy={"upstream": upstream}, ingest={"max_inbox_depth": 1}
-        )
-
-    with sidecar(settings_for, repo) as (direct, proxied, metrics):
+    with sidecar_over_fake(repo, ingest={"max_inbox_depth": 1}) as sidecar:
+        proxied, direct = sidecar.client(), sidecar.client(direct=True)
         assert answers(proxied, "is anyone there") == answers(direct, "is anyone there")
-        wait_for(lambda: lost(metrics, "inbox_full") == 2, what="two exchanges counted lost")
-        assert dropped(metrics) == 2
+        wait_for(lambda: sidecar.lost("inbox_full") == 2, what="two exchanges counted lost")
+        assert sidecar.records("dropped") == 2
     assert repo.inbox_depth() == 1
 
 
@@ -127,11 +74,9 @@ def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     repo = Repository(migrated_engine(url))
 
-    def settings_for(upstream: str) -> Settings:
-        return make_settings(url, proxy={"upstream": upstream})
-
     try:
-        with sidecar(settings_for, repo) as (direct, proxied, metrics):
+        with sidecar_over_fake(repo, db_url=url) as sidecar:
+            proxied, direct = sidecar.client(), sidecar.client(direct=True)
             assert answers(proxied, "before") == answers(direct, "before")
             wait_for(lambda: repo.inbox_depth() == 2, what="both exchanges sampled")
 
@@ -140,8 +85,8 @@ def test_a_database_that_goes_away_loses_samples_not_answers() -> None:
             for n in range(3):
                 assert answers(proxied, f"during {n}") == answers(direct, f"during {n}")
             assert time.perf_counter() - started < 5
-            wait_for(lambda: lost(metrics, "storage_error") >= 6, what="losses counted")
-            assert dropped(metrics) >= 6
+            wait_for(lambda: sidecar.lost("storage_error") >= 6, what="losses counted")
+            assert sidecar.records("dropped") >= 6
     finally:
         repo.close()
         drop_database(admin, name, if_exists=True)
@@ -165,31 +110,25 @@ class CrawlingIngest(IngestService):
 
 def test_a_sampling_path_that_raises_changes_nothing_for_the_client(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
-    with sidecar(
-        lambda upstream: make_settings("sqlite://", proxy={"upstream": upstream}),
-        repo,
-        BrokenIngest,
-    ) as (direct, proxied, metrics):
+    with sidecar_over_fake(repo, ingest_class=BrokenIngest) as sidecar:
+        proxied, direct = sidecar.client(), sidecar.client(direct=True)
         for n in range(3):
             assert answers(proxied, f"question {n}") == answers(direct, f"question {n}")
-        wait_for(lambda: lost(metrics, "internal_error") == 6, what="bugs counted")
-        assert dropped(metrics) == 6
+        wait_for(lambda: sidecar.lost("internal_error") == 6, what="bugs counted")
+        assert sidecar.records("dropped") == 6
 
 
 def test_a_slow_sampling_path_never_delays_the_client(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
-    with sidecar(
-        lambda upstream: make_settings(
-            "sqlite://", proxy={"upstream": upstream, "sample_queue_size": 1}
-        ),
-        repo,
-        CrawlingIngest,
-    ) as (direct, proxied, metrics):
+    with sidecar_over_fake(
+        repo, proxy={"sample_queue_size": 1}, ingest_class=CrawlingIngest
+    ) as sidecar:
+        proxied, direct = sidecar.client(), sidecar.client(direct=True)
         for n in range(6):
             started = time.perf_counter()
             assert answers(proxied, f"quick {n}") == answers(direct, f"quick {n}")
             assert time.perf_counter() - started < 0.45  # less than one slow submit
-        assert lost(metrics, "queue_full") >= 1
+        assert sidecar.lost("queue_full") >= 1
         wait_for(lambda: repo.inbox_depth() >= 1, what="what fitted the queue to be sampled")
 
 
@@ -209,15 +148,10 @@ class ExplodingEncoder:
 
 def test_failing_embedding_workers_change_nothing_for_the_client(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
-    settings_seen: list[Settings] = []
-
-    def settings_for(upstream: str) -> Settings:
-        settings_seen.append(make_settings("sqlite://", proxy={"upstream": upstream}))
-        return settings_seen[-1]
-
-    with sidecar(settings_for, repo) as (direct, proxied, metrics):
+    with sidecar_over_fake(repo) as sidecar:
+        proxied, direct = sidecar.client(), sidecar.client(direct=True)
         broken = EncoderSet(image=None, text=ExplodingEncoder(), fusion="mean")
-        workers = EmbeddingWorkers(settings_seen[0], repo, broken, {}, metrics)
+        workers = EmbeddingWorkers(sidecar.settings, repo, broken, {}, sidecar.metrics)
         workers.start()
         try:
             for n in range(3):
@@ -231,19 +165,9 @@ def test_failing_embedding_workers_change_nothing_for_the_client(tmp_path: Path)
 
 def test_an_unreachable_upstream_is_a_502_in_the_openai_error_shape(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
-    settings = make_settings("sqlite://", proxy={"upstream": "http://127.0.0.1:9"})
-    metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-    ingest = IngestService(settings, repo, metrics)
-    app = create_app(
-        settings,
-        repo,
-        metrics,
-        ingest=ingest,
-        routers=[build_proxy_router(settings, ingest, metrics)],
-    )
-    with serve(app) as url:
+    with running_sidecar(None, "http://127.0.0.1:9", repo) as sidecar:
         response = httpx.post(
-            f"{url}/v1/chat/completions",
+            f"{sidecar.url}/v1/chat/completions",
             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
         )
     assert response.status_code == 502

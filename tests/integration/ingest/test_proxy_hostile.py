@@ -13,7 +13,7 @@ import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,18 +21,12 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from prometheus_client import CollectorRegistry
 
-from monitor.ingest.app import create_app
-from monitor.ingest.proxy import SidecarProxy, build_proxy_router
-from monitor.ingest.service import IngestService
-from monitor.metrics import MonitorMetrics
-from monitor.store.repository import Repository
 from tests.integration.ingest.hostile_upstream import HostileUpstream, running
 from tests.integration.ingest.proxy_support import (
-    make_settings,
+    RunningSidecar,
     record,
-    serve,
+    running_sidecar,
     sqlite_repository,
     wait_for,
 )
@@ -40,51 +34,31 @@ from tests.integration.ingest.proxy_support import (
 MIB = 1024 * 1024
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
+Sidecar = RunningSidecar[HostileUpstream]
 
-@dataclass
-class Sidecar:
-    url: str
-    upstream: HostileUpstream
-    upstream_url: str
-    repo: Repository
-    metrics: MonitorMetrics
-    proxy: SidecarProxy
 
-    def post(self, mode: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        headers = {"x-hostile": mode, **kwargs.pop("headers", {})}
-        return httpx.post(
-            f"{self.url}/v1/chat/completions",
-            json=CHAT if body is None else body,
-            headers=headers,
-            timeout=kwargs.pop("timeout", 30),
-            **kwargs,
-        )
-
-    def lost(self, reason: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "mllm_monitor_proxy_fail_open_total", {"reason": reason}
-        )
-        assert value is not None
-        return value
-
-    def records(self, outcome: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "mllm_monitor_records_total", {"stream": "default", "outcome": outcome}
-        )
-        return value or 0.0
+def post(sidecar: Sidecar, mode: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+    """A chat completion through the sidecar, the hostile upstream told to behave as ``mode``."""
+    headers = {"x-hostile": mode, **kwargs.pop("headers", {})}
+    return httpx.post(
+        f"{sidecar.url}/v1/chat/completions",
+        json=CHAT if body is None else body,
+        headers=headers,
+        timeout=kwargs.pop("timeout", 30),
+        **kwargs,
+    )
 
 
 @contextmanager
 def sidecar_for(tmp_path: Path, **proxy: Any) -> Iterator[Sidecar]:
-    with running() as (upstream_url, upstream):
-        repo = sqlite_repository(tmp_path)
-        settings = make_settings("sqlite://", proxy={"upstream": upstream_url, **proxy})
-        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = IngestService(settings, repo, metrics)
-        router = build_proxy_router(settings, ingest, metrics)
-        app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
-        with serve(app) as url:
-            yield Sidecar(url, upstream, upstream_url, repo, metrics, router.proxy)  # type: ignore[attr-defined]
+    repo = sqlite_repository(tmp_path)
+    try:
+        with (
+            running() as (upstream_url, upstream),
+            running_sidecar(upstream, upstream_url, repo, proxy=proxy) as sidecar,
+        ):
+            yield sidecar
+    finally:
         repo.close()
 
 
@@ -122,7 +96,7 @@ def test_a_gzip_bomb_is_relayed_as_it_came_and_not_sampled(sidecar: Sidecar) -> 
     wait_for(lambda: sidecar.lost("too_large") == 1, what="the bomb counted too large")
     assert sidecar.records("dropped") == 1
     assert sidecar.lost("invalid") == 0
-    assert sidecar.repo.inbox_depth() == 0
+    assert sidecar.repository.inbox_depth() == 0
 
 
 def test_a_huge_answer_is_relayed_as_it_arrives_not_held(sidecar: Sidecar) -> None:
@@ -186,14 +160,14 @@ def test_a_streamed_body_over_the_limit_is_a_413_as_it_arrives(sidecar: Sidecar)
 def test_a_request_over_the_sampling_limit_passes_unsampled(sidecar: Sidecar) -> None:
     padding = "x" * (3 * MIB)  # over max_sample_bytes (2 MiB), under max_body_bytes (16 MiB)
     body = {**CHAT, "messages": [{"role": "user", "content": "hi"}], "user": padding}
-    response = sidecar.post("ok", body)
+    response = post(sidecar, "ok", body)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "fine"
     assert sidecar.upstream.bytes_read > 3 * MIB  # the whole body went up
     wait_for(lambda: sidecar.lost("too_large") == 1, what="the request counted too large")
     assert sidecar.records("dropped") == 1
     settle(sidecar)
-    assert sidecar.repo.inbox_depth() == 0
+    assert sidecar.repository.inbox_depth() == 0
     # One under the limit, chunked (no Content-Length), is sampled as before.
     small = httpx.post(
         f"{sidecar.url}/v1/chat/completions",
@@ -201,7 +175,7 @@ def test_a_request_over_the_sampling_limit_passes_unsampled(sidecar: Sidecar) ->
         headers={"content-type": "application/json", "x-hostile": "ok"},
     )
     assert small.status_code == 200
-    wait_for(lambda: sidecar.repo.inbox_depth() == 1, what="the small exchange sampled")
+    wait_for(lambda: sidecar.repository.inbox_depth() == 1, what="the small exchange sampled")
 
 
 # -- 3. clients that give up ------------------------------------------------------------------
@@ -218,7 +192,7 @@ def test_clients_that_give_up_free_their_upstream_connections(tmp_path: Path) ->
             )
         assert gave_up == [True, True]
         started = time.monotonic()
-        later = sidecar.post("ok", timeout=10)  # both pooled connections were taken
+        later = post(sidecar, "ok", timeout=10)  # both pooled connections were taken
         assert later.status_code == 200
         assert time.monotonic() - started < 2
         wait_for(lambda: sidecar.upstream.gave_up_waiting == 2, what="upstream requests ended")
@@ -227,7 +201,7 @@ def test_clients_that_give_up_free_their_upstream_connections(tmp_path: Path) ->
 
 def _gives_up(sidecar: Sidecar) -> bool:
     try:
-        sidecar.post("slow", timeout=0.5)
+        post(sidecar, "slow", timeout=0.5)
     except httpx.ReadTimeout:
         return True
     return False
@@ -240,10 +214,10 @@ def _gives_up(sidecar: Sidecar) -> bool:
 def test_an_early_answer_of_the_upstream_reaches_the_client(sidecar: Sidecar, size: int) -> None:
     body = {**CHAT, "user": "x" * size}
     for _ in range(3):  # on a fresh and on reused connections
-        response = sidecar.post("early-413", body)
+        response = post(sidecar, "early-413", body)
         assert response.status_code == 413, response.text
         assert response.json()["error"]["message"] == "body too large"  # the upstream's own
-        assert sidecar.post("ok").status_code == 200
+        assert post(sidecar, "ok").status_code == 200
 
 
 # -- 5. aborts are ordinary events ------------------------------------------------------------
@@ -296,7 +270,7 @@ def test_an_upstream_that_breaks_off_a_stream_is_one_warning(
     settle(sidecar)
     warnings = quiet_abort_logs(caplog)
     assert len(warnings) == 1 and "broke off" in warnings[0].getMessage()
-    assert sidecar.repo.inbox_depth() == 0
+    assert sidecar.repository.inbox_depth() == 0
 
 
 # -- 6. an upstream that reuses completion ids ------------------------------------------------
@@ -304,11 +278,11 @@ def test_an_upstream_that_breaks_off_a_stream_is_one_warning(
 
 def test_an_upstream_reusing_its_completion_id_loses_no_exchange(sidecar: Sidecar) -> None:
     for _ in range(10):
-        response = sidecar.post("constant-id")
+        response = post(sidecar, "constant-id")
         assert response.json()["id"] == "chatcmpl-CONSTANT"
-    wait_for(lambda: sidecar.repo.inbox_depth() == 10, what="ten samples", timeout=5)
+    wait_for(lambda: sidecar.repository.inbox_depth() == 10, what="ten samples", timeout=5)
     assert sidecar.records("sampled") == 10
-    located = sidecar.repo.locate_records(["chatcmpl-CONSTANT"])
+    located = sidecar.repository.locate_records(["chatcmpl-CONSTANT"])
     assert located == {"chatcmpl-CONSTANT": "inbox"}  # the first keeps the id the client saw
 
 
@@ -316,9 +290,9 @@ def test_a_completion_id_stored_before_the_sidecar_started_is_not_a_duplicate(
     sidecar: Sidecar,
 ) -> None:
     # A previous process sampled it: this one has no memory of it, the inbox has.
-    sidecar.repo.enqueue([replace(record(0), id="chatcmpl-CONSTANT")])
+    sidecar.repository.enqueue([replace(record(0), id="chatcmpl-CONSTANT")])
     for _ in range(3):
-        assert sidecar.post("constant-id").status_code == 200
-    wait_for(lambda: sidecar.repo.inbox_depth() == 4, what="three more samples", timeout=5)
+        assert post(sidecar, "constant-id").status_code == 200
+    wait_for(lambda: sidecar.repository.inbox_depth() == 4, what="three more samples", timeout=5)
     # The first is refused as a duplicate, then goes in under an id of the sidecar's own.
     assert sidecar.records("sampled") == 3 and sidecar.records("duplicate") == 1

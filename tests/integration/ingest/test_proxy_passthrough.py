@@ -11,27 +11,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from monitor.ingest.app import create_app
-from monitor.ingest.proxy import build_proxy_router
 from monitor.ingest.service import IngestService, SubmitResult
-from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
-from monitor.store.repository import Repository
 from tests.integration.ingest.proxy_support import (
-    make_settings,
+    RunningSidecar,
+    running_sidecar,
     serve,
     sqlite_repository,
     wait_for,
@@ -96,26 +91,18 @@ class CountingIngest(IngestService):
         return super().submit(records)
 
 
-@dataclass
-class Proxied:
-    upstream: Upstream
-    url: str  # the sidecar's
-    repo: Repository
-    ingest: CountingIngest
+Proxied = RunningSidecar[Upstream]
 
 
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Proxied]:
     upstream = Upstream()
     repo = sqlite_repository(tmp_path)
-    with serve(upstream.app) as upstream_url:
-        settings = make_settings("sqlite://", proxy={"upstream": upstream_url})
-        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = CountingIngest(settings, repo, metrics)
-        router = build_proxy_router(settings, ingest, metrics)
-        app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
-        with serve(app) as url:
-            yield Proxied(upstream, url, repo, ingest)
+    with (
+        serve(upstream.app) as upstream_url,
+        running_sidecar(upstream, upstream_url, repo, ingest_class=CountingIngest) as sidecar,
+    ):
+        yield sidecar
 
 
 def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -159,7 +146,7 @@ def test_an_upstream_cookie_goes_to_its_caller_and_never_to_the_next(proxied: Pr
 
 
 def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Proxied) -> None:
-    upstream, url, repo = proxied.upstream, proxied.url, proxied.repo
+    upstream, url, repo = proxied.upstream, proxied.url, proxied.repository
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
         lines = response.iter_lines()
@@ -174,7 +161,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream(proxied: Proxied) 
 
 
 def test_a_stream_read_to_the_end_is_sampled_once(proxied: Proxied) -> None:
-    upstream, url, repo = proxied.upstream, proxied.url, proxied.repo
+    upstream, url, repo = proxied.upstream, proxied.url, proxied.repository
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream(
         "POST", f"{url}/v1/chat/completions", json={**body, "chunks": 10}, timeout=10
@@ -189,7 +176,7 @@ def test_a_stream_read_to_the_end_is_sampled_once(proxied: Proxied) -> None:
 def test_a_stream_the_upstream_breaks_reaches_the_client_broken_and_is_not_sampled(
     proxied: Proxied,
 ) -> None:
-    url, repo = proxied.url, proxied.repo
+    url, repo = proxied.url, proxied.repository
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream(
         "POST", f"{url}/v1/chat/completions", json={**body, "chunks": 3, "break": True}
@@ -211,7 +198,7 @@ def test_a_stream_the_upstream_breaks_reaches_the_client_broken_and_is_not_sampl
 
 
 def test_exchanges_are_sampled_whole_and_in_batches(proxied: Proxied) -> None:
-    url, repo = proxied.url, proxied.repo
+    url, repo = proxied.url, proxied.repository
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
     def ask(_: int) -> int:
@@ -223,6 +210,7 @@ def test_exchanges_are_sampled_whole_and_in_batches(proxied: Proxied) -> None:
     with ThreadPoolExecutor(max_workers=20) as pool:
         assert set(pool.map(ask, range(60))) == {200}
     wait_for(lambda: repo.inbox_depth() == 100, what="every exchange sampled")
+    assert isinstance(proxied.ingest, CountingIngest)
     batches = proxied.ingest.batches
     assert sum(batches) == 100
     # Gathered into batches (one hand-off to a thread each), not one submit per exchange.

@@ -9,21 +9,15 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CollectorRegistry
 
-from monitor.ingest.app import create_app
-from monitor.ingest.proxy import build_proxy_router
-from monitor.ingest.service import IngestService
-from monitor.metrics import MonitorMetrics
-from monitor.store.repository import Repository
 from tests.integration.ingest.proxy_support import (
-    make_settings,
+    RunningSidecar,
+    running_sidecar,
     serve,
     sqlite_repository,
     wait_for,
@@ -75,23 +69,23 @@ class Upstream:
         yield b"data: [DONE]\n\n"
 
 
+Wire = RunningSidecar[Upstream]
+
+
 @pytest.fixture
-def wire(tmp_path: Path) -> Iterator[tuple[Upstream, str, Repository, MonitorMetrics]]:
+def wire(tmp_path: Path) -> Iterator[Wire]:
     upstream = Upstream()
     repo = sqlite_repository(tmp_path)
-    with serve(upstream.app) as upstream_url:
-        # Written as OpenAI clients write a base URL: with /v1.
-        settings = make_settings("sqlite://", proxy={"upstream": f"{upstream_url}/v1/"})
-        metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = IngestService(settings, repo, metrics)
-        router = build_proxy_router(settings, ingest, metrics)
-        app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
-        with serve(app) as url:
-            yield upstream, url, repo, metrics
+    # The upstream is written as OpenAI clients write a base URL: with /v1.
+    with (
+        serve(upstream.app) as upstream_url,
+        running_sidecar(upstream, f"{upstream_url}/v1/", repo) as sidecar,
+    ):
+        yield sidecar
 
 
-def test_sse_is_relayed_chunk_by_chunk(wire: Any) -> None:
-    upstream, url, repo, _ = wire
+def test_sse_is_relayed_chunk_by_chunk(wire: Wire) -> None:
+    upstream, url, repo = wire.upstream, wire.url, wire.repository
     received: list[str] = []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=BODY, timeout=10) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -104,8 +98,8 @@ def test_sse_is_relayed_chunk_by_chunk(wire: Any) -> None:
     assert repo.locate_records(["chatcmpl-gated"]) == {"chatcmpl-gated": "inbox"}
 
 
-def test_compressed_answers_pass_unchanged_and_are_still_sampled(wire: Any) -> None:
-    upstream, url, repo, _ = wire
+def test_compressed_answers_pass_unchanged_and_are_still_sampled(wire: Wire) -> None:
+    upstream, url, repo = wire.upstream, wire.url, wire.repository
     plain = {**BODY, "stream": False}
     with httpx.Client(headers={"accept-encoding": "gzip"}) as client:
         response = client.post(f"{url}/v1/chat/completions", json=plain)
@@ -117,8 +111,8 @@ def test_compressed_answers_pass_unchanged_and_are_still_sampled(wire: Any) -> N
     assert repo.locate_records(["chatcmpl-gzipped"]) == {"chatcmpl-gzipped": "inbox"}
 
 
-def test_hop_by_hop_headers_stay_on_their_connection(wire: Any) -> None:
-    upstream, url, _, _ = wire
+def test_hop_by_hop_headers_stay_on_their_connection(wire: Wire) -> None:
+    upstream, url = wire.upstream, wire.url
     headers = {
         "connection": "keep-alive, x-private-hop",
         "x-private-hop": "for the sidecar only",
