@@ -76,7 +76,7 @@ TEXT_BLOCKS = {"k8s/": "the layout of deploy/k8s, a directory tree"}
 # its CLUB and calibration, then recent traffic and its windows.
 SETUP = (
     "mllm-monitor db upgrade",
-    "mllm-monitor reference build --manifest id.jsonl --name default",
+    "mllm-monitor reference build --id-records id.jsonl --name default",
     "mllm-monitor estimator train --reference default",
     "mllm-monitor calibrate --reference default",
     "mllm-monitor backfill --from-jsonl traffic.jsonl",
@@ -139,7 +139,7 @@ SKIP: dict[str, Skip] = {
     # Names of commands in prose, without the arguments they need (each runs in full in a
     # block of the docs).
     "mllm-monitor": Skip("the program's name"),
-    "mllm-monitor reference build": Skip("a mention; --manifest is required"),
+    "mllm-monitor reference build": Skip("a mention; --id-records is required"),
     # Containers, Kubernetes, systemd, backups: not on a test machine.
     "docker compose -f deploy/compose.yaml up --build": Skip("docker", ("deploy/compose.yaml",)),
     "docker compose -f deploy/compose.yaml exec monitor mllm-monitor windows list "
@@ -166,7 +166,7 @@ SKIP: dict[str, Skip] = {
     ),
     "docker run --rm ...same -e and config mount... mllm-monitor:0.1.0 db upgrade": Skip("docker"),
     "docker run --rm ... -v /srv/mllm-monitor/references:/var/lib/mllm-monitor/references "
-    "-v /srv/data:/data:ro mllm-monitor:0.1.0 reference build --manifest /data/id.jsonl "
+    "-v /srv/data:/data:ro mllm-monitor:0.1.0 reference build --id-records /data/id.jsonl "
     "--name default": Skip("docker"),
     "docker run --rm ... mllm-monitor:0.1.0 calibrate --reference default": Skip("docker"),
     "kubectl kustomize": Skip("kubernetes"),
@@ -203,7 +203,7 @@ SKIP: dict[str, Skip] = {
     "systemctl restart mllm-monitor": Skip("systemd"),
     "systemctl status mllm-monitor": Skip("systemd"),
     "sudo -u mllm-monitor env MLLM_MONITOR_CONFIG=/etc/mllm-monitor/mllm-monitor.toml "
-    "/opt/mllm-monitor/bin/mllm-monitor reference build --manifest id.jsonl --name default": Skip(
+    "/opt/mllm-monitor/bin/mllm-monitor reference build --id-records id.jsonl --name default": Skip(
         "root, another user"
     ),
     "pg_dump": Skip("a PostgreSQL backup tool, named"),
