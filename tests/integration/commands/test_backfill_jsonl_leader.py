@@ -10,13 +10,12 @@ from datetime import timedelta
 import pytest
 
 from monitor.config import load_settings
-from tests.integration.sre.conftest import (
+from tests.integration.commands.conftest import (
     BASE,
     Workspace,
-    rfc3339,
     window_records,
-    write_jsonl,
 )
+from tests.integration.llava_traffic import rfc3339, write_jsonl
 
 pytestmark = pytest.mark.slow
 FIVE = timedelta(minutes=5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from monitor.backfill.lines import content_id
-from tests.integration.sre.conftest import BASE, Workspace, window_records, write_config
+from tests.integration.commands.conftest import BASE, Workspace, window_records, write_config
 
 pytestmark = pytest.mark.slow
 RECORDS = 90

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from monitor.cli import app
-from tests.integration.sre.conftest import Workspace
+from tests.integration.commands.conftest import Workspace
 
 
 def test_serve_refuses_a_calibration_too_coarse_for_the_false_alarm_rate(

