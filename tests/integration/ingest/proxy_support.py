@@ -255,11 +255,13 @@ class RunningSidecar(Generic[U]):
     ingest: IngestService
     proxy: SidecarProxy
 
-    def client(self, *, direct: bool = False) -> openai.OpenAI:
-        """The official OpenAI client (the test API key, no retries), through the sidecar or
-        (``direct``) to the upstream itself."""
-        base = self.upstream_url if direct else self.url
-        return openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
+    def client(self, *, direct: bool = False, timeout: float | None = None) -> openai.OpenAI:
+        """The official OpenAI client (the test API key, no retries; openai's default timeout
+        unless ``timeout``), through the sidecar or (``direct``) to the upstream itself."""
+        base = f"{self.upstream_url if direct else self.url}/v1"
+        if timeout is None:
+            return openai.OpenAI(base_url=base, api_key=API_KEY, max_retries=0)
+        return openai.OpenAI(base_url=base, api_key=API_KEY, max_retries=0, timeout=timeout)
 
     def lost(self, reason: str) -> float:
         """Exchanges passed through unsampled for ``reason`` (``proxy_fail_open``)."""

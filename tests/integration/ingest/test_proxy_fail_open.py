@@ -1,10 +1,11 @@
 """The sidecar fails open: a full inbox, a database that goes away, a sampling path that
-raises or crawls, and embedding workers that fail never change, fail or delay what the client
+raises or is stuck, and embedding workers that fail never change, fail or delay what the client
 gets; every lost exchange is counted."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from tests.integration.ingest.proxy_support import (
 
 MODEL = "llava-fake"
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
+# Longest a stuck sampling path waits to be let go (far longer than the test's requests take).
+STUCK_SECONDS = 30.0
 
 
 def answers(client: openai.OpenAI, prompt: str) -> tuple[str | None, str | None]:
@@ -100,12 +103,23 @@ class BrokenIngest(IngestService):
         raise RuntimeError("a bug in the monitor")
 
 
-class CrawlingIngest(IngestService):
-    """A sampling path far slower than the traffic (a database on its knees)."""
+class StuckIngest(IngestService):
+    """A sampling path whose submits are held until the test lets them go (a database on its
+    knees); each gives up waiting after STUCK_SECONDS."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stuck = threading.Event()  # a submit is in progress, held
+        self.let_go = threading.Event()
+        self.finished = 0  # submits that have returned
 
     def submit(self, records: Sequence[TrafficRecord]) -> SubmitResult:
-        time.sleep(0.5)
-        return super().submit(records)
+        self.stuck.set()
+        self.let_go.wait(STUCK_SECONDS)
+        try:
+            return super().submit(records)
+        finally:
+            self.finished += 1
 
 
 def test_a_sampling_path_that_raises_changes_nothing_for_the_client(tmp_path: Path) -> None:
@@ -118,17 +132,27 @@ def test_a_sampling_path_that_raises_changes_nothing_for_the_client(tmp_path: Pa
         assert sidecar.records("dropped") == 6
 
 
-def test_a_slow_sampling_path_never_delays_the_client(tmp_path: Path) -> None:
+def test_a_stuck_sampling_path_never_delays_the_client(tmp_path: Path) -> None:
     repo = sqlite_repository(tmp_path)
     with sidecar_over_fake(
-        repo, proxy={"sample_queue_size": 1}, ingest_class=CrawlingIngest
+        repo, proxy={"sample_queue_size": 1}, ingest_class=StuckIngest
     ) as sidecar:
-        proxied, direct = sidecar.client(), sidecar.client(direct=True)
-        for n in range(6):
-            started = time.perf_counter()
-            assert answers(proxied, f"quick {n}") == answers(direct, f"quick {n}")
-            assert time.perf_counter() - started < 0.45  # less than one slow submit
-        assert sidecar.lost("queue_full") >= 1
+        ingest = sidecar.ingest
+        assert isinstance(ingest, StuckIngest)
+        # A sidecar that waited for its sampler would time out here rather than hang.
+        proxied = sidecar.client(timeout=STUCK_SECONDS / 2)
+        direct = sidecar.client(direct=True)
+        try:
+            assert answers(proxied, "quick 0") == answers(direct, "quick 0")
+            wait_for(ingest.stuck.is_set, what="the sampler to be stuck in a submit")
+            for n in range(1, 6):
+                assert answers(proxied, f"quick {n}") == answers(direct, f"quick {n}")
+            # Every answer came while the first submit was still held: a sidecar that waited
+            # for its sampler would have answered only after that submit gave up.
+            assert ingest.finished == 0
+            assert sidecar.lost("queue_full") >= 1
+        finally:
+            ingest.let_go.set()
         wait_for(lambda: repo.inbox_depth() >= 1, what="what fitted the queue to be sampled")
 
 
