@@ -25,12 +25,11 @@ Logging is set up by :mod:`monitor.logs` (JSON lines unless stderr is a terminal
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,18 @@ from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.metrics import MonitorMetrics
 
-if TYPE_CHECKING:  # the store package pulls in faiss and torch: loaded by load()
+if TYPE_CHECKING:  # these pull in torch, faiss, SQLAlchemy and FastAPI: imported by load()
+    import uvicorn
+    from fastapi import APIRouter, FastAPI
+
+    from monitor.embedding import EncoderSet
+    from monitor.ingest.readiness import Readiness
+    from monitor.ingest.reference_model import ReferenceModel
+    from monitor.ingest.service import IngestService
+    from monitor.ingest.worker import EmbeddingWorkers
     from monitor.reference.store import ReferenceStore
+    from monitor.scheduler import WindowScheduler
+    from monitor.store.repository import Repository
 
 log = logging.getLogger("monitor.daemon")
 
@@ -58,15 +67,16 @@ class Daemon:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = MonitorMetrics(self.registry, [s.name for s in settings.streams])
-        self.repository: Any = None
-        self.encoders: Any = None
-        self.stores: dict[str, Any] = {}  # by stream name
-        self.readiness: Any = None
-        self.ingest: Any = None
-        self.workers: Any = None
-        self.scheduler: Any = None
-        self.app: Any = None
-        self._server: Any = None
+        # Set by load(); None until then (and the repository again after close()).
+        self.repository: Repository | None = None
+        self.encoders: EncoderSet | None = None
+        self.stores: dict[str, ReferenceStore] = {}  # by stream name
+        self.readiness: Readiness | None = None
+        self.ingest: IngestService | None = None
+        self.workers: EmbeddingWorkers | None = None
+        self.scheduler: WindowScheduler | None = None
+        self.app: FastAPI | None = None
+        self._server: uvicorn.Server | None = None
         self._stop = threading.Event()
 
     # -- loading ---------------------------------------------------------------------------
@@ -82,40 +92,40 @@ class Daemon:
 
     def _load(self) -> None:
         from monitor.embedding import encoders_from_settings
+        from monitor.ingest.app import create_app
+        from monitor.ingest.readiness import CachedProbe, Readiness, database_check
+        from monitor.ingest.service import IngestService
         from monitor.store.repository import open_repository
 
         settings = self.settings
         applied = apply_compute_settings(settings.compute)
         log.info("compute threads", extra={"threads": applied.threads, "auto": applied.automatic})
-        self.repository = open_repository(settings)
-        ingest_app, ingest_service, readiness_mod = _import_ingest()
-        self.readiness = readiness_mod.Readiness()
+        self.repository = repository = open_repository(settings)
+        self.readiness = readiness = Readiness()
         # Probed at each /readyz (cached ~1 s): a database that goes away must turn it 503.
-        check = readiness_mod.database_check(self.repository.engine)
-        self.readiness.probe("database", readiness_mod.CachedProbe(check))
+        readiness.probe("database", CachedProbe(database_check(repository.engine)))
 
-        self.encoders = encoders_from_settings(settings.encoders)
-        self.readiness.set(
+        self.encoders = encoders = encoders_from_settings(settings.encoders)
+        readiness.set(
             "encoders",
             True,
             f"text {settings.encoders.text.kind}, image {settings.encoders.image.kind}",
         )
-        self.stores = self._load_stores()
+        self.stores = self._load_stores(readiness, encoders)
 
-        self.ingest = ingest_service.IngestService(settings, self.repository, self.metrics)
-        self.workers = self._build_workers()
-        self.scheduler = self._build_scheduler()
-        routers = self._routers()
-        self.app = ingest_app.create_app(
+        self.ingest = ingest = IngestService(settings, repository, self.metrics)
+        self.workers = self._build_workers(repository, encoders, readiness)
+        self.scheduler = self._build_scheduler(repository, readiness)
+        self.app = create_app(
             settings,
-            self.repository,
+            repository,
             self.metrics,
-            readiness=self.readiness,
-            ingest=self.ingest,
-            routers=routers,
+            readiness=readiness,
+            ingest=ingest,
+            routers=self._routers(repository, ingest),
         )
 
-    def _load_stores(self) -> dict[str, ReferenceStore]:
+    def _load_stores(self, readiness: Readiness, encoders: EncoderSet) -> dict[str, ReferenceStore]:
         """The reference stores by stream (:func:`monitor.services.stream_stores`), each
         store's readiness and each stream's calibration checked as it comes."""
         from monitor.detection.calibrate import check_supports
@@ -124,10 +134,10 @@ class Daemon:
         from monitor.services import stream_stores
 
         by_stream: dict[str, ReferenceStore] = {}
-        for stream, store, first in stream_stores(self.settings, self.encoders):
+        for stream, store, first in stream_stores(self.settings, encoders):
             name = stream.reference
             if first:
-                self.readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
+                readiness.set(f"reference_store:{name}", True, "checksums and encoders match")
                 failed = failure_line(name, store.calibration)
                 if failed:  # the stream still runs; its alerts are less trustworthy
                     log.warning(failed, extra={"store": name})
@@ -138,65 +148,53 @@ class Daemon:
                 alerts = self.settings.alerts
                 check_supports(calibration, alerts.false_alarm_rate, alerts.trials_hysteresis, name)
                 check_detector_settings(self.settings, store, name)
-                self.readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
+                readiness.set(f"calibration:{stream.name}", True, f"store {name!r}")
             else:
                 detail = (
                     f"reference store {name!r} has no calibration: windows get values but no "
                     f"p-values or alerts; run `mllm-monitor calibrate --reference {name}`"
                 )
-                self.readiness.set(f"calibration:{stream.name}", False, detail)
+                readiness.set(f"calibration:{stream.name}", False, detail)
                 log.warning("calibration missing", extra={"stream": stream.name, "store": name})
         return by_stream
 
-    def _build_workers(self) -> Any:
-        try:
-            EmbeddingWorkers = _module("monitor.ingest.worker").EmbeddingWorkers
-        except ImportError as exc:
-            detail = f"embedding workers unavailable ({exc}); records stay in the inbox"
-            self.readiness.set("workers", False, detail)
-            log.error("embedding workers unavailable", extra={"error": str(exc)})
-            return None
-        reference_model = _reference_model(self.settings, self.repository, self.metrics)
+    def _build_workers(
+        self, repository: Repository, encoders: EncoderSet, readiness: Readiness
+    ) -> EmbeddingWorkers:
+        from monitor.ingest.worker import EmbeddingWorkers
+
         workers = EmbeddingWorkers(
             self.settings,
-            self.repository,
-            self.encoders,
+            repository,
+            encoders,
             self.stores,
             self.metrics,
-            reference_model=reference_model,
+            reference_model=_reference_model(self.settings, repository, self.metrics),
         )
-        self.readiness.set("workers", True, "")
+        readiness.set("workers", True, "")
         return workers
 
-    def _build_scheduler(self) -> Any:
+    def _build_scheduler(
+        self, repository: Repository, readiness: Readiness
+    ) -> WindowScheduler | None:
         if not self.settings.scheduler.enabled:
-            self.readiness.set("scheduler", True, "disabled on this replica")
+            readiness.set("scheduler", True, "disabled on this replica")
             return None
         from monitor.scheduler import WindowScheduler
 
         return WindowScheduler(
-            self.settings,
-            self.repository,
-            self.stores,
-            self.metrics,
-            readiness=self.readiness,
+            self.settings, repository, self.stores, self.metrics, readiness=readiness
         )
 
-    def _routers(self) -> list[Any]:
-        routers: list[Any] = []
-        if self.settings.proxy.upstream:
-            try:
-                build_proxy_router = _module("monitor.ingest.proxy").build_proxy_router
-            except ImportError as exc:
-                raise MonitorError(
-                    f"[proxy] upstream is set but the sidecar is unavailable: {exc}"
-                ) from exc
-            routers.append(build_proxy_router(self.settings, self.ingest, self.metrics))
+    def _routers(self, repository: Repository, ingest: IngestService) -> list[APIRouter]:
         from monitor.ingest.windows_api import build_windows_router
 
-        routers.append(
-            build_windows_router(self.repository, [s.name for s in self.settings.streams])
-        )
+        routers: list[APIRouter] = []
+        if self.settings.proxy.upstream:
+            from monitor.ingest.proxy import build_proxy_router
+
+            routers.append(build_proxy_router(self.settings, ingest, self.metrics))
+        routers.append(build_windows_router(repository, [s.name for s in self.settings.streams]))
         return routers
 
     # -- running ---------------------------------------------------------------------------
@@ -282,40 +280,21 @@ class Daemon:
             self.repository = None
 
 
-def _import_ingest() -> tuple[Any, Any, Any]:
-    """The ingest app's modules, or one clear error when they are not there."""
-    try:
-        return (
-            _module("monitor.ingest.app"),
-            _module("monitor.ingest.service"),
-            _module("monitor.ingest.readiness"),
-        )
-    except ImportError as exc:
-        raise MonitorError(f"the ingest app is unavailable in this install: {exc}") from exc
-
-
-def _module(name: str) -> Any:
-    """Import a part that a deployment may lack; an ImportError names it."""
-    return importlib.import_module(name)
-
-
-def _reference_model(settings: Settings, repository: Any, metrics: MonitorMetrics) -> Any:
+def _reference_model(
+    settings: Settings, repository: Repository, metrics: MonitorMetrics
+) -> ReferenceModel | None:
     """The reference-model sampler when ``[reference_model] model_url`` and ``model`` are set."""
     if not (settings.reference_model.model_url and settings.reference_model.model):
         return None
-    try:
-        ReferenceModel = _module("monitor.ingest.reference_model").ReferenceModel
-    except ImportError as exc:
-        raise MonitorError(
-            f"[reference_model] model_url is set but the reference-model sampler is unavailable: {exc}"
-        ) from exc
+    from monitor.ingest.reference_model import ReferenceModel
+
     return ReferenceModel(settings, repository, metrics)
 
 
-def _install_stop_handlers(stop: Any) -> Mapping[int, Any]:
+def _install_stop_handlers(stop: Callable[[], None]) -> Mapping[int, Any]:
     """SIGTERM / SIGINT ask for a graceful stop. uvicorn installs its own handlers while it
     serves and re-raises the signal once it has stopped; it then lands here, harmlessly."""
-    previous: dict[int, Any] = {}
+    previous: dict[int, Any] = {}  # signal.signal's own handler union
     if threading.current_thread() is not threading.main_thread():
         return previous
 
