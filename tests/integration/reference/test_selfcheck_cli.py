@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from monitor.cli import app
 from tests.conftest import LLAVA_SHIFT
+from tests.support import config_files
 from tests.unit.embedding.conftest import make_xlmr
 
 pytestmark = pytest.mark.slow
@@ -19,19 +20,15 @@ runner = CliRunner()
 
 
 def write_config(tmp_path: Path, text: Path) -> Path:
-    path = tmp_path / "monitor.toml"
-    path.write_text(f"""
-[encoders]
-local_files_only = true
-[encoders.image]
-kind = "none"
-[encoders.text]
-kind = "xlmr_embedding_layer"
-model = "{text}"
-[reference]
-root = "{tmp_path / "references"}"
-""")
-    return path
+    return config_files.write_config(
+        tmp_path / "monitor.toml",
+        encoders={
+            "local_files_only": True,
+            "image": {"kind": "none"},
+            "text": {"kind": "xlmr_embedding_layer", "model": text},
+        },
+        reference={"root": tmp_path / "references"},
+    )
 
 
 def id_manifest(tmp_path: Path, records: int) -> Path:

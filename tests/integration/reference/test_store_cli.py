@@ -16,6 +16,7 @@ from monitor.cli import app
 from monitor.estimators.club import CLUB
 from monitor.reference.checkpoint import save_club
 from tests.conftest import LLAVA_SHIFT
+from tests.support.config_files import write_config
 from tests.unit.embedding.conftest import make_clip, make_xlmr
 
 pytestmark = pytest.mark.slow
@@ -39,23 +40,21 @@ def config(
     name: str = "monitor.toml",
     clip: Path | None = None,
     root: Path | None = None,
-    image_limits: str = "",
+    image_limits: dict[str, int] | None = None,
 ) -> Path:
-    image = f'kind = "clip_vision"\nmodel = "{clip}"\n{image_limits}' if clip else 'kind = "none"'
-    path = tmp_path / name
-    path.write_text(f"""
-[encoders]
-local_files_only = true
-fusion = "concat"
-[encoders.image]
-{image}
-[encoders.text]
-kind = "xlmr_embedding_layer"
-model = "{text}"
-[reference]
-root = "{root or tmp_path / "references"}"
-""")
-    return path
+    image = (
+        {"kind": "clip_vision", "model": clip, **(image_limits or {})} if clip else {"kind": "none"}
+    )
+    return write_config(
+        tmp_path / name,
+        encoders={
+            "local_files_only": True,
+            "fusion": "concat",
+            "image": image,
+            "text": {"kind": "xlmr_embedding_layer", "model": text},
+        },
+        reference={"root": root or tmp_path / "references"},
+    )
 
 
 def text_manifest(tmp_path: Path) -> Path:
@@ -136,8 +135,8 @@ def test_build_applies_the_configured_image_limits(tmp_path: Path, models: dict[
     manifest = tmp_path / "images.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines))
     for limits, message in (
-        ("max_pixels = 1000", "over the limit of 1,000"),
-        ("max_bytes = 100", "over the limit of 100 bytes"),
+        ({"max_pixels": 1000}, "over the limit of 1,000"),
+        ({"max_bytes": 100}, "over the limit of 100 bytes"),
     ):
         settings = config(tmp_path, models["text_a"], clip=models["clip"], image_limits=limits)
         built = runner.invoke(
