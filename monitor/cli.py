@@ -24,14 +24,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from monitor import __version__
-from monitor.commands import register_commands
-from monitor.commands._common import EXIT_ERROR as EXIT_ERROR
-from monitor.commands._common import EXIT_INTERNAL as EXIT_INTERNAL
-from monitor.commands._common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
-from monitor.commands._common import EXIT_OK as EXIT_OK
-from monitor.commands._common import EXIT_USAGE as EXIT_USAGE
-from monitor.commands._common import ConfigOption
-from monitor.commands._common import one_line as _one_line
+from monitor.commands import EXIT_ERROR as EXIT_ERROR
+from monitor.commands import EXIT_INTERNAL as EXIT_INTERNAL
+from monitor.commands import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from monitor.commands import EXIT_OK as EXIT_OK
+from monitor.commands import EXIT_USAGE as EXIT_USAGE
+from monitor.commands import ConfigOption, register_commands
+from monitor.commands import one_line as _one_line
 from monitor.config import load_settings
 from monitor.errors import ConfigError, MonitorError
 

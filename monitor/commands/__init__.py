@@ -17,6 +17,29 @@ from __future__ import annotations
 
 import typer
 
+# What the CLI's root (monitor.cli) shares with the commands: exit codes, --config, one-line
+# error text.
+from monitor.commands._common import (
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOption,
+    one_line,
+)
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ConfigOption",
+    "one_line",
+    "register_commands",
+]
+
 
 def register_commands(app: typer.Typer, *, config_app: typer.Typer) -> None:
     """Add every command of this package to the CLI's apps (in the order ``--help`` lists

@@ -92,7 +92,7 @@ def top_ood_samples(
 ) -> list[OODSample]:
     """The k samples of the window with the largest kNN OOD score, largest first."""
     from monitor.embedding.fusion import fuse
-    from monitor.estimators._arrays import l2_normalise
+    from monitor.estimators.arrays import l2_normalise
     from monitor.reference.index import search
 
     key = window.key

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.errors import CalibrationError
-from monitor.estimators._arrays import l2_normalise
+from monitor.estimators.arrays import l2_normalise
 from monitor.estimators.calibration import MAX_POOL_FRACTION, minimum_trials, split_reference
 from monitor.estimators.emi import UpperBound, emid_upper_bound
 from monitor.estimators.knn import kth_neighbour_distance

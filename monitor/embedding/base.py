@@ -23,7 +23,7 @@ from PIL import Image
 
 from monitor.embedding.images import ImageLimits, ImageSource
 from monitor.errors import EncoderError
-from monitor.estimators._arrays import l2_normalise
+from monitor.estimators.arrays import l2_normalise
 from monitor.files import sha256_hex
 
 Embeddings = npt.NDArray[np.float32]

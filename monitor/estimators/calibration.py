@@ -31,7 +31,7 @@ import numpy.typing as npt
 import torch
 
 from monitor.errors import CalibrationError, InvalidInputError
-from monitor.estimators._arrays import ArrayLike, check_embeddings, check_same_rows
+from monitor.estimators.arrays import ArrayLike, check_embeddings, check_same_rows
 from monitor.estimators.club import CLUB, club_estimate_from_heads
 from monitor.estimators.rjsd import DEFAULT_JSD_MODE, JSDMode, ReferenceJSD
 

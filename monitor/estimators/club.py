@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from monitor.errors import InvalidInputError
-from monitor.estimators._arrays import (
+from monitor.estimators.arrays import (
     ArrayLike,
     FloatArray,
     check_embeddings,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from monitor.errors import InvalidInputError
-from monitor.estimators._arrays import ArrayLike
+from monitor.estimators.arrays import ArrayLike
 from monitor.estimators.club import CLUB
 from monitor.estimators.rjsd import JSDMode
 from monitor.records import TERMS

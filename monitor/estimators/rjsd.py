@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from monitor.errors import EmbeddingError, InvalidInputError
-from monitor.estimators._arrays import (
+from monitor.estimators.arrays import (
     ArrayLike,
     FloatArray,
     check_embeddings,

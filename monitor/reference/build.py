@@ -33,7 +33,7 @@ from PIL import Image
 from monitor import __version__
 from monitor.embedding import EncoderSet, ImageLimits, decode_image, fuse
 from monitor.errors import ImageDecodeError, ReferenceStoreError
-from monitor.estimators._arrays import l2_normalise
+from monitor.estimators.arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance, ood_threshold
 from monitor.files import file_sha256, write_json_atomic
 from monitor.reference.id_records import IDRecord

@@ -41,7 +41,7 @@ from monitor.errors import (
     InvalidInputError,
     ReferenceStoreError,
 )
-from monitor.estimators._arrays import l2_normalise
+from monitor.estimators.arrays import l2_normalise
 from monitor.estimators.knn import kth_neighbour_distance
 from monitor.files import (
     check_name,
