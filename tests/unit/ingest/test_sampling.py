@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -14,11 +17,25 @@ from monitor.ingest.sampling import (
 )
 
 
-def test_same_id_same_answer_and_known_value() -> None:
-    assert sampling_fraction("rec-1") == sampling_fraction("rec-1")
+def test_the_decision_is_pinned_and_the_same_in_every_process() -> None:
     # Pinned: replicas, restarts and replays must agree, so the hash may never change.
     assert sampling_fraction("rec-1") == pytest.approx(0.6553840272, abs=1e-9)
-    assert all(is_sampled(f"id-{i}", 0.3) == is_sampled(f"id-{i}", 0.3) for i in range(100))
+    ids = [f"id-{i}" for i in range(100)]
+    here = [is_sampled(i, 0.3) for i in ids]
+    assert here == [sampling_fraction(i) < 0.3 for i in ids] and 10 < sum(here) < 50
+    # Another interpreter with another string-hash seed (Python's hash() would differ there).
+    script = (
+        "from monitor.ingest.sampling import is_sampled\n"
+        f"print(''.join('1' if is_sampled(i, 0.3) else '0' for i in {ids!r}))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert other == "".join("1" if kept else "0" for kept in here)
 
 
 @pytest.mark.parametrize("rate", [0.01, 0.1, 0.5, 0.9])
