@@ -653,8 +653,8 @@ def test_hysteresis_mode_stores_no_detector(settings: Settings, repository: Repo
 def test_explain_shows_the_detector_and_why_the_window_is_critical(
     detector_settings: Settings, repository: Repository, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from monitor.commands._common import Services
     from monitor.commands.explain import _print, risk_explanation
+    from monitor.services import Services
 
     detector = _detector(detector_settings)
     pipeline = _pipeline(detector_settings, repository)
