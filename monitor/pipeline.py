@@ -72,7 +72,7 @@ from monitor.detection.window_model import (
 )
 from monitor.errors import MonitorError, StorageError
 from monitor.metrics import MonitorMetrics
-from monitor.protocols import StoreView, WindowReader, WindowRepository
+from monitor.protocols import SampleReader, StoreView, WindowRepository
 from monitor.records import (
     EMBEDDING_KINDS,
     TERMS,
@@ -338,7 +338,7 @@ class WindowPipeline:
 
 
 def read_window(
-    repository: WindowReader, key: WindowKey, *, max_samples: int, ood_threshold: float
+    repository: SampleReader, key: WindowKey, *, max_samples: int, ood_threshold: float
 ) -> WindowData | None:
     """The window's embeddings (a seeded uniform subset of ``max_samples`` when larger);
     None when it has no sample."""

@@ -22,8 +22,8 @@ from monitor.records import WindowResult
 from monitor.store.types import EmbeddingChunk, StoredWindow, WindowLocation
 
 
-class WindowReader(Protocol):
-    """Reads a window's samples and the stream's stored windows around it."""
+class SampleReader(Protocol):
+    """Reads a window's samples (what :func:`monitor.pipeline.read_window` needs)."""
 
     def count_samples(self, stream: str, start: datetime, end: datetime) -> int: ...
 
@@ -36,6 +36,10 @@ class WindowReader(Protocol):
         kinds: Sequence[str] = ...,
         chunk_size: int = ...,
     ) -> Iterator[EmbeddingChunk]: ...
+
+
+class WindowReader(SampleReader, Protocol):
+    """Reads a window's samples and the stream's stored windows around it."""
 
     def recent_windows(
         self, stream: str, before: datetime, limit: int, *, status: str | None = ...

@@ -36,7 +36,13 @@ class ChunkedSamples:
         return self.counted
 
     def iter_embeddings(
-        self, stream: str, start: datetime, end: datetime, *, kinds: Sequence[str]
+        self,
+        stream: str,
+        start: datetime,
+        end: datetime,
+        *,
+        kinds: Sequence[str] = EMBEDDING_KINDS,
+        chunk_size: int = 0,  # the repository's batching: here fixed by the constructor
     ) -> Iterator[EmbeddingChunk]:
         for s in range(0, len(self.samples), self.chunk_size):
             part = self.samples[s : s + self.chunk_size]
