@@ -207,7 +207,7 @@ def main() -> None:
             )
         )
         cli(config, "db", "upgrade")
-        cli(config, "reference", "build", "--manifest", str(manifest))
+        cli(config, "reference", "build", "--id-records", str(manifest))
 
         if args.records:
             report_from_jsonl(bench_from_jsonl(root, config, args.records))
