@@ -248,6 +248,9 @@ class ProxySettings(_Section):
 
 
 class ReferenceModelSettings(_Section):
+    """The reference-model sampler: a budgeted fraction of records is sent to a reference model
+    (an OpenAI-compatible chat endpoint), whose answers give EMI and EMID. Formerly [references]."""
+
     model_url: str = ""
     model: str = ""
     fraction: float = Field(default=0.05, ge=0.0, le=1.0)
