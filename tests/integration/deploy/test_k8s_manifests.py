@@ -11,6 +11,7 @@ containers' environment), probe and scrape paths against the app's routes, ports
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -81,8 +82,8 @@ def config_toml(objects: list[dict[str, Any]]) -> str:
     return text
 
 
-def test_there_are_the_two_overlays() -> None:
-    assert {overlay.name for overlay in OVERLAYS} == {"sidecar", "standalone"}
+def test_there_are_the_three_overlays() -> None:
+    assert {overlay.name for overlay in OVERLAYS} == {"autoscaling", "sidecar", "standalone"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -284,3 +285,79 @@ def test_containers_run_unprivileged_with_resources(overlay: Path) -> None:
             assert security["readOnlyRootFilesystem"] is True
             resources = container["resources"]
             assert resources["requests"]["memory"] and resources["limits"]["memory"]
+
+
+# -- autoscaling (KEDA) ---------------------------------------------------------------------
+
+METRIC_IN_QUERY = re.compile(r"\b(mllm_monitor_[a-z_]+)(\{[^}]*\})?")
+
+
+def scaled_object() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    objects = build(K8S / "overlays" / "autoscaling")
+    (scaler,) = by_kind(objects, "ScaledObject")
+    return scaler, objects
+
+
+def test_the_scaled_object_scales_the_rendered_deployment_within_its_budget() -> None:
+    scaler, objects = scaled_object()
+    spec = scaler["spec"]
+    (deployment,) = by_kind(objects, "Deployment")
+    (budget,) = by_kind(objects, "PodDisruptionBudget")
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    assert scaler["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    # Never fewer replicas than the Deployment asks for, nor so few that the budget blocks drains.
+    assert spec["minReplicaCount"] >= deployment["spec"]["replicas"]
+    assert spec["minReplicaCount"] > budget["spec"]["minAvailable"]
+    assert spec["maxReplicaCount"] > spec["minReplicaCount"]
+    assert {t["name"] for t in spec["triggers"]} == {"intake", "inbox-depth"}
+
+
+def test_the_triggers_query_series_the_monitor_exposes_as_prometheus_scrapes_them() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import RECORD_OUTCOMES, MonitorMetrics, metric_names
+
+    scaler, objects = scaled_object()
+    exposed = set(metric_names(MonitorMetrics(CollectorRegistry(), ["default"]).registry))
+    (service,) = by_kind(objects, "Service")
+    namespace = scaler["metadata"]["namespace"]
+    for trigger in scaler["spec"]["triggers"]:
+        assert trigger["type"] == "prometheus"
+        meta = trigger["metadata"]
+        assert float(meta["threshold"]) > 0
+        found = METRIC_IN_QUERY.findall(meta["query"])
+        assert found, meta["query"]
+        for name, selector in found:
+            assert name in exposed, f"{trigger['name']}: no metric {name}"
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+            # The ServiceMonitor's job label is the Service's name; the namespace the overlay's.
+            assert labels.get("job") == service["metadata"]["name"]
+            assert labels.get("namespace") == namespace
+            assert labels.get("outcome", "sampled") in RECORD_OUTCOMES
+
+
+def test_the_trigger_queries_are_valid_promql(tmp_path: Path) -> None:
+    from tests.integration.deploy.prometheus_server import tool_path
+
+    scaler, _ = scaled_object()
+    rules = {
+        "groups": [
+            {
+                "name": "keda-triggers",
+                "rules": [
+                    {
+                        "record": f"keda:{t['name'].replace('-', '_')}",
+                        "expr": t["metadata"]["query"],
+                    }
+                    for t in scaler["spec"]["triggers"]
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "triggers.yml"
+    path.write_text(yaml.safe_dump(rules))
+    checked = subprocess.run(
+        [tool_path("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
