@@ -54,20 +54,20 @@ def parse_instant(value: str | int | float, *, naive_is_utc: bool = False) -> da
     except ValueError:
         pass
     else:
-        return _from_epoch(seconds, repr(value))
+        return _from_epoch(seconds, _shown(value))
     try:
         moment = datetime.fromisoformat(text.upper())  # RFC 3339 allows t and z
     except ValueError as exc:
-        raise ValueError(f"{value!r} is not an RFC 3339 time (like {EXAMPLE})") from exc
+        raise ValueError(f"{_shown(value)} is not an RFC 3339 time (like {EXAMPLE})") from exc
     if moment.tzinfo is None:
         if not naive_is_utc:
-            raise ValueError(f"{value!r} has no time zone: add Z or an offset like +02:00")
+            raise ValueError(f"{_shown(value)} has no time zone: add Z or an offset like +02:00")
         moment = moment.replace(tzinfo=UTC)
     try:
         moment = moment.astimezone(UTC)
     except (OverflowError, ValueError) as exc:
-        raise ValueError(f"{value!r} is out of range (1970 to 9000)") from exc
-    return _in_range(moment, repr(value))
+        raise ValueError(f"{_shown(value)} is out of range (1970 to 9000)") from exc
+    return _in_range(moment, _shown(value))
 
 
 _RELATIVE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -91,11 +91,18 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     if match:
         seconds = float(match[2]) * _UNIT[match[3]]
         if not math.isfinite(seconds) or seconds > _MAX_RELATIVE_SECONDS:
-            raise ValueError(f"relative time out of range: {value!r}")
+            raise ValueError(f"relative time out of range: {_shown(value)}")
         return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
     if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
-        raise ValueError(f"relative time {value!r} needs a unit: ms, s, m, h, d or w (like -6h)")
+        raise ValueError(f"relative time {_shown(value)} needs a unit: ms, s, m, h, d or w (like -6h)")
     return parse_instant(text, naive_is_utc=True)
+
+
+def _shown(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, cut to 40 characters (escapes make a
+    64-character string's repr up to six times as long)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _from_epoch(seconds: int | float, shown: str) -> datetime:

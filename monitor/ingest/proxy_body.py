@@ -225,7 +225,8 @@ def decoded(body: bytes, encoding: str, limit: int) -> bytes:
 def assemble_json(body: bytes) -> tuple[str, dict[str, Any]]:
     """The first choice's message content of a non-streamed chat completion."""
     data = json_object(body, "response")
-    content = _first_choice(data).get("message", {}).get("content")
+    message = _first_choice(data).get("message")
+    content = message.get("content") if isinstance(message, dict) else None  # null, a string...
     return _text(content), data
 
 
@@ -244,7 +245,8 @@ def assemble_sse(body: bytes) -> tuple[str, dict[str, Any]]:
         for key in ("id", "model"):
             if key not in meta and isinstance(chunk.get(key), str):
                 meta[key] = chunk[key]
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:  # a chunk of no choices
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 delta = choice.get("delta") or {}
                 if isinstance(delta, dict) and isinstance(delta.get("content"), str):
