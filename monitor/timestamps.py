@@ -94,7 +94,9 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
             raise ValueError(f"relative time out of range: {_shown(value)}")
         return moment + (-1 if match[1] == "-" else 1) * timedelta(seconds=seconds)
     if re.fullmatch(r"[+-]\s*\d+(?:\.\d+)?", text):  # '-6': meant -6h? say so, not 1969
-        raise ValueError(f"relative time {_shown(value)} needs a unit: ms, s, m, h, d or w (like -6h)")
+        raise ValueError(
+            f"relative time {_shown(value)} needs a unit: ms, s, m, h, d or w (like -6h)"
+        )
     return parse_instant(text, naive_is_utc=True)
 
 
