@@ -209,8 +209,8 @@ def main() -> None:
         print(
             f"\nRSS: start {rss_start / MIB:.0f} MiB, "
             f"after warm-up {after_warm_up / MIB:.0f} MiB, "
-            f"end {end / MIB:.0f} MiB; growth after warm-up {100 * (end / after_warm_up - 1):+.1f}% "
-            "(target < 5%)"
+            f"end {end / MIB:.0f} MiB; "
+            f"growth after warm-up {100 * (end / after_warm_up - 1):+.1f}% (target < 5%)"
         )
         print(
             f"p99 of both routes: first half {p99(judged[:half]) * 1e3:.1f} ms, second half "
