@@ -1,6 +1,6 @@
 """What the commands share: the --config and --reference options, time arguments, error-line
-sanitising, the services the daemon runs (:mod:`monitor.services`, opened the same way), and
-progress output (a rich bar; for long runs with ETA, and plain lines when not a terminal)."""
+sanitising, and progress output (a rich bar; for long runs with ETA, and plain lines when not a
+terminal). The services the daemon runs are opened by :mod:`monitor.services`."""
 
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ from rich.progress import (
 
 from monitor.config import NAME_PATTERN, Settings, load_settings, mask_url
 from monitor.errors import MonitorError
-from monitor.services import Services as Services
-from monitor.services import services as services
 from monitor.timestamps import parse_time
 from monitor.windows import window_key
 

@@ -37,7 +37,6 @@ from monitor.commands._common import (
     TIME_HELP,
     ConfigOption,
     JsonOption,
-    Services,
     err_console,
     load,
     notice,
@@ -45,12 +44,12 @@ from monitor.commands._common import (
     out_console,
     progress_bar,
     require_stream,
-    services,
     stage_reporter,
     time_option,
 )
 from monitor.errors import TooManyWindowsError
 from monitor.files import input_file
+from monitor.services import Services, services
 
 # Seconds range backfill waits for the leader lock (--lock-wait).
 DEFAULT_LOCK_WAIT = 30.0

@@ -34,10 +34,10 @@ from monitor.commands._common import (
     load,
     no_window,
     parse_window_id,
-    services,
 )
 from monitor.errors import MonitorError
 from monitor.records import WINDOW_TERMS, DetectorReading, WindowResult
+from monitor.services import services
 
 if TYPE_CHECKING:  # the detection package imports the numerical stack: not at CLI start
     from monitor.detection.risk import RiskDecision, RiskPolicy
