@@ -65,10 +65,15 @@ def parsed_batches(
     batch: int,
     summary: IngestSummary,
     invalid: Callable[[LineError], None],
+    progress: ProgressCallback = no_progress,
 ) -> Iterator[list[tuple[int, TrafficRecord]]]:
     """The file's valid records with their line numbers, ``batch`` at a time; every line is
-    counted in ``summary`` and each invalid one handed to ``invalid``. "Now" (the future-time
-    rule) is read again after each batch: a long file is judged by the time it is read at."""
+    counted in ``summary`` and each invalid one handed to ``invalid``; ``progress`` counts the
+    records of each batch once the caller has handled it (the total is unknown). "Now" (the
+    future-time rule) is read again after each batch: a long file is judged by the time it is
+    read at."""
+    what, done = f"records from {path.name}", 0
+    progress(what, done, None)
     pending: list[tuple[int, TrafficRecord]] = []
     now = datetime.now(UTC)
     for number, line in read_lines(path, settings.ingest.max_body_bytes):
@@ -81,10 +86,13 @@ def parsed_batches(
         pending.append((number, record))
         if len(pending) >= batch:
             yield pending
+            done += len(pending)
+            progress(what, done, None)
             pending = []
             now = datetime.now(UTC)
     if pending:
         yield pending
+        progress(what, done + len(pending), None)
 
 
 class JsonlBackfill:
@@ -121,8 +129,6 @@ class JsonlBackfill:
     def run(self, path: Path, progress: ProgressCallback = no_progress) -> IngestSummary:
         """Feed the file; ``progress`` counts the valid records handled (the total is unknown)."""
         started = time.perf_counter()
-        what, done = f"records from {path.name}", 0
-        progress(what, done, None)
         for numbered in parsed_batches(
             path,
             self.settings,
@@ -130,10 +136,9 @@ class JsonlBackfill:
             batch=self.batch,
             summary=self.summary,
             invalid=self._invalid,
+            progress=progress,
         ):
             self._submit(numbered)
-            done += len(numbered)
-            progress(what, done, None)
         self._drain(final=True)
         self.summary.seconds = time.perf_counter() - started
         return self.summary
@@ -257,8 +262,6 @@ class JsonlCheck:
     def run(self, path: Path, progress: ProgressCallback = no_progress) -> IngestSummary:
         """Check the file; ``progress`` counts the valid records (the total is unknown)."""
         started = time.perf_counter()
-        what, done = f"records from {path.name}", 0
-        progress(what, done, None)
         for numbered in parsed_batches(
             path,
             self.settings,
@@ -266,10 +269,9 @@ class JsonlCheck:
             batch=self.batch,
             summary=self.summary,
             invalid=self._invalid,
+            progress=progress,
         ):
             self._count([record for _, record in numbered])
-            done += len(numbered)
-            progress(what, done, None)
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
