@@ -42,7 +42,7 @@ def parse_instant(value: str | int | float, *, naive_is_utc: bool = False) -> da
         raise ValueError("a boolean is not a time")
     if isinstance(value, int | float):
         # repr of a huge int is slow or refused (int max str digits): name it, do not print it
-        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a number"
+        shown = _shown(value) if not isinstance(value, int) or abs(value) < 10**30 else "a number"
         return _from_epoch(value, shown)
     if not isinstance(value, str):
         raise ValueError(f"a {type(value).__name__} is not a time")
@@ -108,7 +108,6 @@ def _shown(value: object) -> str:
 
 
 def _from_epoch(seconds: int | float, shown: str) -> datetime:
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
     try:
         finite = math.isfinite(seconds)
     except OverflowError:  # an int too large for a float
