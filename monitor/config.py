@@ -157,6 +157,10 @@ class DatabaseSettings(_Section):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return url
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.url.startswith("postgresql")
+
 
 class RetentionSettings(_Section):
     """Raw prompts, answers and images are not stored unless ``store_raw`` is switched on."""
@@ -247,6 +251,40 @@ class ProxySettings(_Section):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
 
+class RelaySettings(_Section):
+    """``mllm-monitor relay``: the sidecar's proxy and sampler only, forwarding the sampled
+    exchanges to the records API of central replicas instead of embedding them itself."""
+
+    central_url: str = ""  # root URL of the central replicas (POST /v1/records is appended)
+    token: str = ""  # bearer token of the central records API ([server] token there)
+    batch_size: int = Field(default=100, ge=1)  # records per POST (at most [ingest] max_batch)
+    # Bytes per POST: keep under the central [ingest] max_body_bytes (one larger record goes
+    # alone, and is refused there and dropped).
+    max_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    flush_interval: Duration = timedelta(seconds=1)  # a short batch waits at most this
+    request_timeout: Duration = timedelta(seconds=30)  # one POST, connecting included
+    spool_max_records: int = Field(default=10_000, ge=1)  # waiting records; more: dropped
+    spool_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # their JSON size
+    # A directory for the spool's JSONL segments, so a restart keeps what was accepted; unset:
+    # the spool lives in memory only.
+    spool_dir: Path | None = None
+    min_backoff: Duration = timedelta(milliseconds=500)  # first retry of a 429/503/outage
+    max_backoff: Duration = timedelta(seconds=30)  # retries back off up to this (Retry-After too)
+
+    @field_validator("central_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not re.match(r"^https?://[^/?#]+", url):
+            raise ValueError("must be an http(s) URL, like http://mllm-monitor:8080")
+        return url
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RelaySettings:
+        if self.min_backoff <= timedelta(0) or self.min_backoff > self.max_backoff:
+            raise ValueError("min_backoff must be positive and at most max_backoff")
+        return self
+
+
 class ReferenceModelSettings(_Section):
     """The reference-model sampler: a budgeted fraction of records is sent to a reference model
     (an OpenAI-compatible chat endpoint), whose answers give EMI and EMID. Formerly [references]."""
@@ -298,6 +336,36 @@ class IngestSettings(_Section):
     image_url_hosts: list[str] = Field(default_factory=list)
     image_url_timeout: Duration = timedelta(seconds=10)  # whole fetch, redirects included
     image_url_max_redirects: int = Field(default=3, ge=0)
+
+
+class OtlpSettings(_Section):
+    """OTLP/HTTP traces (POST /v1/traces): the stream each LLM span's record goes to. The value
+    of ``stream_attribute`` (on the span, else on its resource) is looked up in
+    ``stream_map``; a value that is not mapped but names a configured stream is that stream."""
+
+    stream_attribute: str = Field(default="service.name", min_length=1)
+    # "value=stream" pairs, like "checkout-api=vision": attribute values to configured streams.
+    stream_map: list[str] = Field(default_factory=list)
+    # The stream of spans without the attribute; empty: the first [[streams]] entry.
+    default_stream: str = ""
+    # A value that names no stream (after stream_map): "default" sends the span to
+    # default_stream, "skip" skips it (counted as otlp_spans_skipped{reason="unknown_stream"}).
+    unknown_stream: Literal["default", "skip"] = "default"
+
+    @field_validator("stream_map")
+    @classmethod
+    def _pairs(cls, pairs: list[str]) -> list[str]:
+        for pair in pairs:
+            value, sep, stream = pair.partition("=")
+            if not sep or not value.strip() or not stream.strip():
+                raise ValueError(f'{pair!r} is not "value=stream"')
+        return pairs
+
+    @property
+    def stream_by_value(self) -> dict[str, str]:
+        """``stream_map`` as a dict (attribute value -> stream name)."""
+        pairs = (pair.partition("=") for pair in self.stream_map)
+        return {value.strip(): stream.strip() for value, _, stream in pairs}
 
 
 class WindowSettings(_Section):
@@ -404,6 +472,11 @@ class SchedulerSettings(_Section):
     check_interval: Duration = timedelta(seconds=10)  # how often due windows are looked for
     catch_up: bool = True  # on start, compute windows missed while no leader ran
     max_catch_up: int = Field(default=10_000, ge=1)  # most windows one pass computes per stream
+    # Who computes which windows. "per_stream" (PostgreSQL): each stream has a lock of its own
+    # and the replicas share the streams evenly, so N replicas compute N streams' windows at
+    # once. "single": one leader computes every stream. "auto": per_stream on PostgreSQL,
+    # single otherwise (SQLite is one machine: one file lock).
+    leadership: Literal["auto", "single", "per_stream"] = "auto"
 
 
 class Settings(BaseSettings):
@@ -425,11 +498,13 @@ class Settings(BaseSettings):
     compute: ComputeSettings = ComputeSettings()
     reference: ReferenceStoreSettings = ReferenceStoreSettings()
     proxy: ProxySettings = ProxySettings()
+    relay: RelaySettings = RelaySettings()
     reference_model: ReferenceModelSettings = ReferenceModelSettings()
     streams: list[StreamSettings] = Field(default_factory=lambda: [StreamSettings()])
     windows: WindowSettings = WindowSettings()
     alerts: AlertSettings = AlertSettings()
     ingest: IngestSettings = IngestSettings()
+    otlp: OtlpSettings = OtlpSettings()
     workers: WorkerSettings = WorkerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
 
@@ -451,6 +526,23 @@ class Settings(BaseSettings):
             raise ValueError("at least one [[streams]] entry is needed")
         return streams
 
+    @model_validator(mode="after")
+    def _per_stream_needs_postgres(self) -> Settings:
+        if self.scheduler.leadership == "per_stream" and not self.database.is_postgresql:
+            raise ValueError(
+                "scheduler.leadership = \"per_stream\" needs PostgreSQL (several replicas on "
+                "one database); with SQLite one process computes every stream: use \"auto\""
+            )
+        return self
+
+    @property
+    def per_stream_leadership(self) -> bool:
+        """Whether each stream has a leader lock of its own (see ``scheduler.leadership``)."""
+        leadership = self.scheduler.leadership
+        return leadership == "per_stream" or (
+            leadership == "auto" and self.database.is_postgresql
+        )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -467,6 +559,23 @@ class Settings(BaseSettings):
         """The settings as plain data with every secret masked, for display (see redact)."""
         redacted: dict[str, Any] = redact(self.model_dump(mode="json"))
         return redacted
+
+    @model_validator(mode="after")
+    def _otlp_streams_configured(self) -> Settings:
+        names = {s.name for s in self.streams}
+        named = [self.otlp.default_stream] if self.otlp.default_stream else []
+        unknown = sorted((set(named) | set(self.otlp.stream_by_value.values())) - names)
+        if unknown:
+            raise ValueError(
+                f"otlp names streams that are not configured: {', '.join(unknown)} "
+                f"(configured: {', '.join(sorted(names))})"
+            )
+        return self
+
+    @property
+    def otlp_default_stream(self) -> str:
+        """The stream of OTLP spans without the stream attribute (see ``[otlp]``)."""
+        return self.otlp.default_stream or self.streams[0].name
 
 
 # A key whose value is a secret: any part of its snake_case name is one of these words.

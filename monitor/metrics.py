@@ -60,6 +60,27 @@ FAIL_OPEN_REASONS: tuple[str, ...] = (
     "too_large",  # request or (decoded) answer over [proxy] max_sample_bytes
     "aborted",  # the client or the upstream broke the exchange off
 )
+#: Why the relay lost an exchange: the sidecar's reasons that apply without a local inbox,
+#: plus a full spool and a permanent refusal by the central records API (a 4xx but 429).
+RELAY_FAIL_OPEN_REASONS: tuple[str, ...] = (
+    *(r for r in FAIL_OPEN_REASONS if r not in ("inbox_full", "storage_error")),
+    "spool_full",
+    "rejected",  # refused by the central records API (a 4xx but 429, or a 500)
+    "unsent",  # left in a memory-only spool at shutdown
+    "unreadable",  # a torn or invalid line of an on-disk spool read back
+)
+#: What happened to exchanges the relay sampled: spooled (waiting to be forwarded), skipped
+#: (the stream's sampling or rate cap), forwarded (accepted by the central records API).
+RELAY_OUTCOMES: tuple[str, ...] = ("spooled", "skipped", "forwarded")
+#: Why the relay retried a batch: 429, 503 (or another 5xx), a connection failure, a timeout.
+RELAY_RETRY_REASONS: tuple[str, ...] = ("too_many_requests", "unavailable", "connection", "timeout")
+#: Why a span received on POST /v1/traces became no record.
+OTLP_SKIP_REASONS: tuple[str, ...] = (
+    "not_llm",  # not an LLM call (HTTP, database, tool, embedding, agent, chain spans)
+    "no_prompt",  # an LLM span without prompt content (content capture is off)
+    "unknown_stream",  # its stream attribute names no stream and [otlp] unknown_stream = "skip"
+    "invalid",  # its content breaks a records API rule (size, image, time, model name)
+)
 #: Outcomes of asking the reference model for a reference answer.
 REFERENCE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "timeout", "budget_skipped")
 #: Window statuses.
@@ -71,6 +92,31 @@ _SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 12
 
 def _name(suffix: str) -> str:
     return f"{PREFIX}_{suffix}"
+
+
+def _proxy_metrics(r: CollectorRegistry) -> tuple[Counter, Histogram, Counter]:
+    """The proxy's metrics, the same for the full sidecar and the relay (one dashboard)."""
+    proxy_requests = Counter(
+        _name("proxy_requests"),
+        "Requests forwarded by the sidecar to the upstream inference server, by route.",
+        ["route"],
+        registry=r,
+    )
+    added_latency = Histogram(
+        _name("proxy_added_latency_seconds"),
+        "Latency the sidecar adds before the upstream's response starts (time to first "
+        "byte minus the upstream's own time to first byte).",
+        buckets=_FAST_BUCKETS,
+        registry=r,
+    )
+    fail_open = Counter(
+        _name("proxy_fail_open"),
+        "Exchanges the sidecar passed through but could not sample, by reason. The client "
+        "got the upstream's answer unchanged.",
+        ["reason"],
+        registry=r,
+    )
+    return proxy_requests, added_latency, fail_open
 
 
 class MonitorMetrics:
@@ -124,23 +170,18 @@ class MonitorMetrics:
             ["outcome"],
             registry=r,
         )
-        self.proxy_requests = Counter(
-            _name("proxy_requests"),
-            "Requests forwarded by the sidecar to the upstream inference server, by route.",
-            ["route"],
+        self.proxy_requests, self.proxy_added_latency_seconds, self.proxy_fail_open = (
+            _proxy_metrics(r)
+        )
+        self.otlp_spans = Counter(
+            _name("otlp_spans"),
+            "Spans received on POST /v1/traces (OTLP); the LLM spans among them become records.",
             registry=r,
         )
-        self.proxy_added_latency_seconds = Histogram(
-            _name("proxy_added_latency_seconds"),
-            "Latency the sidecar adds before the upstream's response starts (time to first "
-            "byte minus the upstream's own time to first byte).",
-            buckets=_FAST_BUCKETS,
-            registry=r,
-        )
-        self.proxy_fail_open = Counter(
-            _name("proxy_fail_open"),
-            "Exchanges the sidecar passed through but could not sample, by reason. The client "
-            "got the upstream's answer unchanged.",
+        self.otlp_spans_skipped = Counter(
+            _name("otlp_spans_skipped"),
+            "Spans received on POST /v1/traces that became no record, by reason: not_llm, "
+            "no_prompt (an LLM span without prompt content), unknown_stream, invalid.",
             ["reason"],
             registry=r,
         )
@@ -291,6 +332,12 @@ class MonitorMetrics:
             "1 while this process holds the lock that lets it compute windows, else 0.",
             registry=r,
         )
+        self.scheduler_streams_led = Gauge(
+            _name("scheduler_streams_led"),
+            "Streams whose windows this process computes now (per-stream leadership shares "
+            "the streams among replicas; a single leader leads every stream).",
+            registry=r,
+        )
 
         # Per stream: the start of the window the window gauges show, and the latest window end.
         self._shown: dict[str, datetime] = {}
@@ -310,6 +357,8 @@ class MonitorMetrics:
             self.proxy_fail_open.labels(reason=reason)
         for outcome in REFERENCE_OUTCOMES:
             self.reference_requests.labels(outcome=outcome)
+        for reason in OTLP_SKIP_REASONS:
+            self.otlp_spans_skipped.labels(reason=reason)
         for stream in self.streams:
             self.embedded_records.labels(stream=stream)
             self.images_dropped.labels(stream=stream)
@@ -409,6 +458,54 @@ class MonitorMetrics:
         self.emid_interval_nats.labels(stream=stream, edge="lower").set(gauge_value(low))
         self.emid_interval_nats.labels(stream=stream, edge="upper").set(gauge_value(high))
         return True
+
+
+class RelayMetrics:
+    """The relay's metrics (``mllm-monitor relay``): the proxy's, the spool's, the forwarding's;
+    nothing of windows or the inbox, which the central replicas publish."""
+
+    def __init__(self, registry: CollectorRegistry, streams: Sequence[str]) -> None:
+        self.registry = registry
+        self.streams: tuple[str, ...] = tuple(streams)
+        r = registry
+        self.build_info = Info(_name("build"), "Version of mllm-monitor serving.", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.proxy_requests, self.proxy_added_latency_seconds, self.proxy_fail_open = (
+            _proxy_metrics(r)
+        )
+        self.relay_records = Counter(
+            _name("relay_records"),
+            "Sampled exchanges of the relay, by outcome: spooled (waiting to be forwarded), "
+            "skipped (the stream's sampling or rate cap), forwarded (accepted by the central "
+            "records API). Losses are in proxy_fail_open.",
+            ["outcome"],
+            registry=r,
+        )
+        self.relay_retries = Counter(
+            _name("relay_retries"),
+            "Batches the relay sent again after a 429, a 5xx, a connection failure or a timeout.",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_spool_records = Gauge(
+            _name("relay_spool_records"), "Records waiting in the relay's spool.", registry=r
+        )
+        self.relay_spool_bytes = Gauge(
+            _name("relay_spool_bytes"), "JSON size of the records in the relay's spool.", registry=r
+        )
+        self.relay_last_forward_timestamp_seconds = Gauge(
+            _name("relay_last_forward_timestamp_seconds"),
+            "When the central records API last accepted a batch (Unix seconds; 0: never).",
+            registry=r,
+        )
+        for route in PROXY_ROUTES:
+            self.proxy_requests.labels(route=route)
+        for reason in RELAY_FAIL_OPEN_REASONS:
+            self.proxy_fail_open.labels(reason=reason)
+        for outcome in RELAY_OUTCOMES:
+            self.relay_records.labels(outcome=outcome)
+        for reason in RELAY_RETRY_REASONS:
+            self.relay_retries.labels(reason=reason)
 
 
 def gauge_value(value: float | None) -> float:

@@ -51,6 +51,7 @@ def register_commands(app: typer.Typer, *, config_app: typer.Typer) -> None:
         estimator,
         explain,
         reference,
+        relay,
         replay,
         report,
         serve,
@@ -61,6 +62,7 @@ def register_commands(app: typer.Typer, *, config_app: typer.Typer) -> None:
     reference.register(app)
     estimator.register(app)
     serve.register(app)
+    relay.register(app)
     windows_app = windows.register(app)
     backfill.register(app)
     replay.register(app)

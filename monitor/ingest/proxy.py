@@ -45,17 +45,20 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
 from starlette.routing import Route
 from starlette.types import Receive, Send
 
 from monitor.config import Settings
 from monitor.errors import ClientGoneError, ConfigError, PayloadTooLargeError
 from monitor.ingest.proxy_body import (
+    Exchange,
     RelayedResponse,
     RequestBody,
     WholeResponse,
@@ -65,9 +68,10 @@ from monitor.ingest.proxy_body import (
     raw_body,
     upstream_transport,
 )
-from monitor.ingest.proxy_sampler import Exchange, ProxySampler
-from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
+
+if TYPE_CHECKING:  # the full sidecar's; the relay imports neither (no store, no encoders)
+    from monitor.ingest.service import IngestService
 
 log = logging.getLogger("monitor.ingest.proxy")
 
@@ -96,6 +100,26 @@ _ANSWER_TOO_LARGE = "answer over [proxy] max_sample_bytes"
 _URL_CACHE_SIZE = 256
 
 
+class ExchangeSampler(Protocol):
+    """Where complete exchanges go: :class:`~monitor.ingest.proxy_sampler.ProxySampler` (the
+    local inbox) or the relay's sampler (a spool forwarded to central replicas)."""
+
+    def offer(self, exchange: Exchange) -> None: ...
+
+    def lose(self, reason: str, detail: str, count: int = 1) -> None: ...
+
+    async def drain(self, timeout: float = 10.0) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProxyMetrics(Protocol):
+    """The metrics the proxy itself counts (MonitorMetrics and RelayMetrics have them)."""
+
+    proxy_requests: Counter
+    proxy_added_latency_seconds: Histogram
+
+
 @dataclass(slots=True)
 class _Exchange:
     """One request on its way through: its body, and whether its answer is to be sampled."""
@@ -113,18 +137,20 @@ class SidecarProxy:
     def __init__(
         self,
         settings: Settings,
-        ingest: IngestService,
-        metrics: MonitorMetrics,
+        ingest: IngestService | None,
+        metrics: ProxyMetrics,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        sampler: ExchangeSampler | None = None,
     ) -> None:
+        """``sampler``: where exchanges go; by default a ProxySampler into ``ingest``."""
         proxy = settings.proxy
         if not proxy.upstream:
             raise ConfigError("[proxy] upstream is empty: there is nothing to forward to")
         upstream = httpx.URL(proxy.upstream)
         if upstream.scheme not in ("http", "https") or not upstream.host:
             raise ConfigError(f"[proxy] upstream must be an http(s) URL, got {proxy.upstream!r}")
-        self.sampler = ProxySampler(settings, ingest, metrics)
+        self.sampler = sampler or _inbox_sampler(settings, ingest, metrics)
         self.metrics = metrics
         self._base = _upstream_base(proxy.upstream)
         self._max_sample_bytes = proxy.max_sample_bytes
@@ -424,6 +450,17 @@ class SidecarProxy:
         await self.sampler.aclose()
         if self._own_transport:
             await self.transport.aclose()
+
+
+def _inbox_sampler(
+    settings: Settings, ingest: IngestService | None, metrics: ProxyMetrics
+) -> ExchangeSampler:
+    """The full sidecar's sampler (imported here: it needs the store and the parsers)."""
+    from monitor.ingest.proxy_sampler import ProxySampler
+
+    if ingest is None or not isinstance(metrics, MonitorMetrics):
+        raise TypeError("the inbox sampler needs an IngestService and MonitorMetrics")
+    return ProxySampler(settings, ingest, metrics)
 
 
 def build_proxy_router(

@@ -12,6 +12,7 @@ its way to sampling, and the upstream connection that carries them.
 * :func:`decoded`: a gzip / deflate answer inflated with an output cap
   (:class:`PayloadTooLargeError` past it), never whole: a small compressed answer can inflate to
   gigabytes.
+* :class:`Exchange`: a complete exchange as it passed through, what sampling starts from.
 * :func:`assemble_json`, :func:`assemble_sse`: the answer text of a chat completion.
 * :func:`upstream_transport`: the httpx transport to the upstream, whose connections stop
   sending a request body once the upstream has answered (an early 413): the answer is read
@@ -28,6 +29,7 @@ import typing
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpcore
@@ -121,6 +123,17 @@ def broken_event(exc: Exception) -> bytes:
         }
     }
     return f"data: {json.dumps(error)}\n\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A completed chat completion as it passed through: what sampling starts from."""
+
+    request_body: bytes
+    response_body: bytes
+    content_type: str
+    content_encoding: str
+    received_at: datetime
 
 
 @dataclass(slots=True)

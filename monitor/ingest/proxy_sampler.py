@@ -32,13 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from monitor.config import Settings
@@ -50,7 +46,14 @@ from monitor.errors import (
     StorageError,
 )
 from monitor.ingest.parsing import parse_record
-from monitor.ingest.proxy_body import assemble_json, assemble_sse, decoded, json_object
+from monitor.ingest.proxy_body import (
+    Exchange,
+    assemble_json,
+    assemble_sse,
+    decoded,
+    json_object,
+)
+from monitor.ingest.recent_ids import RecentIds
 from monitor.ingest.service import IngestService
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
@@ -63,46 +66,6 @@ _SUBMIT_BATCH = 64
 _SUBMIT_LINGER_SECONDS = 0.05
 # Completion ids remembered to tell a reused one (an upstream answering chatcmpl-CONSTANT).
 _RECENT_IDS = 16_384
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """A completed chat completion as it passed through: what sampling starts from."""
-
-    request_body: bytes
-    response_body: bytes
-    content_type: str
-    content_encoding: str
-    received_at: datetime
-
-
-class _RecentIds:
-    """A bounded memory of completion ids: a new one is used as it is, a repeated one gets a
-    random suffix (thread-safe: sampling threads call it)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def unique(self, completion_id: str) -> str:
-        with self._lock:
-            if completion_id not in self._seen:
-                self._remember(completion_id)
-                return completion_id
-        return self.own(completion_id)
-
-    def own(self, completion_id: str) -> str:
-        """An id of the sidecar's own for an exchange whose completion id is taken."""
-        own = f"{completion_id}~{secrets.token_hex(4)}"
-        with self._lock:
-            self._remember(own)
-        return own
-
-    def _remember(self, key: str) -> None:
-        self._seen[key] = None
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
 
 
 class ProxySampler:
@@ -122,7 +85,7 @@ class ProxySampler:
         self.stream = proxy.stream
         self._max_sample_bytes = proxy.max_sample_bytes
         self._queue_size = proxy.sample_queue_size
-        self._recent_ids = _RecentIds(_RECENT_IDS)
+        self._recent_ids = RecentIds(_RECENT_IDS)
         # Made in the event loop that first offers (an app served again gets a new loop).
         self._queue: asyncio.Queue[Exchange] | None = None
         self._consumer: asyncio.Task[None] | None = None
