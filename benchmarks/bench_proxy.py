@@ -1,6 +1,6 @@
 """Sidecar benchmark: latency the sidecar adds over calling the upstream directly, on loopback.
 
-Run: python benchmarks/bench_proxy.py [--requests 2000] [--chunks 16]
+Run: python benchmarks/bench_proxy.py [--requests 2000] [--chunks 16] [--relay]
 
 Three processes: a minimal OpenAI-compatible upstream (Starlette under uvicorn: a chat
 completion as JSON, or as SSE in CHUNKS chunks), the sidecar (``create_app`` with
@@ -14,6 +14,12 @@ time per request (relay and sampling; less noisy than latency, though CPU conten
 other work still inflates it). Both servers run under uvicorn with the options ``serve`` uses
 (loop and http ``auto``: uvloop and httptools when installed, as the project's dependencies
 say; ``server`` in the output names what ran). Not a test: numbers depend on the machine.
+
+``--relay`` adds ``mllm-monitor relay`` (``create_relay_app``, forwarding every exchange in
+batches to a records sink the upstream process also serves) as a third server: each round then
+also sends the request through the relay, and both the sidecar's and the relay's CPU per
+request and resident memory (idle, after warm-up, and the peak under load, from /proc) are
+reported side by side, from the same run.
 """
 
 from __future__ import annotations
@@ -99,7 +105,17 @@ def run_upstream(port: int, chunks: int) -> None:
         }
         return Response(json.dumps(answer), media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async def records(request: Request) -> Response:
+        # The relay's central records API: taken and acknowledged, nothing stored.
+        await request.body()
+        return Response(b'{"accepted":0}', status_code=202, media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/records", records, methods=["POST"]),
+        ]
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
@@ -133,6 +149,30 @@ def run_sidecar(port: int, upstream: str, db: str, sampling: bool) -> None:
         router.proxy.sampler.offer = lambda exchange: None  # type: ignore[attr-defined]
     app = create_app(settings, repo, metrics, ingest=ingest, routers=[router])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def run_relay(port: int, upstream: str) -> None:
+    import uvicorn
+
+    from monitor.config import Settings
+    from monitor.relay.app import create_relay_app
+
+    settings = Settings.model_validate(
+        {"proxy": {"upstream": upstream}, "relay": {"central_url": upstream}}
+    )
+    app = create_relay_app(settings)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory now and its peak (VmRSS, VmHWM), from /proc."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {
+        name: int(fields[key].split()[0]) / 1024.0
+        for name, key in (("rss_mib", "VmRSS"), ("peak_rss_mib", "VmHWM"))
+    }
 
 
 def wait_up(url: str) -> None:
@@ -169,6 +209,8 @@ def measure(
     requests: int,
     stream: bool,
     sidecar_pid: int,
+    relayed: str | None = None,
+    relay_pid: int = 0,
 ) -> dict[str, float]:
     body = {
         "model": "llava-bench",
@@ -178,21 +220,35 @@ def measure(
     for _ in range(50):  # warm both paths (connections, caches, the sampling task)
         timed(client, direct, body)
         timed(client, proxied, body)
+        if relayed:
+            timed(client, relayed, body)
     d = np.empty(requests)
     p = np.empty(requests)
+    r = np.empty(requests)
     cpu_before = cpu_seconds(sidecar_pid)
+    relay_cpu_before = cpu_seconds(relay_pid) if relayed else 0.0
     for i in range(requests):
-        if i % 2:
-            d[i] = timed(client, direct, body)
-            p[i] = timed(client, proxied, body)
-        else:
-            p[i] = timed(client, proxied, body)
-            d[i] = timed(client, direct, body)
-    time.sleep(1.0)  # let the sampling queue drain, so its CPU counts too
+        # The order rotates, so that load from elsewhere hits every path alike.
+        calls = [("d", direct), ("p", proxied)] + ([("r", relayed)] if relayed else [])
+        shift = i % len(calls)
+        for name, url in calls[shift:] + calls[:shift]:
+            {"d": d, "p": p, "r": r}[name][i] = timed(client, url, body)
+    time.sleep(1.5)  # let the sampling queue (and the relay's flush) drain, so its CPU counts
     cpu = cpu_seconds(sidecar_pid) - cpu_before
     added = p - d
     ms = 1000.0
+    relay: dict[str, float] = {}
+    if relayed:
+        relay_added = r - d
+        relay = {
+            "relay_cpu_ms_per_request": (cpu_seconds(relay_pid) - relay_cpu_before) / requests * ms,
+            "relayed_p50_ms": float(np.percentile(r, 50) * ms),
+            "relayed_p99_ms": float(np.percentile(r, 99) * ms),
+            "relay_added_p50_ms": float(np.percentile(relay_added, 50) * ms),
+            "relay_added_p99_ms": float(np.percentile(relay_added, 99) * ms),
+        }
     return {
+        **relay,
         "sidecar_cpu_ms_per_request": cpu / requests * ms,
         "direct_p50_ms": float(np.percentile(d, 50) * ms),
         "direct_p99_ms": float(np.percentile(d, 99) * ms),
@@ -211,10 +267,14 @@ def main() -> None:
     parser.add_argument(
         "--no-sampling", action="store_true", help="diagnostic: relay only, sample nothing"
     )
+    parser.add_argument(
+        "--relay", action="store_true", help="also measure `mllm-monitor relay`, side by side"
+    )
     args = parser.parse_args()
-    up_port, side_port = free_port(), free_port()
+    up_port, side_port, relay_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     sidecar = f"http://127.0.0.1:{side_port}"
+    relay = f"http://127.0.0.1:{relay_port}"
     with tempfile.TemporaryDirectory() as tmp:
         ctx = multiprocessing.get_context("spawn")
         processes = [
@@ -225,11 +285,23 @@ def main() -> None:
                 daemon=True,
             ),
         ]
+        if args.relay:
+            processes.append(
+                ctx.Process(target=run_relay, args=(relay_port, upstream), daemon=True)
+            )
         for process in processes:
             process.start()
         try:
             wait_up(upstream)
             wait_up(sidecar)
+            memory: dict[str, dict[str, dict[str, float]]] = {}
+            if args.relay:
+                wait_up(relay)
+                time.sleep(1.0)
+                memory["idle"] = {
+                    "sidecar": memory_mib(processes[1].pid or 0),
+                    "relay": memory_mib(processes[2].pid or 0),
+                }
             results: dict[str, Any] = {
                 "requests": args.requests,
                 "sampling": not args.no_sampling,
@@ -248,7 +320,15 @@ def main() -> None:
                         args.requests,
                         stream,
                         processes[1].pid or 0,
+                        f"{relay}/v1/chat/completions" if args.relay else None,
+                        processes[2].pid or 0 if args.relay else 0,
                     )
+            if args.relay:
+                memory["after_load"] = {
+                    "sidecar": memory_mib(processes[1].pid or 0),
+                    "relay": memory_mib(processes[2].pid or 0),
+                }
+                results["memory"] = memory
             print(json.dumps(results, indent=2))
         finally:
             for process in processes:
