@@ -30,6 +30,7 @@ SECRET_STANDINS = {
     "MLLM_MONITOR_DATABASE__URL": "postgresql+psycopg://user:pass@db.invalid:5432/mllm_monitor",
     "MLLM_MONITOR_SERVER__TOKEN": "test-token",
     "MLLM_MONITOR_REFERENCE_MODEL__API_KEY": "test-key",
+    "MLLM_MONITOR_RELAY__TOKEN": "test-token",
 }
 
 
@@ -73,6 +74,18 @@ def daemon_app(tmp_dir: Path) -> Iterator[TestClient]:
             yield client
     finally:
         repository.close()
+
+
+@contextmanager
+def relay_app() -> Iterator[TestClient]:
+    """A client of ``mllm-monitor relay``'s app; the upstream and central are unreachable."""
+    from monitor.relay.app import create_relay_app
+
+    settings = Settings(
+        proxy={"upstream": "http://127.0.0.1:9"}, relay={"central_url": "http://127.0.0.1:9"}
+    )
+    with TestClient(create_relay_app(settings, registry=CollectorRegistry())) as client:
+        yield client
 
 
 def route_exists(client: TestClient, method: str, path: str) -> bool:

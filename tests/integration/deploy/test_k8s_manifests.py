@@ -36,6 +36,7 @@ from tests.integration.deploy.project_facts import (
     cli_command,
     daemon_app,
     load_with_environment,
+    relay_app,
     route_exists,
 )
 
@@ -55,6 +56,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def monitor_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in containers(objects) if c["image"].startswith(MONITOR_IMAGE)]
+
+
+def is_relay(container: dict[str, Any]) -> bool:
+    """The sidecar overlay's container: ``mllm-monitor relay`` (no database, no encoders)."""
+    return bool(container.get("args") == ["relay"])
 
 
 def container_env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -161,11 +167,22 @@ def test_config_loads_with_each_container_environment(overlay: Path, tmp_path: P
     assert tomllib.loads(config.read_text())  # plain TOML first
     for container in monitor_containers(objects):
         settings = load_with_environment(config, container_env(container, objects))
-        assert settings.database.url.startswith("postgresql+psycopg://"), "replicas need PG"
         assert settings.server.host == "0.0.0.0" and settings.server.token
         mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
         # The image reads /etc/mllm-monitor/mllm-monitor.toml (MLLM_MONITOR_CONFIG).
         assert mounts["/etc/mllm-monitor"]["readOnly"] is True
+        if is_relay(container):
+            assert settings.proxy.upstream == "http://127.0.0.1:8000"
+            assert settings.relay.central_url.startswith("http://mllm-monitor.")
+            assert settings.relay.token, "the central records API wants its token"
+            spool = settings.relay.spool_dir
+            assert spool is not None
+            assert any(
+                spool.is_relative_to(path) and not mount.get("readOnly")
+                for path, mount in mounts.items()
+            ), "the spool is on a writable volume"
+            continue
+        assert settings.database.url.startswith("postgresql+psycopg://"), "replicas need PG"
         if container["name"] == "mllm-monitor":  # the serving container
             assert mounts[str(settings.reference.root)]["readOnly"] is True
             assert mounts["/var/cache/huggingface"]["readOnly"] is True
@@ -191,10 +208,35 @@ def test_probes_and_scrapes_hit_routes_the_app_serves(overlay: Path, tmp_path: P
     (service_monitor,) = by_kind(objects, "ServiceMonitor")
     for endpoint in service_monitor["spec"]["endpoints"]:
         paths.append(("scrape", endpoint["path"]))
-    with daemon_app(tmp_path) as client:
+    serving = relay_app() if is_relay(monitor) else daemon_app(tmp_path)
+    with serving as client:
         for what, path in paths:
             assert route_exists(client, "GET", path), f"{what}: no GET {path}"
         assert route_exists(client, "POST", "/v1/chat/completions")
+
+
+def test_the_sidecar_runs_the_thin_relay_with_small_requests() -> None:
+    """The sidecar overlay's monitor container is ``mllm-monitor relay`` (the standalone
+    replicas embed and compute), with requests fit for ~72 MiB resident, and no database."""
+    objects = build(K8S / "overlays" / "sidecar")
+    (relay,) = [c for c in monitor_containers(objects) if c["name"] == "mllm-monitor"]
+    assert relay["args"] == ["relay"]
+    requests = relay["resources"]["requests"]
+    assert _mebibytes(requests["memory"]) <= 128
+    assert _millicores(requests["cpu"]) <= 100
+    assert _mebibytes(relay["resources"]["limits"]["memory"]) <= 512
+    env = {item["name"] for item in relay["env"]}
+    assert "MLLM_MONITOR_DATABASE__URL" not in env
+    assert all(c["name"] != "wait-for-schema" for c in containers(objects))
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Mi": 1.0, "Gi": 1024.0, "Ki": 1 / 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def _millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -264,7 +306,10 @@ def test_commands_are_cli_commands(overlay: Path) -> None:
             assert "mllm-monitor db current" in script
             cli_command(["db", "current"])
             seen.add(("db", "current"))
-    assert seen >= {("serve",), ("db", "upgrade"), ("db", "current")}
+    if overlay.name == "sidecar":  # the relay: no database, so no schema to wait for
+        assert seen >= {("relay",), ("db", "upgrade")}
+    else:
+        assert seen >= {("serve",), ("db", "upgrade"), ("db", "current")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
