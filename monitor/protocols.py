@@ -10,7 +10,7 @@ window's computation really touches. :class:`monitor.store.repository.Repository
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,11 +73,35 @@ class LeaderLock(Protocol):
     def release(self) -> None: ...
 
 
+class StreamLocks(Protocol):
+    """Per-stream leader locks (PostgreSQL): see :mod:`monitor.store._stream_locks`."""
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def joined(self) -> bool: ...
+
+    def join(self) -> bool: ...
+
+    def members(self) -> int: ...
+
+    def held(self, streams: Iterable[str]) -> set[str]: ...
+
+    def check(self, stream: str) -> bool: ...
+
+    def try_take(self, stream: str) -> bool: ...
+
+    def give_up(self, stream: str) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class SchedulerRepository(WindowRepository, Protocol):
     """What :class:`monitor.scheduler.WindowScheduler` needs beyond the pipeline: where work
     is (due, stale and held-back windows) and the leader lock."""
 
-    def last_computed_at(self) -> datetime | None: ...
+    def last_computed_at(self, stream: str | None = ...) -> datetime | None: ...
 
     def oldest_received(self) -> dict[str, datetime]: ...
 
@@ -88,6 +112,8 @@ class SchedulerRepository(WindowRepository, Protocol):
     def stale_locations(self, since: datetime) -> list[WindowLocation]: ...
 
     def leader_lock(self, *, path: Path | None = ..., name: str = ...) -> LeaderLock: ...
+
+    def stream_locks(self, *, name: str = ...) -> StreamLocks: ...
 
 
 class StoreView(Protocol):

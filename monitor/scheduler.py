@@ -5,14 +5,16 @@
 One APScheduler 3.x ``BackgroundScheduler`` job ticks every ``min(check_interval,
 lock_timeout)`` (misfires coalesce into one run, never two at once). Each tick:
 
-1. Leadership. Only the holder of the leader lock (:mod:`monitor.store._leader`: a PostgreSQL
-   advisory lock, or a file lock beside SQLite) computes windows. A standby retries each tick,
-   so when the leader dies another replica takes over within about ``lock_timeout``. The
-   leader re-checks its lock at every tick and before each window (one cheap query on the
-   lock's own connection), so a leader whose lock went away without it dying (its PostgreSQL
-   session dropped or terminated) stops before its next window and says so (log, gauge,
-   readiness), while another replica takes over. A replica that cannot reach the database to
-   ask for the lock reports "database unavailable" (not ready), not "standby".
+1. Leadership (:mod:`monitor.leadership`). A stream's windows are computed only by the holder
+   of its lock: on PostgreSQL a lock per stream, the replicas sharing the streams evenly; on
+   SQLite (or with ``scheduler.leadership = "single"``) one lock for every stream. Each tick
+   takes free streams up to this replica's share (or the single lock), so when a replica dies
+   the others take its streams over within about ``lock_timeout``. The holder re-checks a
+   stream's lock before each window (one cheap query on the locks' own connection), so a
+   replica whose locks went away without it dying (its PostgreSQL session dropped or
+   terminated) stops before its next window and says so (log, gauge, readiness), while
+   another takes over. A replica that cannot reach the database to ask for the lock reports
+   "database unavailable" (not ready), not "standby".
 2. Due windows, per stream: from the end of the last computed window (or, for a new stream,
    from the window of its earliest stored sample) up to the newest window whose end plus
    ``windows.lateness`` has passed; at most ``scheduler.max_catch_up`` of them (the newest).
@@ -44,6 +46,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from monitor.compute import apply_compute_settings
 from monitor.config import Settings
 from monitor.errors import DatabaseUnavailableError, MonitorError, StorageError
+from monitor.leadership import SingleLeader, scheduler_leadership
 from monitor.metrics import MonitorMetrics
 from monitor.pipeline import WindowPipeline
 from monitor.protocols import LeaderLock, ReadinessBoard, SchedulerRepository, StoreView
@@ -77,15 +80,15 @@ class WindowScheduler:
         self.readiness = readiness
         self.clock = clock
         self.pipeline = WindowPipeline(settings, repository, stores, metrics, clock=clock)
-        self.lock = (
-            lock if lock is not None else repository.leader_lock(path=settings.scheduler.lock_path)
-        )
+        self.leadership = scheduler_leadership(settings, repository, lock=lock)
         self.streams = [s.name for s in settings.streams]
-        self.is_leader = False
+        self.led: tuple[str, ...] = ()  # the streams whose windows this replica computes
         self._stopping = threading.Event()
-        self._running = threading.Lock()  # one pass at a time (ticks, run_pending)
-        self._stale_since: datetime | None = None
+        self._running = threading.Lock()  # one pass at a time (ticks, run_pass)
+        # Per led stream: where the next stale-window search starts.
+        self._stale_since: dict[str, datetime] = {}
         self._lost_lock = False  # the last leadership ended by losing the lock
+        self._lead_detail = "leader"  # readiness detail while leading
         self._unreachable = False  # the last try to take the lock could not reach the database
         self._scheduler: BackgroundScheduler | None = None
         self._compute_threads: set[int] = set()
@@ -112,7 +115,7 @@ class WindowScheduler:
         )
         scheduler.start()
         self._scheduler = scheduler
-        log.info("window scheduler started", extra={"lock": self.lock.description})
+        log.info("window scheduler started", extra={"lock": self.leadership.description})
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the window in progress, stop ticking, release the lock."""
@@ -126,7 +129,7 @@ class WindowScheduler:
             log.warning("a window computation did not finish in time", extra={"timeout": timeout})
         self._step_down()
         try:
-            self.lock.release()
+            self.leadership.release()
         except Exception:
             log.exception("releasing the leader lock failed")
 
@@ -159,68 +162,106 @@ class WindowScheduler:
         finally:
             self._running.release()
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica computes any stream's windows now."""
+        return bool(self.led)
+
+    @property
+    def lock(self) -> LeaderLock:
+        """The single leader lock (``scheduler.leadership = "single"``, or SQLite)."""
+        if not isinstance(self.leadership, SingleLeader):
+            raise AttributeError("per-stream leadership has no single leader lock")
+        return self.leadership.lock
+
     def _lead(self) -> bool:
-        """True while this process holds the leader lock (taking it when free)."""
-        if self.is_leader:
-            if self.lock.check():
-                return True
-            self._lose_lock("leader lock lost: no longer computing windows")
+        """Take (and, per stream, balance) leadership; True while this replica leads a stream."""
         try:
-            got = self.lock.try_acquire()
+            turn = self.leadership.lead()
         except StorageError as exc:
             # Not "standby": nobody may be leading, and this replica cannot know.
             if not self._unreachable:
                 log.warning("cannot reach the database for the leader lock: %s", exc)
             self._unreachable = True
+            self._step_down()
             self._set_ready(False, f"database unavailable: {exc}")
             return False
         self._unreachable = False
-        if not got:
+        if turn.lost:
+            log.error(
+                "leader lock lost: no longer computing windows",
+                extra={"lock": self.leadership.description, "streams": list(turn.lost)},
+            )
+            self._lost_lock = True
+        if not turn.streams:
+            self._step_down()
             lost = "leader lock lost; " if self._lost_lock else ""
-            self._set_ready(True, f"standby: {lost}another process computes windows")
+            self._set_ready(True, f"standby: {lost}{turn.detail}")
             return False
-        self.is_leader = True
+        self.led = turn.streams
         self._lost_lock = False
+        self._lead_detail = turn.detail
         self.metrics.scheduler_leader.set(1)
-        self._set_ready(True, "leader")
-        log.info("leader lock taken: computing windows", extra={"lock": self.lock.description})
-        for stream in self.streams:
-            self.pipeline.restore(stream)
-        last = self.repository.last_computed_at()
-        self._stale_since = last - STALE_SLACK if last is not None else self.clock()
+        self.metrics.scheduler_streams_led.set(len(turn.streams))
+        if turn.gained:  # else a failed pass stays reported until a pass succeeds
+            self._set_ready(True, turn.detail)
+        for stream in turn.gained:
+            self._take_over(stream)
+        if turn.gained:
+            log.info(
+                "leader lock taken: computing windows",
+                extra={"lock": self.leadership.description, "streams": list(turn.gained)},
+            )
+        for stream in set(self._stale_since) - set(turn.streams):
+            del self._stale_since[stream]  # given back to another replica
         return True
 
+    def _take_over(self, stream: str) -> None:
+        """A stream newly led: its detector state from the database, and a stale-window search
+        from its last computation (the previous leader may have missed late samples)."""
+        self.pipeline.restore(stream)
+        last = self.repository.last_computed_at(stream)
+        self._stale_since[stream] = last - STALE_SLACK if last is not None else self.clock()
+
     def _lose_lock(self, message: str) -> None:
-        log.error(message, extra={"lock": self.lock.description})
+        log.error(message, extra={"lock": self.leadership.description})
         self._lost_lock = True
         self._step_down()
         self._set_ready(True, "standby: leader lock lost")
 
     def _step_down(self) -> None:
-        if self.is_leader:
-            self.is_leader = False
+        if self.led:
+            self.led = ()
+            self._stale_since.clear()
             self.metrics.scheduler_leader.set(0)
+            self.metrics.scheduler_streams_led.set(0)
 
     def run_pass(self, now: datetime) -> int:
-        """Compute every due window, then every stale one (the caller holds the lock)."""
+        """Compute every due window, then every stale one, of the streams this replica leads
+        (the caller has taken leadership)."""
         computed = 0
         pass_started = self.clock()
         until = self.due_until(now)
-        for stream in self.streams:
+        led = self.led
+        for stream in led:
             for key in self.due(stream, until.get(stream, now)):
-                if not self._may_continue():
+                if not self._may_continue(stream):
                     return computed
                 self.pipeline.compute(key)
                 computed += 1
-        if self._stale_since is not None:
-            for key in self.stale(self._stale_since, now, until=until):
-                if not self._may_continue():
+        since = [self._stale_since[s] for s in led if s in self._stale_since]
+        if since:
+            for key in self.stale(min(since), now, until=until):
+                if key.stream not in led:
+                    continue
+                if not self._may_continue(key.stream):
                     return computed
                 self.pipeline.compute(key)
                 computed += 1
-        self._stale_since = pass_started - STALE_SLACK
+        for stream in led:
+            self._stale_since[stream] = pass_started - STALE_SLACK
         if self.is_leader:
-            self._set_ready(True, "leader")
+            self._set_ready(True, self._lead_detail)
         return computed
 
     def due_until(self, now: datetime) -> dict[str, datetime]:
@@ -280,12 +321,12 @@ class WindowScheduler:
             }
         return sorted(due)
 
-    def _may_continue(self) -> bool:
-        """Before each window: stop on shutdown, and re-check the lock (a window costs far
-        more than the check; a lost lock must not compute even one more)."""
+    def _may_continue(self, stream: str) -> bool:
+        """Before each window: stop on shutdown, and re-check the stream's lock (a window costs
+        far more than the check; a lost lock must not compute even one more)."""
         if self._stopping.is_set():
             return False
-        if not self.lock.check():
+        if not self.leadership.still_leads(stream):
             self._lose_lock("leader lock lost mid-pass: no longer computing windows")
             return False
         return True

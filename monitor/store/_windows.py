@@ -244,10 +244,17 @@ class Windows:
             ).scalar_one_or_none()
             return as_utc(first) if first is not None else None
 
-    def last_computed_at(self) -> datetime | None:
-        """When the newest window computation (any stream) started; None before the first."""
+    def last_computed_at(self, stream: str | None = None) -> datetime | None:
+        """When the newest window computation (of ``stream``, or of any stream) started; None
+        before the first."""
         with self._db.read("reading the last computation") as conn:
-            moment = conn.execute(select(func.max(Window.computed_at))).scalar_one_or_none()
+            newest = select(func.max(Window.computed_at))
+            if stream is not None:
+                stream_id = self._streams.find(conn, stream)
+                if stream_id is None:
+                    return None
+                newest = newest.where(Window.stream_id == stream_id)
+            moment = conn.execute(newest).scalar_one_or_none()
             return as_utc(moment) if moment is not None else None
 
     def stale_locations(self, since: datetime) -> list[WindowLocation]:

@@ -40,6 +40,7 @@ from monitor.store._artifacts import Artifacts
 from monitor.store._base import Database, Streams
 from monitor.store._inbox import Inbox
 from monitor.store._leader import DEFAULT_LOCK_NAME, LeaderLock, leader_lock
+from monitor.store._stream_locks import StreamLocks
 from monitor.store._samples import Samples
 from monitor.store._windows import Windows
 from monitor.store.engine import check_connection, engine_from_settings
@@ -126,6 +127,10 @@ class Repository:
         """The lock that lets one process compute windows (advisory on PostgreSQL, a file
         lock beside the SQLite database or at ``path``); see :mod:`monitor.store._leader`."""
         return leader_lock(self.db.engine, path=path, name=name)
+
+    def stream_locks(self, *, name: str = DEFAULT_LOCK_NAME) -> StreamLocks:
+        """Per-stream leader locks (PostgreSQL only); see :mod:`monitor.store._stream_locks`."""
+        return StreamLocks(self.db.engine, name)
 
     def close(self) -> None:
         """Close the pooled connections."""

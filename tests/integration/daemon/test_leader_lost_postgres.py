@@ -1,4 +1,5 @@
-"""A leader that loses its PostgreSQL advisory lock without dying: its lock session is
+"""A leader that loses its PostgreSQL advisory lock without dying (a single leader's, or the
+lock of the stream it leads): its lock session is
 terminated from another connection (``pg_terminate_backend``, as a dropped connection or an
 operator would). The leader must notice before its next window, stop computing, say so, and
 another replica takes over. Two schedulers, each on a repository (engine) of its own, stand for
@@ -23,6 +24,7 @@ from sqlalchemy.engine import make_url
 from monitor.config import Settings
 from monitor.embedding import EncoderSet
 from monitor.ingest.readiness import Readiness
+from monitor.leadership import StreamShares
 from monitor.metrics import MonitorMetrics
 from monitor.records import WindowKey
 from monitor.reference import IDRecord, build_store, load_store
@@ -55,8 +57,8 @@ def database_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+@pytest.fixture(params=["single", "per_stream"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Settings:
     stand_in = StandIn("text")
     encoders = EncoderSet(image=None, text=stand_in, fusion="mean")  # type: ignore[arg-type]
     records = [IDRecord(id=f"b-{i}", prompt=f"q{i}", response=f"a{i}") for i in range(40)]
@@ -67,7 +69,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         streams=[{"name": "live", "reference": "bare"}],
         windows={"size": "5m", "lateness": "0s", "min_samples": 20},
         # A long lock timeout: only the re-check before each window can notice in time.
-        scheduler={"lock_timeout": "60s", "check_interval": "60s"},
+        scheduler={
+            "lock_timeout": "60s",
+            "check_interval": "60s",
+            "leadership": request.param,
+        },
     )
     engine = engine_from_settings(settings.database)
     migrate.upgrade(engine)
@@ -147,13 +153,14 @@ def add_samples(repo: Repository, base: datetime, index: int, n: int, tag: str =
 
 
 def terminate_lock_session(admin: Engine) -> int:
-    """End the session holding the advisory lock (what a dropped connection does)."""
+    """End the session holding the exclusive advisory lock, the single leader's or the
+    stream's (what a dropped connection does)."""
     with admin.connect() as conn:
         pids = list(
             conn.execute(
                 text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND database = (SELECT oid FROM pg_database "
+                    "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND mode = 'ExclusiveLock' AND database = (SELECT oid FROM pg_database "
                     "WHERE datname = current_database())"
                 )
             ).scalars()
@@ -165,8 +172,15 @@ def terminate_lock_session(admin: Engine) -> int:
 
 def take_lock(replica: Replica) -> None:
     """The other replica's lock try succeeds once the terminated session has ended."""
+    leadership = replica.scheduler.leadership
+
+    def try_acquire() -> bool:
+        if isinstance(leadership, StreamShares):
+            return leadership.locks.join() and leadership.locks.try_take("live")
+        return replica.scheduler.lock.try_acquire()
+
     deadline = time.monotonic() + 10
-    while not replica.scheduler.lock.try_acquire():
+    while not try_acquire():
         assert time.monotonic() < deadline, "the terminated session's lock was never freed"
         time.sleep(0.05)
 

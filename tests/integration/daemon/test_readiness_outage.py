@@ -105,7 +105,8 @@ def test_readyz_turns_503_within_2_s_of_postgresql_stopping_and_200_when_it_retu
         print(f"/readyz back to 200 {time.monotonic() - started:.2f} s after PostgreSQL returned")
         checks = readyz(url)[1]["checks"]
         assert checks["database"] == {"ok": True, "detail": "answers"}
-        assert checks["scheduler"] == {"ok": True, "detail": "leader"}
+        assert checks["scheduler"]["ok"] is True
+        assert checks["scheduler"]["detail"].startswith("leader")
         answer = httpx.post(f"{url}/v1/records", json=record, headers=AUTH, timeout=30)
         assert answer.status_code == 202, answer.text
 
