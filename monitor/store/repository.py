@@ -40,8 +40,8 @@ from monitor.store._artifacts import Artifacts
 from monitor.store._base import Database, Streams
 from monitor.store._inbox import Inbox
 from monitor.store._leader import DEFAULT_LOCK_NAME, LeaderLock, leader_lock
-from monitor.store._stream_locks import StreamLocks
 from monitor.store._samples import Samples
+from monitor.store._stream_locks import StreamLocks
 from monitor.store._windows import Windows
 from monitor.store.engine import check_connection, engine_from_settings
 from monitor.store.migrate import require_head
