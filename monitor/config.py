@@ -257,9 +257,9 @@ class RelaySettings(_Section):
 
     central_url: str = ""  # root URL of the central replicas (POST /v1/records is appended)
     token: str = ""  # bearer token of the central records API ([server] token there)
-    batch_size: int = Field(default=100, ge=1)  # records per POST (at most [ingest] max_batch)
-    # Bytes per POST: keep under the central [ingest] max_body_bytes (one larger record goes
-    # alone, and is refused there and dropped).
+    batch_size: int = Field(default=100, ge=1)  # records per POST (central max_batch_records)
+    # Bytes per POST: keep under the central replicas' ingest max_body_bytes (one larger record
+    # goes alone, and is refused there and dropped).
     max_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     flush_interval: Duration = timedelta(seconds=1)  # a short batch waits at most this
     request_timeout: Duration = timedelta(seconds=30)  # one POST, connecting included
