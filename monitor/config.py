@@ -202,6 +202,11 @@ class TextEncoderSettings(_Section):
     model: str = "xlm-roberta-base"
     revision: str = ""
     max_tokens: int = Field(default=512, ge=2)
+    # Padded tokens per forward pass, texts sorted by length (0: batches of batch_size texts).
+    batch_tokens: int = Field(default=512, ge=0)
+    # "torch_int8": int8 dynamic quantisation of hf_mean_pool's Linear layers on CPU; faster,
+    # slightly other rows and another fingerprint (stores built with "torch" refuse it).
+    backend: Literal["torch", "torch_int8"] = "torch"
 
 
 class EncoderSettings(_Section):

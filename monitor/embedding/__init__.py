@@ -61,15 +61,19 @@ def load_text_encoder(kind: str, model: str, **options: Any) -> TextEncoder:
     """Load a text encoder of ``kind`` from a hub id or a local directory.
 
     Options: revision, device ("cpu", "cuda", "cuda:N", "auto"), dtype ("auto", "float32",
-    "float16", "bfloat16"), batch_size, local_files_only, cache_size, max_tokens.
+    "float16", "bfloat16"), batch_size, local_files_only, cache_size, max_tokens,
+    batch_tokens (padded tokens per forward pass; 0 = batches of batch_size texts), backend
+    ("torch", or "torch_int8" for int8 dynamic quantisation on CPU: other rows and fingerprint).
     HF_HUB_OFFLINE=1 is honoured by the hub client.
     """
     return _load(TEXT_ENCODER_KINDS, "text", kind, model, options)
 
 
 def load_image_encoder(kind: str, model: str, **options: Any) -> ImageEncoder:
-    """Load an image encoder of ``kind``; options as :func:`load_text_encoder`, plus
-    image_limits (:class:`ImageLimits`)."""
+    """Load an image encoder of ``kind``; options as :func:`load_text_encoder` (backend
+    "torch" only), plus image_limits (:class:`ImageLimits`)."""
+    if options.get("backend", "torch") != "torch":
+        raise EncoderError(f"image encoders run backend 'torch' only, not {options['backend']!r}")
     return _load(IMAGE_ENCODER_KINDS, "image", kind, model, options)
 
 
@@ -136,6 +140,8 @@ def encoders_from_settings(settings: EncoderSettings) -> EncoderSet:
         settings.text.model,
         revision=settings.text.revision,
         max_tokens=settings.text.max_tokens,
+        batch_tokens=settings.text.batch_tokens,
+        backend=settings.text.backend,
         **common,
     )
     image = None

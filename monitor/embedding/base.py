@@ -27,6 +27,10 @@ from monitor.estimators.arrays import l2_normalise
 from monitor.files import sha256_hex
 
 Embeddings = npt.NDArray[np.float32]
+# How a text encoder's forward pass runs: "torch" exactly as the weights say; "torch_int8" with
+# int8 dynamic quantisation of its Linear layers (faster on CPU, rows differ slightly, so its
+# fingerprint differs and a store built with one refuses the other).
+TextBackend = Literal["torch", "torch_int8"]
 # 2: the text fingerprint covers the tokenizer without its call-time state, truncation side
 # and character bound; the CLIP one every preprocessing step.
 FINGERPRINT_VERSION = 2
@@ -65,6 +69,9 @@ class EncoderOptions:
     local_files_only: bool = False
     cache_size: int = 4096
     max_tokens: int = 512
+    # Text: padded tokens per forward pass (0: batches of batch_size texts instead).
+    batch_tokens: int = 512
+    backend: TextBackend = "torch"
     image_limits: ImageLimits = field(default_factory=ImageLimits)
 
     @classmethod
@@ -77,8 +84,19 @@ class EncoderOptions:
             made = cls(**options)
         except TypeError as exc:
             raise EncoderError(f"invalid encoder options: {exc}") from exc
-        if made.batch_size < 1 or made.cache_size < 0 or made.max_tokens < 2:
-            raise EncoderError("batch_size >= 1, cache_size >= 0, max_tokens >= 2")
+        if (
+            made.batch_size < 1
+            or made.cache_size < 0
+            or made.max_tokens < 2
+            or made.batch_tokens < 0
+        ):
+            raise EncoderError(
+                "batch_size >= 1, cache_size >= 0, max_tokens >= 2, batch_tokens >= 0"
+            )
+        if made.backend not in ("torch", "torch_int8"):
+            raise EncoderError(
+                f"unknown backend {made.backend!r}; expected 'torch' or 'torch_int8'"
+            )
         return made
 
     def torch_device(self) -> torch.device:
@@ -123,21 +141,21 @@ def fingerprint(
     revision: str,
     weights_sha256: str,
     preprocessing: Mapping[str, Any],
+    backend: str = "torch",
 ) -> str:
     """A short stable id of everything that determines an encoder's output rows."""
-    payload = json.dumps(
-        {
-            "v": FINGERPRINT_VERSION,
-            "kind": kind,
-            "dim": dim,
-            "pooling": pooling,
-            "revision": revision,
-            "weights": weights_sha256,
-            "preprocessing": preprocessing,
-        },
-        sort_keys=True,
-        default=str,
-    )
+    content: dict[str, Any] = {
+        "v": FINGERPRINT_VERSION,
+        "kind": kind,
+        "dim": dim,
+        "pooling": pooling,
+        "revision": revision,
+        "weights": weights_sha256,
+        "preprocessing": preprocessing,
+    }
+    if backend != "torch":  # absent for the exact backend: its fingerprints stay as they were
+        content["backend"] = backend
+    payload = json.dumps(content, sort_keys=True, default=str)
     return f"{kind}-{sha256_hex(payload)[:24]}"
 
 

@@ -1,7 +1,9 @@
 """Batching helpers: length-grouped micro-batches and a bounded content-hash cache.
 
 Sorting texts by token length before batching cuts padding (a batch pads to its longest
-member); the cache makes a repeated prompt or image cost one hash instead of one forward pass.
+member); a token budget per forward pass (:func:`token_budget_batches`) keeps each batch's
+padded size near its real one, so short texts share a pass in large numbers and long ones in
+small. The cache makes a repeated prompt or image cost one hash instead of one forward pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> list[list
     """Indices grouped into batches of at most ``batch_size``, each of similar lengths."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices in ascending length (ties in input order), cut into batches whose padded size,
+    count x longest length, stays within ``max_tokens``; a longer text goes alone."""
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Ascending order: the newcomer is the batch's longest, so it sets the padded width.
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def content_key(data: bytes | str) -> str:

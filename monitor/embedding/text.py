@@ -7,11 +7,19 @@ run. Pooling: masked mean over the tokens after the first (<s>), max 512 tokens,
 
 ``hf_mean_pool``: the last hidden state of any transformers encoder (sentence-transformers
 directories included), masked mean over all tokens, L2-normalised.
+
+Texts are tokenized in one call, sorted by length and run in batches of at most
+``batch_tokens`` padded tokens, so a batch computes little padding whatever the mix of lengths
+(fixed batches of 32 computed about six times the real tokens on a mix of LLaVA benchmark
+prompts and answers). The rows equal a per-text forward up to float rounding. Backend
+``torch_int8`` (``hf_mean_pool`` on CPU) runs the Linear layers in int8 dynamic quantisation:
+faster, other rows, another fingerprint.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +41,7 @@ from monitor.embedding.batching import (
     content_key,
     encode_with_cache,
     length_grouped_batches,
+    token_budget_batches,
 )
 from monitor.errors import EncoderError, InvalidInputError
 from monitor.files import sha256_hex
@@ -85,9 +94,31 @@ class HFTextEncoder(LoadedEncoder):
                 "max_tokens": self.max_tokens,
                 "max_chars": self.max_chars,
             },
+            backend=options.backend,
         )
         self.network.to(device=self.device, dtype=self.dtype)
+        if options.backend == "torch_int8":
+            self.network = self._quantised(self.network)
         self._cache = EmbeddingCache(options.cache_size)
+
+    def _quantised(self, network: torch.nn.Module) -> torch.nn.Module:
+        """The network with its Linear layers in int8 dynamic quantisation (CPU, float32)."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise EncoderError(
+                "backend 'torch_int8' runs on the CPU in float32: set encoders.device = 'cpu' "
+                f"and dtype 'auto' or 'float32' (got {self.device.type}, {self.dtype})"
+            )
+        from torch.ao.quantization import quantize_dynamic
+
+        # torch marks this API deprecated in favour of torchao, a further dependency; it still
+        # ships and works, so its warnings are not the operator's to act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            quantised: torch.nn.Module = quantize_dynamic(  # type: ignore[no-untyped-call]
+                network, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return quantised
 
     def _model_overrides(self) -> dict[str, Any]:
         return {}
@@ -118,7 +149,13 @@ class HFTextEncoder(LoadedEncoder):
         )["input_ids"]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         pad = int(self.tokenizer.pad_token_id)
-        for batch in length_grouped_batches([len(x) for x in ids], self.options.batch_size):
+        lengths = [len(x) for x in ids]
+        batches = (
+            token_budget_batches(lengths, self.options.batch_tokens)
+            if self.options.batch_tokens
+            else length_grouped_batches(lengths, self.options.batch_size)
+        )
+        for batch in batches:
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -143,6 +180,12 @@ class XlmrEmbeddingLayerEncoder(HFTextEncoder):
 
     def _model_overrides(self) -> dict[str, Any]:
         return {"num_hidden_layers": 0}  # only the embedding layer is used: skip the rest
+
+    def _quantised(self, network: torch.nn.Module) -> torch.nn.Module:
+        raise EncoderError(
+            "backend 'torch_int8' quantises Linear layers, and xlmr_embedding_layer runs none: "
+            "use backend 'torch'"
+        )
 
     def _weights(self) -> torch.nn.Module:
         embeddings: torch.nn.Module = self.network.embeddings

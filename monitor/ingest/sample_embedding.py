@@ -136,21 +136,28 @@ def embed_records(
 ) -> dict[str, Rows]:
     """One batch of live records embedded as the reference build embeds ID records.
 
-    The same encoders, calls and fusion as :mod:`monitor.reference.build`: prompts (an
-    image-only record's prompt is ""), answers and references through the text encoder, images
-    through the image encoder, and x = ``fuse(prompt, image, has_image, fusion)``; a test checks
+    The same encoders and fusion as :mod:`monitor.reference.build`: prompts (an image-only
+    record's prompt is ""), answers and references through the text encoder (in one call; a
+    text's row does not depend on its batch, up to float rounding), images through the image
+    encoder, and x = ``fuse(prompt, image, has_image, fusion)``; a test checks
     that a record embeds to the very rows the store built from it holds. ``prompt`` and ``query``
     have one row per record; ``response``, ``reference`` and ``image`` one row per record that
     has one, in record order.
     """
-    out: dict[str, Rows] = {"prompt": encoders.text.encode_texts([r.prompt or "" for r in records])}
-    for kind, texts in (
-        ("response", [r.response for r in records]),
-        ("reference", [r.reference for r in records]),
-    ):
-        present = [text for text in texts if text is not None]
-        if present:
-            out[kind] = encoders.text.encode_texts(present)
+    texts = {
+        "prompt": [r.prompt or "" for r in records],
+        "response": [r.response for r in records if r.response is not None],
+        "reference": [r.reference for r in records if r.reference is not None],
+    }
+    # One call for all of them: the encoder sorts them by length together, so short answers
+    # share forward passes instead of padding to the prompts.
+    rows = encoders.text.encode_texts([text for part in texts.values() for text in part])
+    out: dict[str, Rows] = {}
+    start = 0
+    for kind, part in texts.items():
+        if part or kind == "prompt":
+            out[kind] = rows[start : start + len(part)]
+        start += len(part)
     has_image = np.array([image is not None for image in images], dtype=bool)
     full_image = None
     if has_image.any():
