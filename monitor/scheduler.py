@@ -58,6 +58,8 @@ log = logging.getLogger("monitor.scheduler")
 
 # How far back the stale-window search looks beyond the previous pass (commit delays, clocks).
 STALE_SLACK = timedelta(seconds=60)
+# How often a pass over many streams looks at leadership again between streams.
+REBALANCE_EVERY = timedelta(seconds=2)
 
 
 class WindowScheduler:
@@ -242,23 +244,31 @@ class WindowScheduler:
         computed = 0
         pass_started = self.clock()
         until = self.due_until(now)
-        led = self.led
+        led, looked = self.led, self.clock()
         for stream in led:
+            if self.clock() - looked >= REBALANCE_EVERY:
+                # A long pass (a catch-up) looks again between streams, so a replica that just
+                # joined gets its share now rather than after the whole pass.
+                looked = self.clock()
+                if not self._lead():
+                    return computed
+                if stream not in self.led:
+                    continue  # given back to a replica that joined
             for key in self.due(stream, until.get(stream, now)):
                 if not self._may_continue(stream):
                     return computed
                 self.pipeline.compute(key)
                 computed += 1
-        since = [self._stale_since[s] for s in led if s in self._stale_since]
+        since = [self._stale_since[s] for s in self.led if s in self._stale_since]
         if since:
             for key in self.stale(min(since), now, until=until):
-                if key.stream not in led:
+                if key.stream not in self.led:
                     continue
                 if not self._may_continue(key.stream):
                     return computed
                 self.pipeline.compute(key)
                 computed += 1
-        for stream in led:
+        for stream in self.led:
             self._stale_since[stream] = pass_started - STALE_SLACK
         if self.is_leader:
             self._set_ready(True, self._lead_detail)
