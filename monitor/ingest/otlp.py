@@ -343,7 +343,7 @@ def _json_or_value(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON after all, or nested past the parser
             return value
     return value
 

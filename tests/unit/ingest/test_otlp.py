@@ -279,3 +279,19 @@ def test_the_response_carries_partial_success_in_either_encoding() -> None:
     full = ExportTraceServiceResponse.FromString(export_response(0, "", as_json=False))
     assert not full.HasField("partial_success")
     assert json_format.MessageToDict(full) == {}
+
+
+def test_an_attribute_of_json_nested_past_the_parser_is_read_as_text_not_a_crash() -> None:
+    recorder = Recorder()
+    span = recorder.tracer.start_span("openai.chat")
+    span.set_attributes(
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.prompt.0.role": "user",
+            "gen_ai.prompt.0.content": "[" * 100_000,
+        }
+    )
+    span.end()
+    out = mapped(recorder)
+    assert out.records == [] and [s.reason for s in out.skipped] == ["invalid"]
+    assert "over the limit" in out.skipped[0].message
