@@ -244,14 +244,17 @@ class WindowScheduler:
         computed = 0
         pass_started = self.clock()
         until = self.due_until(now)
-        led, looked = self.led, self.clock()
-        for stream in led:
+        pending, looked = list(self.led), self.clock()
+        while pending:
+            stream = pending.pop(0)
             if self.clock() - looked >= REBALANCE_EVERY:
                 # A long pass (a catch-up) looks again between streams, so a replica that just
-                # joined gets its share now rather than after the whole pass.
+                # joined gets its share now, and a dead one's streams are taken over in this
+                # pass, not after it.
                 looked = self.clock()
                 if not self._lead():
                     return computed
+                pending += [s for s in self.led if s not in pending and s != stream]
                 if stream not in self.led:
                     continue  # given back to a replica that joined
             for key in self.due(stream, until.get(stream, now)):
