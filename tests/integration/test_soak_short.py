@@ -60,11 +60,11 @@ class Plan:
 LOAD_SHARE = 0.8
 # 20 records/s is about a quarter of what one worker embeds on a 2-core machine (bench_soak:
 # 77.8 records/s), so a slower CI runner still keeps up and the inbox stays near empty.
-# RSS: a soak this short sees only a leak that costs kilobytes per request (at 20 records/s,
-# 1 KiB kept per record is 0.8 MiB in 40 s, 10 KiB per request some 4 MiB), so the bound is
-# set for those: serve holds about 600 MiB, and between two periods after the warm-up its RSS
-# moved by under 2 MiB in our runs (allocator arenas, SQLite pages); 3% + 4 MiB (some 22 MiB)
-# leaves room for that noise and still fails a leak of a few KiB per request.
+# RSS: serve holds about 600 MiB; in our runs it grew 1-2 MiB over the 40 judged seconds
+# (allocator arenas, SQLite pages still filling). 3% + 4 MiB (about 22 MiB) is ten times that
+# noise, and fails a leak of some 30 KiB per record (800 records in 40 s): a batch's tensors or
+# each request's buffers kept. A soak this short cannot see a leak of a few hundred bytes per
+# record; the long variant (5% over minutes) is for those.
 # p99: with ~250 requests a half, the p99 is about the third-slowest request, so one GC pause or
 # a busy neighbour moves it by milliseconds; twice the first half's plus 25 ms tolerates that
 # and fails a drift (a request path that slows as the inbox or a table grows).
