@@ -245,8 +245,10 @@ class WindowScheduler:
         pass_started = self.clock()
         until = self.due_until(now)
         pending, looked = list(self.led), self.clock()
+        passed: set[str] = set()  # streams this pass has taken up
         while pending:
             stream = pending.pop(0)
+            passed.add(stream)
             if self.clock() - looked >= REBALANCE_EVERY:
                 # A long pass (a catch-up) looks again between streams, so a replica that just
                 # joined gets its share now, and a dead one's streams are taken over in this
@@ -254,7 +256,7 @@ class WindowScheduler:
                 looked = self.clock()
                 if not self._lead():
                     return computed
-                pending += [s for s in self.led if s not in pending and s != stream]
+                pending += [s for s in self.led if s not in pending and s not in passed]
                 if stream not in self.led:
                     continue  # given back to a replica that joined
             for key in self.due(stream, until.get(stream, now)):

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
+from monitor import scheduler as scheduler_module
 from monitor.config import Settings
 from monitor.detection import calibrate_store
 from monitor.detection.detector import Detector
@@ -262,3 +263,34 @@ def test_per_stream_leadership_needs_postgresql(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"per_stream.*needs PostgreSQL"):
         make_settings(tmp_path, f"sqlite:///{tmp_path}/m.db", "per_stream")
     assert not make_settings(tmp_path, f"sqlite:///{tmp_path}/m.db").per_stream_leadership
+
+
+def test_a_replica_joining_mid_pass_gets_its_share_in_that_pass(
+    replicas: list[Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _ = replicas
+    monkeypatch.setattr(scheduler_module, "REBALANCE_EVERY", timedelta(0))  # before each stream
+    tick_all([a], 1)  # alone: a leads every stream
+    base = window_start(datetime.now(UTC) - 4 * SIZE, SIZE)
+    add_samples(a.repository, base)
+    compute = a.scheduler.pipeline.compute
+
+    def b_joins_after_first(key: WindowKey) -> Any:
+        result = compute(key)
+        if len(a.computed) == 1:
+            assert b.scheduler.tick() == 0  # joins; every stream is a's for now
+        return result
+
+    a.scheduler.pipeline.compute = b_joins_after_first  # type: ignore[method-assign, assignment]
+    a.scheduler.tick()
+    # a gave back half at its next look, mid-pass, and went on with its own share only (and the
+    # stream it had finished before it looked, which it may have given back).
+    assert len(a.scheduler.led) == 3
+    first = a.computed[0].stream
+    assert {k.stream for k in a.computed} == set(a.scheduler.led) | {first}
+    b.scheduler.tick()
+    assert set(b.scheduler.led) == set(STREAMS) - set(a.scheduler.led)
+    assert {k.stream for k in b.computed} == set(b.scheduler.led) - {first}
+    computed = a.computed + b.computed
+    assert len(computed) == len(set(computed)) == len(STREAMS) * 4
+    check_windows(a.repository, base, 4)
