@@ -148,7 +148,12 @@ def replica_main(url: str, refs: Path, streams: int) -> None:
         # scheduler's own leadership step, without a window pass.)
         scheduler._lead()
         print(json.dumps({"led": list(scheduler.led)}), flush=True)
-    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+
+    def stop_on_line() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=stop_on_line, daemon=True).start()
     cpu0 = time.process_time()
     while not stop.is_set():
         if scheduler.tick() == 0:

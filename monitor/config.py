@@ -57,7 +57,12 @@ DEFAULT_CONFIG_FILE = Path("mllm-monitor.toml")
 # the config file's path, the PostgreSQL URL the test suite uses, and the demo token that
 # deploy/compose.yaml reads on the host (often exported in the shell that runs the CLI too).
 NON_SETTING_VARIABLES = frozenset(
-    {CONFIG_PATH_ENV, "MLLM_MONITOR_TEST_POSTGRES_URL", "MLLM_MONITOR_TOKEN"}
+    {
+        CONFIG_PATH_ENV,
+        "MLLM_MONITOR_TEST_POSTGRES_URL",
+        "MLLM_MONITOR_SOAK_MINUTES",
+        "MLLM_MONITOR_TOKEN",
+    }
 )
 # Kubernetes injects service links for a Service named mllm-monitor (deploy/k8s) into every
 # pod of its namespace: MLLM_MONITOR_SERVICE_HOST, MLLM_MONITOR_PORT_8080_TCP_ADDR, ...
