@@ -65,6 +65,7 @@ from monitor.store.engine import engine_from_settings  # noqa: E402
 from monitor.store.repository import open_repository  # noqa: E402
 from monitor.store.types import NewSample  # noqa: E402
 from monitor.windows import window_start  # noqa: E402
+from tests.integration.databases import drop_database  # noqa: E402
 
 SIZE = timedelta(hours=1)  # long windows: no new window falls due while the benchmark runs
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
@@ -141,6 +142,13 @@ def replica_main(url: str, refs: Path, streams: int) -> None:
         return result
 
     scheduler.pipeline.compute = counted  # type: ignore[method-assign]
+    take_over = scheduler._take_over
+
+    def taken(stream: str) -> None:
+        print(json.dumps({"took": stream, "at": time.time()}), flush=True)
+        take_over(stream)
+
+    scheduler._take_over = taken  # type: ignore[method-assign]
     stop = threading.Event()
     print("ready", flush=True)
     while sys.stdin.readline().strip() == "lead":
@@ -177,6 +185,7 @@ class Replica:
     ready: threading.Event = field(default_factory=threading.Event)
     led: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     share: list[str] = field(default_factory=list)  # streams led when the clock started
+    took: list[tuple[str, float]] = field(default_factory=list)  # streams taken over, when
 
     def read(self, stdout: IO[str]) -> None:
         for line in stdout:
@@ -186,6 +195,8 @@ class Replica:
                 entry = json.loads(line)
                 if "done" in entry:
                     self.summary = entry
+                elif "took" in entry:
+                    self.took.append((entry["took"], entry["at"]))
                 elif "led" in entry:
                     self.share = entry["led"]
                     self.led.release()
@@ -335,14 +346,17 @@ def kill_run(
     send(survivor, "stop")
     survivor.process.wait(60)
     time.sleep(0.2)  # the readers take the last lines
-    took_over = [t for s, t in survivor.computed if s in victim_streams and t > killed_at]
+    took = [t for s, t in survivor.took if s in victim_streams and t > killed_at]
+    computed_at = [t for s, t in survivor.computed if s in victim_streams and t > killed_at]
     check_chains(settings, end, windows)
     computed = len(victim.computed) + len(survivor.computed)
     print(
         f"kill: SIGKILLed the replica leading {len(victim_streams)} streams mid-window, after "
-        f"{len(victim.computed)} windows; the other computed the first window of those streams "
-        f"{min(took_over) - killed_at:.2f} s later; all {due} windows stored once, each "
-        f"stream's detector states one chain; windows computed in all: {computed}"
+        f"{len(victim.computed)} windows; the other took all {len(took)} of those streams over "
+        f"{max(took) - killed_at:.2f} s later (mid-pass) and computed their first window "
+        f"{min(computed_at) - killed_at:.2f} s later (after the streams its pass was on); all "
+        f"{due} windows stored once, each stream's detector states one chain; windows computed "
+        f"in all: {computed}"
     )
 
 
@@ -442,12 +456,7 @@ def main() -> None:
                 kill_run(url, refs, settings, engine, due, end, args.windows)
             engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        drop_database(admin, name)
         admin.dispose()
 
 
