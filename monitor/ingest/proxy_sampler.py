@@ -9,9 +9,10 @@
 
 The relay (:mod:`monitor.ingest.proxy`) offers each complete exchange (request body, answer
 bytes) once the response has been relayed. It goes on a bounded in-memory queue (``[proxy]
-sample_queue_size``) that a background task, started on the first offer in the running event
-loop, drains into ``IngestService.submit`` in a thread, in batches (up to 64 exchanges, gathered
-for up to 50 ms: one hand-off to the thread per batch, not per exchange).
+sample_queue_size``, :class:`~monitor.ingest.exchange_queue.ExchangeQueue`) that a background
+task, started on the first offer in the running event loop, drains into
+``IngestService.submit`` in a thread, in batches (up to 64 exchanges, gathered for up to 50 ms:
+one hand-off to the thread per batch, not per exchange).
 
 Sampling fails open: a full queue, a full inbox, a database outage or a monitor bug never
 reaches the client. Each loss is counted in ``proxy_fail_open{reason}`` and as a ``dropped``
@@ -30,7 +31,6 @@ merges exchanges.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -45,6 +45,7 @@ from monitor.errors import (
     PayloadTooLargeError,
     StorageError,
 )
+from monitor.ingest.exchange_queue import ExchangeQueue
 from monitor.ingest.parsing import parse_record
 from monitor.ingest.proxy_body import (
     Exchange,
@@ -60,10 +61,6 @@ from monitor.records import TrafficRecord
 
 log = logging.getLogger("monitor.ingest.proxy")
 
-# Most exchanges submitted to the inbox in one transaction.
-_SUBMIT_BATCH = 64
-# How long the sampler waits for more exchanges before it submits a batch short of _SUBMIT_BATCH.
-_SUBMIT_LINGER_SECONDS = 0.05
 # Completion ids remembered to tell a reused one (an upstream answering chatcmpl-CONSTANT).
 _RECENT_IDS = 16_384
 
@@ -84,25 +81,14 @@ class ProxySampler:
         self.metrics = metrics
         self.stream = proxy.stream
         self._max_sample_bytes = proxy.max_sample_bytes
-        self._queue_size = proxy.sample_queue_size
         self._recent_ids = RecentIds(_RECENT_IDS)
-        # Made in the event loop that first offers (an app served again gets a new loop).
-        self._queue: asyncio.Queue[Exchange] | None = None
-        self._consumer: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue = ExchangeQueue(proxy.sample_queue_size, self._sample, self.lose, log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def offer(self, exchange: Exchange) -> None:
         """Queue a complete exchange for sampling; never raises, never waits."""
-        try:
-            queue = self._ensure_consumer()
-            queue.put_nowait(exchange)
-        except asyncio.QueueFull:
-            self.lose("queue_full", "the sampling queue is full")
-        except Exception:  # a monitor bug must not reach the client
-            log.exception("sidecar: offering an exchange for sampling failed")
-            self.lose("internal_error", "offering failed")
+        self._queue.offer(exchange)
 
     def lose(self, reason: str, detail: str, count: int = 1) -> None:
         """Count ``count`` exchanges that passed through unsampled, for ``reason``."""
@@ -113,45 +99,11 @@ class ProxySampler:
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every queued exchange has been submitted (tests, shutdown)."""
-        if self._queue is not None and self._loop is asyncio.get_running_loop():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout)
+        await self._queue.drain(timeout)
 
     async def aclose(self) -> None:
         """Submit what is queued (a few seconds at most), then stop the consumer task."""
-        await self.drain(5.0)
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._consumer
-            self._consumer = None
-
-    def _ensure_consumer(self) -> asyncio.Queue[Exchange]:
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:
-            self._queue = asyncio.Queue(maxsize=self._queue_size)
-            self._loop = loop
-            self._consumer = None
-        if self._consumer is None or self._consumer.done():
-            self._consumer = loop.create_task(self._consume(self._queue))
-        return self._queue
-
-    async def _consume(self, queue: asyncio.Queue[Exchange]) -> None:
-        while True:
-            batch = [await queue.get()]
-            if queue.qsize() < _SUBMIT_BATCH - 1 and self._queue_size >= 2 * _SUBMIT_BATCH:
-                # Let a batch gather: each hand-off to a thread costs the event loop (and the
-                # requests it relays) far more CPU than parsing and inserting one more exchange.
-                await asyncio.sleep(_SUBMIT_LINGER_SECONDS)
-            while len(batch) < _SUBMIT_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._sample(batch)
-            except Exception:  # _sample counts its own losses; this is a last resort
-                log.exception("sidecar: sampling a batch failed")
-            finally:
-                for _ in batch:
-                    queue.task_done()
+        await self._queue.aclose()
 
     # -- one batch -------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ request path.
         .aclose()          spool what is queued, then stop forwarding (see Forwarder.aclose)
 
 As the full sidecar's sampler does, it queues exchanges in memory (``[proxy]
-sample_queue_size``), and a task turns them into record lines in a worker thread in batches
-(parsing holds the GIL: one hand-off per batch, not per exchange). The lines go to the spool;
+sample_queue_size``, :class:`~monitor.ingest.exchange_queue.ExchangeQueue`), and a task turns
+them into record lines in a worker thread in batches (parsing holds the GIL: one hand-off per
+batch, not per exchange). The lines go to the spool;
 what does not fit is dropped and counted ``spool_full``. Nothing here waits on the central API
 or can fail a client's request.
 """
@@ -17,12 +18,12 @@ or can fail a client's request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 
 from monitor.errors import InvalidInputError, PayloadTooLargeError
+from monitor.ingest.exchange_queue import ExchangeQueue
 from monitor.ingest.proxy_body import Exchange
 from monitor.metrics import RelayMetrics
 from monitor.relay.forwarder import Forwarder
@@ -30,9 +31,6 @@ from monitor.relay.records import ExchangeRecords
 from monitor.relay.spool import Spool
 
 log = logging.getLogger("monitor.relay")
-
-_BATCH = 64  # exchanges turned into lines per hand-off to the worker thread
-_LINGER_SECONDS = 0.05  # how long a short batch waits for more exchanges
 
 
 class RelaySampler:
@@ -50,22 +48,13 @@ class RelaySampler:
         self.spool = spool
         self.forwarder = forwarder
         self.metrics = metrics
-        self._queue_size = queue_size
-        self._queue: asyncio.Queue[Exchange] | None = None
-        self._consumer: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue = ExchangeQueue(queue_size, self._spool_batch, self.lose, log)
         self._spooled = metrics.relay_records.labels(outcome="spooled")
         self._skipped = metrics.relay_records.labels(outcome="skipped")
 
     def offer(self, exchange: Exchange) -> None:
         """Queue a complete exchange; never raises, never waits."""
-        try:
-            self._ensure_consumer().put_nowait(exchange)
-        except asyncio.QueueFull:
-            self.lose("queue_full", "the sampling queue is full")
-        except Exception:  # a relay bug must not reach the client
-            log.exception("relay: offering an exchange failed")
-            self.lose("internal_error", "offering failed")
+        self._queue.offer(exchange)
 
     def lose(self, reason: str, detail: str, count: int = 1) -> None:
         if count:
@@ -73,50 +62,20 @@ class RelaySampler:
             log.debug("relay: %d exchange(s) lost (%s): %s", count, reason, detail)
 
     async def drain(self, timeout: float = 10.0) -> None:
-        if self._queue is not None and self._loop is asyncio.get_running_loop():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout)
+        await self._queue.drain(timeout)
 
     async def aclose(self) -> None:
-        await self.drain(5.0)
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._consumer
-            self._consumer = None
+        await self._queue.aclose()
         await self.forwarder.aclose()
 
-    def _ensure_consumer(self) -> asyncio.Queue[Exchange]:
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:
-            self._queue = asyncio.Queue(maxsize=self._queue_size)
-            self._loop = loop
-            self._consumer = None
-        if self._consumer is None or self._consumer.done():
-            self._consumer = loop.create_task(self._consume(self._queue))
-        return self._queue
-
-    async def _consume(self, queue: asyncio.Queue[Exchange]) -> None:
-        while True:
-            batch = [await queue.get()]
-            if queue.qsize() < _BATCH - 1 and self._queue_size >= 2 * _BATCH:
-                await asyncio.sleep(_LINGER_SECONDS)
-            while len(batch) < _BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                lines = await asyncio.to_thread(self._lines, batch)
-                taken = self.spool.append(lines)
-                self._spooled.inc(taken)
-                self.lose("spool_full", "the relay's spool is full", len(lines) - taken)
-                if taken:
-                    self.forwarder.wake()
-                    self.forwarder.publish()
-            except Exception:  # last resort: _lines counts its own losses
-                log.exception("relay: spooling a batch failed")
-                self.lose("internal_error", "spooling failed", len(batch))
-            finally:
-                for _ in batch:
-                    queue.task_done()
+    async def _spool_batch(self, batch: list[Exchange]) -> None:
+        lines = await asyncio.to_thread(self._lines, batch)
+        taken = self.spool.append(lines)
+        self._spooled.inc(taken)
+        self.lose("spool_full", "the relay's spool is full", len(lines) - taken)
+        if taken:
+            self.forwarder.wake()
+            self.forwarder.publish()
 
     def _lines(self, exchanges: Sequence[Exchange]) -> list[bytes]:
         lines: list[bytes] = []
