@@ -540,8 +540,8 @@ class Settings(BaseSettings):
     def _per_stream_needs_postgres(self) -> Settings:
         if self.scheduler.leadership == "per_stream" and not self.database.is_postgresql:
             raise ValueError(
-                "scheduler.leadership = \"per_stream\" needs PostgreSQL (several replicas on "
-                "one database); with SQLite one process computes every stream: use \"auto\""
+                'scheduler.leadership = "per_stream" needs PostgreSQL (several replicas on '
+                'one database); with SQLite one process computes every stream: use "auto"'
             )
         return self
 
@@ -549,9 +549,7 @@ class Settings(BaseSettings):
     def per_stream_leadership(self) -> bool:
         """Whether each stream has a leader lock of its own (see ``scheduler.leadership``)."""
         leadership = self.scheduler.leadership
-        return leadership == "per_stream" or (
-            leadership == "auto" and self.database.is_postgresql
-        )
+        return leadership == "per_stream" or (leadership == "auto" and self.database.is_postgresql)
 
     @classmethod
     def settings_customise_sources(

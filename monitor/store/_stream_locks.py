@@ -61,9 +61,7 @@ class StreamLocks:
                 self._drop()  # the session is gone, and every lock of it with it
         with translate_errors(self._engine.url, "taking the leader lock"):
             if self._conn is None:
-                self._conn = self._engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                )
+                self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             try:
                 return bool(
                     self._conn.execute(
