@@ -20,16 +20,7 @@ Routes:
 * ``POST /v1/references`` (token): ``{"id", "reference"}`` or ``{"references": [...]}``,
   answered ``202 {"joined", "pending", "skipped"}``; an unknown id is ``404`` (all or nothing,
   see :class:`~monitor.ingest.service.IngestService.add_references`).
-* ``POST /v1/traces`` (token): OTLP/HTTP traces, ``application/x-protobuf`` or OTLP JSON
-  (``application/json``); LLM spans become records (see :mod:`monitor.ingest.otlp`), which
-  then take the records API's path (image URLs, sampling, duplicates, rate cap, inbox, the same
-  429 / 503). Answered ``200`` with an ``ExportTraceServiceResponse`` in the request's encoding,
-  its ``partial_success`` counting the LLM spans that became no record (no prompt content,
-  unknown stream, invalid content: one such span does not refuse the others); spans that are
-  no LLM calls are dropped quietly. Malformed protobuf or JSON is a 400 ``invalid_otlp``, an
-  other media type a 415, more LLM spans than ``max_batch_records`` a 413. Every span is
-  counted in ``mllm_monitor_otlp_spans_total``, every one that became no record in
-  ``mllm_monitor_otlp_spans_skipped_total{reason}``.
+* ``POST /v1/traces`` (token): OTLP/HTTP traces, see :mod:`monitor.ingest.traces_api`.
 * ``GET /healthz``: the process answers. ``GET /readyz``: 200 when every readiness check is
   ok, else 503, each check named in the body. ``GET /metrics``: Prometheus exposition of the
   given registry (the inbox depth gauge is recounted at each scrape).
@@ -56,11 +47,8 @@ FastAPI's own validation errors and 404/405 use the same shape.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import math
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -70,7 +58,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -87,28 +74,18 @@ from monitor.errors import (
     UnknownRecordError,
 )
 from monitor.ingest.auth import UnauthorizedError, require_token
-from monitor.ingest.inflate import GZIP_WBITS, inflate
-from monitor.ingest.otlp import (
-    MAX_EXAMPLE_CHARS,
-    SkippedSpan,
-    decode_json,
-    decode_protobuf,
-    export_response,
-    skipped_summary,
-    spans_to_records,
-)
 from monitor.ingest.parsing import parse_records_body, parse_references_body
 from monitor.ingest.readiness import Readiness
-from monitor.ingest.service import MAX_PARALLEL_FETCHES, IngestService
+from monitor.ingest.request_bodies import RequestRejectedError, parse_json, read_body
+from monitor.ingest.service import IngestService
+from monitor.ingest.traces_api import traces_router
 from monitor.metrics import MonitorMetrics
 from monitor.records import TrafficRecord
 from monitor.store.repository import Repository
 
-__all__ = ["RequestRejectedError", "create_app", "error_body", "require_token"]
+__all__ = ["create_app", "error_body", "require_token"]
 
 log = logging.getLogger(__name__)
-
-OTLP_PROTOBUF = "application/x-protobuf"
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -121,15 +98,6 @@ _STATUS_CODES = {
     422: "invalid_request",
     429: "too_many_requests",
 }
-
-
-class RequestRejectedError(InvalidInputError):
-    """A request refused before its content is looked at (encoding, media type, size)."""
-
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        self.status = status
-        self.code = code
-        super().__init__(message, field=field)
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -168,7 +136,7 @@ def create_app(
     app.state.ingest = ingest
     _install_error_handlers(app, retry_after=settings.ingest.retry_after.total_seconds())
     app.include_router(_records_router(settings, metrics, ingest))
-    app.include_router(_traces_router(settings, metrics, ingest))
+    app.include_router(traces_router(settings, metrics, ingest))
     app.include_router(_health_router(metrics, readiness, ingest))
     for router in routers:
         app.include_router(router)
@@ -229,98 +197,6 @@ def _records_router(
     return router
 
 
-def _traces_router(settings: Settings, metrics: MonitorMetrics, ingest: IngestService) -> APIRouter:
-    """``POST /v1/traces``: OTLP/HTTP traces whose LLM spans become records (monitor.ingest.otlp),
-    then the records API's path: image URLs resolved, sampled, capped, durable in the inbox."""
-    router = APIRouter(dependencies=[Depends(require_token)])
-    limit = settings.ingest.max_body_bytes
-
-    @router.post("/v1/traces")
-    async def post_traces(request: Request) -> Response:
-        records: list[TrafficRecord] = []
-        try:
-            media, _ = _media_type(request)
-            if media not in (OTLP_PROTOBUF, "application/json"):
-                raise RequestRejectedError(
-                    415,
-                    "unsupported_media_type",
-                    f"OTLP traces are {OTLP_PROTOBUF} or application/json, not "
-                    f"{media[:100] or 'unspecified'}",
-                    field="content-type",
-                )
-            raw = await read_raw_body(request, limit)
-            export = await run_in_threadpool(_decode_traces, raw, media)
-            now = datetime.now(UTC)
-            mapped = await run_in_threadpool(spans_to_records, export, settings=settings, now=now)
-            if len(mapped.records) > settings.ingest.max_batch_records:
-                raise PayloadTooLargeError(
-                    f"{len(mapped.records):,} LLM spans in one request, over the limit of "
-                    f"{settings.ingest.max_batch_records:,} ([ingest] max_batch_records)",
-                    field="body",
-                )
-            records, failed = await _resolve_each(ingest, mapped.records)
-            if records:
-                await run_in_threadpool(ingest.submit, records)
-        except InboxFullError:
-            for stream, count in Counter(record.stream for record in records).items():
-                metrics.count_records(stream, "rejected", count)
-            raise
-        except InvalidInputError:
-            metrics.count_records(None, "rejected")  # refused before its spans were read
-            raise
-        except StorageError:
-            for stream, count in Counter(record.stream for record in records).items():
-                metrics.count_records(stream, "unavailable", count)
-            raise
-        skipped = [*mapped.skipped, *failed]
-        metrics.otlp_spans.inc(mapped.spans)
-        for span in skipped:
-            metrics.otlp_spans_skipped.labels(reason=span.reason).inc()
-            if span.reason == "invalid":
-                metrics.count_records(span.stream, "rejected")
-        rejected, message = skipped_summary(skipped)
-        body = export_response(rejected, message, as_json=media == "application/json")
-        return Response(body, status_code=200, media_type=media)
-
-    return router
-
-
-def _decode_traces(raw: bytes, media: str) -> ExportTraceServiceRequest:
-    """The OTLP request in either encoding; a malformed one is a 400 with the parser's word."""
-    try:
-        if media == OTLP_PROTOBUF:
-            return decode_protobuf(raw)
-        return decode_json(parse_json(raw))
-    except RequestRejectedError:
-        raise
-    except InvalidInputError as exc:
-        raise RequestRejectedError(400, "invalid_otlp", str(exc), field=exc.field) from exc
-
-
-async def _resolve_each(
-    ingest: IngestService, records: list[TrafficRecord]
-) -> tuple[list[TrafficRecord], list[SkippedSpan]]:
-    """Records with their image URLs fetched, one span at a time: a span whose image cannot be
-    fetched is skipped as invalid, the others go on (an OTLP batch is not all or nothing)."""
-    gate = asyncio.Semaphore(MAX_PARALLEL_FETCHES)
-
-    async def resolve(record: TrafficRecord) -> TrafficRecord | SkippedSpan:
-        if record.image_url is None:
-            return record
-        span_id = record.id.rsplit("-", 1)[-1]
-        async with gate:
-            try:
-                [resolved] = await ingest.resolve_images([record], fields=[f"spans[{span_id}]"])
-            except InvalidInputError as exc:
-                shown = f"{exc.field}: {exc}"[:MAX_EXAMPLE_CHARS]
-                return SkippedSpan(span_id, "invalid", record.stream, shown)
-        return resolved
-
-    outcomes = await asyncio.gather(*(resolve(record) for record in records))
-    kept = [item for item in outcomes if isinstance(item, TrafficRecord)]
-    return kept, [item for item in outcomes if isinstance(item, SkippedSpan)]
-
-
 def _health_router(
     metrics: MonitorMetrics, readiness: Readiness, ingest: IngestService
 ) -> APIRouter:
@@ -348,140 +224,6 @@ def _health_router(
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     return router
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused early: wrong media type, declared or actual size over ``limit``."""
-    media, params = _media_type(request)
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise RequestRejectedError(
-            415,
-            "unsupported_media_type",
-            f"the body must be application/json, not {media[:100] or 'unspecified'}",
-            field="content-type",
-        )
-    charset = _charset(params)
-    if charset not in ("utf-8", "utf8"):
-        raise RequestRejectedError(
-            415,
-            "unsupported_media_type",
-            f"the body must be UTF-8, not {charset[:100]}",
-            field="content-type",
-        )
-    data = await read_raw_body(request, limit)
-    if not data.strip():
-        raise RequestRejectedError(400, "invalid_json", "the body is empty", field="body")
-    return data
-
-
-def _media_type(request: Request) -> tuple[str, str]:
-    """(media type in lower case, the Content-Type's parameters)."""
-    media, _, params = request.headers.get("content-type", "").partition(";")
-    return media.strip().lower(), params
-
-
-async def read_raw_body(request: Request, limit: int) -> bytes:
-    """The body whatever its media type: size over ``limit`` refused (declared or as it
-    arrives, and once inflated when it comes gzipped)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise RequestRejectedError(
-                400, "bad_request", "Content-Length is not a number", field="content-length"
-            )
-        if int(declared) > limit:
-            raise _too_large(int(declared), limit)
-    gzipped = _gzipped(request.headers.get("content-encoding", ""))
-    received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > limit:
-            raise _too_large(None, limit)
-    data = bytes(received)
-    if gzipped:
-        data = await run_in_threadpool(gunzip, data, limit)
-    return data
-
-
-def _gzipped(header: str) -> bool:
-    """Whether a Content-Encoding is gzip; identity (or none) is plain; anything else is 415."""
-    coding = header.strip().lower()
-    if coding in ("", "identity"):
-        return False
-    if coding in ("gzip", "x-gzip"):
-        return True
-    raise RequestRejectedError(
-        415,
-        "unsupported_media_type",
-        f"Content-Encoding {header.strip()[:100]!r} is not supported: send the body as it "
-        "is, or gzip",
-        field="content-encoding",
-    )
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate a gzip body (one or more members), refusing it as soon as it passes ``limit``.
-
-    The cap applies to the output: a small gzip bomb stops after ``limit`` bytes of work."""
-    try:
-        return inflate(data, GZIP_WBITS, limit)
-    except PayloadTooLargeError as exc:
-        raise _too_large(None, limit, inflated=True) from exc
-    except InvalidInputError as exc:  # truncated
-        raise RequestRejectedError(
-            400, "invalid_encoding", "the gzip body is truncated", field="body"
-        ) from exc
-    except zlib.error as exc:
-        raise RequestRejectedError(
-            400, "invalid_encoding", f"the body is not valid gzip: {exc}", field="body"
-        ) from exc
-
-
-def _charset(params: str) -> str:
-    """The charset parameter of a Content-Type (UTF-8 when absent), lower-cased."""
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return "utf-8"
-
-
-def _too_large(size: int | None, limit: int, *, inflated: bool = False) -> PayloadTooLargeError:
-    shown = f"{size:,} bytes" if size is not None else "over the limit"
-    what = "the inflated body" if inflated else "the body"
-    return PayloadTooLargeError(
-        f"{what} is {shown}; the limit is {limit:,} bytes ([ingest] max_body_bytes)",
-        field="body",
-    )
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON from UTF-8 bytes (no NaN/Infinity), or RequestRejectedError."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestRejectedError(
-            400,
-            "invalid_encoding",
-            f"the body is not UTF-8: {exc.reason} at byte {exc.start}",
-            field="body",
-        ) from exc
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError as exc:
-        raise RequestRejectedError(
-            400, "invalid_json", "the JSON is nested too deeply", field="body"
-        ) from exc
-    except ValueError as exc:
-        raise RequestRejectedError(
-            400, "invalid_json", f"the body is not valid JSON: {exc}", field="body"
-        ) from exc
 
 
 def _count_rejected(metrics: MonitorMetrics, body: Any, max_batch: int) -> None:
