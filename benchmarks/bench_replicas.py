@@ -53,13 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_windows import START, StandInEncoder, png  # noqa: E402
+from bench_windows import build_reference  # noqa: E402
 
 from monitor.config import Settings  # noqa: E402
-from monitor.detection import calibrate_store  # noqa: E402
 from monitor.detection.detector import Detector  # noqa: E402
-from monitor.embedding import EncoderSet  # noqa: E402
-from monitor.reference import IDRecord, build_store, train_store_estimator  # noqa: E402
 from monitor.store import migrate  # noqa: E402
 from monitor.store.engine import engine_from_settings  # noqa: E402
 from monitor.store.repository import open_repository  # noqa: E402
@@ -69,35 +66,6 @@ from tests.integration.databases import drop_database  # noqa: E402
 
 SIZE = timedelta(hours=1)  # long windows: no new window falls due while the benchmark runs
 POSTGRES_ENV = "MLLM_MONITOR_TEST_POSTGRES_URL"
-
-
-def build_reference(root: Path, dim: int, n: int) -> None:
-    """Every term on, calibrated with the drift detector (so each window stores a state)."""
-    encoders = EncoderSet(
-        image=StandInEncoder(dim, "image"),  # type: ignore[arg-type]
-        text=StandInEncoder(dim, "text"),  # type: ignore[arg-type]
-        fusion="mean",
-    )
-    records = [
-        IDRecord(
-            id=f"id-{i}",
-            timestamp=START,
-            prompt=f"question {i}",
-            response=f"answer {i}",
-            reference=f"reference {i}",
-            image=png(i),
-        )
-        for i in range(n)
-    ]
-    store = build_store(records, root=root, name="bench", encoders=encoders)
-    train_store_estimator(store, hidden=500, epochs=2, patience=1)
-    calibrate_store(
-        store,
-        window_sizes=[50],
-        false_alarm_rate=0.05,
-        window=SIZE,
-        false_page_interval=timedelta(days=90),
-    )
 
 
 def make_settings(url: str, refs: Path, streams: int) -> Settings:
@@ -416,7 +384,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             refs = Path(tmp) / "refs"
             t0 = time.perf_counter()
-            build_reference(refs, args.dim, 2_000)
+            build_reference(refs, args.dim, 2_000, detector_window=SIZE)
             settings = make_settings(url, refs, args.streams)
             engine = engine_from_settings(settings.database)
             migrate.upgrade(engine)

@@ -100,7 +100,11 @@ def png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def build_reference(root: Path, dim: int, n: int) -> Any:
+def build_reference(
+    root: Path, dim: int, n: int, *, detector_window: timedelta | None = None
+) -> Any:
+    """Every term on, calibrated; with ``detector_window``, the drift detector too (for windows of
+    that length, one false page in 90 days), so each window stores a detector state."""
     encoders = EncoderSet(
         image=StandInEncoder(dim, "image"),  # type: ignore[arg-type]
         text=StandInEncoder(dim, "text"),  # type: ignore[arg-type]
@@ -120,7 +124,12 @@ def build_reference(root: Path, dim: int, n: int) -> Any:
     store = build_store(records, root=root, name="bench", encoders=encoders)
     train_store_estimator(store, hidden=500, epochs=2, patience=1)
     # alpha 0.05: the fewest trials that resolve the warning rule, so set-up stays short.
-    calibrate_store(store, window_sizes=[50], false_alarm_rate=0.05)
+    detector: dict[str, Any] = (
+        {"window": detector_window, "false_page_interval": timedelta(days=90)}
+        if detector_window is not None
+        else {}
+    )
+    calibrate_store(store, window_sizes=[50], false_alarm_rate=0.05, **detector)
     return load_store(root, "bench"), encoders
 
 

@@ -89,13 +89,18 @@ def admin(database_url: str) -> Iterator[Engine]:
 
 
 class Replica:
-    """One scheduler on a repository (an engine, so a lock session) of its own."""
+    """One scheduler on a repository (an engine, so a lock session) of its own, over every
+    configured stream, recording the windows it computes."""
 
     def __init__(self, settings: Settings) -> None:
         self.repository: Repository = open_repository(settings)
         self.readiness = Readiness()
-        self.metrics = MonitorMetrics(CollectorRegistry(), ["live"])
-        stores = {"live": load_store(settings.reference.root, "bare")}
+        self.metrics = MonitorMetrics(CollectorRegistry(), [s.name for s in settings.streams])
+        loaded = {
+            ref: load_store(settings.reference.root, ref)
+            for ref in {s.reference for s in settings.streams}
+        }
+        stores = {s.name: loaded[s.reference] for s in settings.streams}
         self.scheduler = WindowScheduler(
             settings, self.repository, stores, self.metrics, readiness=self.readiness
         )
@@ -113,6 +118,9 @@ class Replica:
 
     def leader_gauge(self) -> float | None:
         return self.metrics.registry.get_sample_value("mllm_monitor_scheduler_leader")
+
+    def streams_led(self) -> float | None:
+        return self.metrics.registry.get_sample_value("mllm_monitor_scheduler_streams_led")
 
     def close(self) -> None:
         self.scheduler.stop(5)

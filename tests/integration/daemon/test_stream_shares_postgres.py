@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
 from monitor import scheduler as scheduler_module
@@ -22,18 +21,20 @@ from monitor.detection import calibrate_store
 from monitor.detection.detector import Detector
 from monitor.embedding import EncoderSet
 from monitor.leadership import StreamShares, leader_lock_if_free
-from monitor.metrics import MonitorMetrics
 from monitor.records import WindowKey
-from monitor.reference import IDRecord, build_store, load_store
-from monitor.scheduler import WindowScheduler
+from monitor.reference import IDRecord, build_store
 from monitor.store import migrate
 from monitor.store._leader import DEFAULT_LOCK_NAME
 from monitor.store._stream_locks import stream_lock_key
 from monitor.store.engine import engine_from_settings
-from monitor.store.repository import Repository, open_repository
+from monitor.store.repository import Repository
 from monitor.store.types import NewSample
 from monitor.windows import window_start
-from tests.integration.daemon.test_leader_lost_postgres import admin, database_url  # noqa: F401
+from tests.integration.daemon.test_leader_lost_postgres import (  # noqa: F401
+    Replica,
+    admin,
+    database_url,
+)
 from tests.integration.daemon.test_pipeline import StandIn
 
 SIZE = timedelta(minutes=5)
@@ -72,33 +73,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:  # noqa: F811
     migrate.upgrade(engine)
     engine.dispose()
     return settings
-
-
-class Replica:
-    """A scheduler on a repository of its own, recording what it computes."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.repository: Repository = open_repository(settings)
-        self.metrics = MonitorMetrics(CollectorRegistry(), STREAMS)
-        store = load_store(settings.reference.root, "bare")
-        self.scheduler = WindowScheduler(
-            settings, self.repository, dict.fromkeys(STREAMS, store), self.metrics
-        )
-        self.computed: list[WindowKey] = []
-        compute = self.scheduler.pipeline.compute
-
-        def counted(key: WindowKey) -> Any:
-            self.computed.append(key)
-            return compute(key)
-
-        self.scheduler.pipeline.compute = counted  # type: ignore[method-assign, assignment]
-
-    def streams_led(self) -> float | None:
-        return self.metrics.registry.get_sample_value("mllm_monitor_scheduler_streams_led")
-
-    def close(self) -> None:
-        self.scheduler.stop(5)
-        self.repository.close()
 
 
 @pytest.fixture
