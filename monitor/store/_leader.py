@@ -42,6 +42,16 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+def discard(conn: Connection) -> None:
+    """Throw a lock session's connection away (not back to the pool: its session may be dead,
+    or hold locks)."""
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:  # a dead connection may fail to close; it is discarded anyway
+        pass
+
+
 class AdvisoryLock:
     """A PostgreSQL session-level advisory lock on a connection of its own."""
 
@@ -113,11 +123,7 @@ class AdvisoryLock:
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
-                self._conn.invalidate()
-                self._conn.close()
-            except Exception:  # a dead connection may fail to close; it is discarded anyway
-                pass
+            discard(self._conn)
         self._conn = None
 
 

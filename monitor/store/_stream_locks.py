@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, Engine, text
 
 from monitor.errors import StorageError
-from monitor.store._leader import DEFAULT_LOCK_NAME, lock_key
+from monitor.store._leader import DEFAULT_LOCK_NAME, discard, lock_key
 from monitor.store.engine import translate_errors
 
 # Advisory keys as pg_locks shows a bigint key (objsubid = 1: one 64-bit key).
@@ -181,9 +181,5 @@ class StreamLocks:
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
-                self._conn.invalidate()
-                self._conn.close()
-            except Exception:  # a dead connection may fail to close; it is discarded anyway
-                pass
+            discard(self._conn)
         self._conn = None
