@@ -204,7 +204,7 @@ PARTS = [
     Part(
         "estimators",
         "bench_estimators.py",
-        ["--parts", "speed", "--repeats", "1"],
+        ["--parts", "speed", "--repeats", "2"],
         ["--parts", "speed", "--repeats", "1"],
         120,
         parse_estimators_speed,
@@ -212,7 +212,7 @@ PARTS = [
     Part(
         "embedding",
         "bench_embedding.py",
-        ["--images", "32", "--repeats", "2"],
+        ["--images", "64", "--repeats", "2"],
         ["--images", "32", "--repeats", "1"],
         150,
         parse_embedding,
@@ -220,15 +220,22 @@ PARTS = [
     Part(
         "workers",
         "bench_workers.py",
-        ["--records", "128", "--rounds", "3"],
+        ["--records", "128", "--rounds", "5"],
         ["--records", "64", "--rounds", "2"],
         120,
         parse_workers,
     ),
     Part(
-        "ingest", "bench_ingest.py", ["--records", "4000"], ["--records", "1000"], 120, parse_ingest
+        "ingest",
+        "bench_ingest.py",
+        ["--records", "10000"],
+        ["--records", "1000"],
+        120,
+        parse_ingest,
     ),
-    Part("proxy", "bench_proxy.py", ["--requests", "500"], ["--requests", "100"], 120, parse_proxy),
+    Part(
+        "proxy", "bench_proxy.py", ["--requests", "1000"], ["--requests", "100"], 120, parse_proxy
+    ),
     Part(
         "knn",
         "bench_knn.py",
@@ -248,15 +255,15 @@ PARTS = [
     Part(
         "permutation",
         "bench_permutation.py",
-        ["--trials", "150"],
+        ["--trials", "300"],
         ["--trials", "50"],
-        240,
+        300,
         parse_permutation,
     ),
     Part(
         "backfill",
         "bench_backfill.py",
-        ["--records", "2000", "--stored", "10000", "--id-records", "200"],
+        ["--records", "4000", "--stored", "20000", "--id-records", "200"],
         ["--records", "500", "--stored", "2000", "--id-records", "100"],
         240,
         parse_backfill,
@@ -264,7 +271,7 @@ PARTS = [
     Part(
         "contention",
         "bench_estimators.py",
-        ["--parts", "contention", "--repeats", "1"],
+        ["--parts", "contention", "--repeats", "2"],
         ["--parts", "contention", "--repeats", "1"],
         150,
         parse_contention,
