@@ -236,10 +236,9 @@ def _flat_routes(routes: list[Any]) -> Iterator[Any]:
 def _serve_routes() -> tuple[list[Any], dict[str, Any]]:
     """The routes of the app `serve` builds (records, traces, health, metrics, the sidecar's
     routes, the windows routes) and their OpenAPI schema, on a throwaway SQLite file."""
+    from monitor.daemon import serving_routers
     from monitor.ingest.app import create_app
-    from monitor.ingest.proxy import build_proxy_router
     from monitor.ingest.service import IngestService
-    from monitor.ingest.windows_api import build_windows_router
     from monitor.metrics import MonitorMetrics
     from monitor.store import migrate
     from monitor.store.engine import engine_from_settings
@@ -259,10 +258,7 @@ def _serve_routes() -> tuple[list[Any], dict[str, Any]]:
         try:
             metrics = MonitorMetrics(CollectorRegistry(), ["default"])
             ingest = IngestService(settings, repository, metrics)
-            routers = [
-                build_proxy_router(settings, ingest, metrics),
-                build_windows_router(repository, ["default"]),
-            ]
+            routers = serving_routers(settings, repository, ingest, metrics)
             app = create_app(settings, repository, metrics, ingest=ingest, routers=routers)
             schema = get_openapi(title="mllm-monitor", version="", routes=app.routes)
             return list(_flat_routes(app.routes)), schema

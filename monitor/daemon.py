@@ -187,15 +187,7 @@ class Daemon:
         )
 
     def _routers(self, repository: Repository, ingest: IngestService) -> list[APIRouter]:
-        from monitor.ingest.windows_api import build_windows_router
-
-        routers: list[APIRouter] = []
-        if self.settings.proxy.upstream:
-            from monitor.ingest.proxy import build_proxy_router
-
-            routers.append(build_proxy_router(self.settings, ingest, self.metrics))
-        routers.append(build_windows_router(repository, [s.name for s in self.settings.streams]))
-        return routers
+        return serving_routers(self.settings, repository, ingest, self.metrics)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -317,3 +309,19 @@ def serve(settings: Settings) -> None:
     daemon = Daemon(settings)
     daemon.load()
     daemon.run()
+
+
+def serving_routers(
+    settings: Settings, repository: Repository, ingest: IngestService, metrics: MonitorMetrics
+) -> list[APIRouter]:
+    """The routers ``serve`` adds to the ingest app: the sidecar when ``[proxy] upstream`` is
+    set, and the windows API (also what the generated HTTP reference and the route tests list)."""
+    from monitor.ingest.windows_api import build_windows_router
+
+    routers: list[APIRouter] = []
+    if settings.proxy.upstream:
+        from monitor.ingest.proxy import build_proxy_router
+
+        routers.append(build_proxy_router(settings, ingest, metrics))
+    routers.append(build_windows_router(repository, [s.name for s in settings.streams]))
+    return routers

@@ -43,10 +43,9 @@ def console_scripts() -> dict[str, str]:
 def daemon_app(tmp_dir: Path) -> Iterator[TestClient]:
     """A client of the app as the daemon builds it (records, health, metrics, the sidecar
     route, the windows route), on a throwaway SQLite file; the upstream is unreachable."""
+    from monitor.daemon import serving_routers
     from monitor.ingest.app import create_app
-    from monitor.ingest.proxy import build_proxy_router
     from monitor.ingest.service import IngestService
-    from monitor.ingest.windows_api import build_windows_router
     from monitor.metrics import MonitorMetrics
     from monitor.store import migrate
     from monitor.store.engine import engine_from_settings
@@ -65,10 +64,7 @@ def daemon_app(tmp_dir: Path) -> Iterator[TestClient]:
     try:
         metrics = MonitorMetrics(CollectorRegistry(), ["default"])
         ingest = IngestService(settings, repository, metrics)
-        routers = [
-            build_proxy_router(settings, ingest, metrics),
-            build_windows_router(repository, ["default"]),
-        ]
+        routers = serving_routers(settings, repository, ingest, metrics)
         app = create_app(settings, repository, metrics, ingest=ingest, routers=routers)
         with TestClient(app) as client:
             yield client
