@@ -2,7 +2,7 @@
 
 Generated from the settings model itself (:class:`monitor.config.Settings`): every field of every
 section, its default (durations as ``"5m"``), and as comments the section's docstring and the
-comments written next to the field in ``monitor/config.py``. Nothing is listed by hand, so the
+comments written next to the field in ``monitor/config/``. Nothing is listed by hand, so the
 example cannot drift from the settings; a test loads it back and checks it lists every field.
 """
 
