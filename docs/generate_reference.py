@@ -28,7 +28,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
-from monitor.commands.config_example import _doc, _field_comments, _toml_value
+from monitor.commands.config_example import (
+    _doc,
+    _field_comments,
+    _toml_value,
+    field_meaning,
+    settings_without_meaning,
+)
 from monitor.config import Settings
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -76,7 +82,7 @@ def _settings_rows(header: str, model: BaseModel, out: list[str]) -> None:
             nested.append((name, value))
             continue
         default = "unset" if dumped[name] is None else f"`{_cell(_toml_value(dumped[name]))}`"
-        meaning = " ".join(comments.get(name, [])) or (info.description or "")
+        meaning = " ".join(field_meaning(cls, name, comments))
         rows.append(
             f"| `{header.strip('[]')}.{name}` | {_cell(_type_name(info.annotation))} "
             f"| {default} | {_cell(meaning)} |"
@@ -95,6 +101,12 @@ def _settings_rows(header: str, model: BaseModel, out: list[str]) -> None:
 
 
 def settings_page() -> str:
+    missing = settings_without_meaning()
+    if missing:
+        raise ValueError(
+            "settings without a meaning (write a comment above the field in monitor/config/): "
+            + ", ".join(missing)
+        )
     defaults = Settings.model_construct()
     out = [
         _BANNER + "# Settings\n",

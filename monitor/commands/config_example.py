@@ -2,8 +2,9 @@
 
 Generated from the settings model itself (:class:`monitor.config.Settings`): every field of every
 section, its default (durations as ``"5m"``), and as comments the section's docstring and the
-comments written next to the field in ``monitor/config/``. Nothing is listed by hand, so the
-example cannot drift from the settings; a test loads it back and checks it lists every field.
+comments written next to the field in ``monitor/config/`` (else its pydantic description). Nothing
+is listed by hand, so the example cannot drift from the settings; a test loads it back and checks
+it lists every field, and another that every field has a meaning (:func:`settings_without_meaning`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -47,6 +49,48 @@ def _field_comments(cls: type[BaseModel]) -> dict[str, list[str]]:
     return comments
 
 
+def field_meaning(cls: type[BaseModel], name: str, comments: dict[str, list[str]]) -> list[str]:
+    """What the field ``name`` of ``cls`` means, as lines: its comments (``comments`` is
+    :func:`_field_comments` of ``cls``), else its pydantic description; empty when neither."""
+    found = [line for line in comments.get(name, []) if line]
+    if found:
+        return found
+    description = cls.model_fields[name].description or ""
+    return [" ".join(description.split())] if description.strip() else []
+
+
+def _leaf_models(prefix: str, model: BaseModel) -> Iterator[tuple[str, BaseModel]]:
+    """``model`` and every section nested in it, each with its dotted key prefix."""
+    yield prefix, model
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _leaf_models(f"{prefix}{name}.", value)
+
+
+def settings_without_meaning(root: BaseModel | None = None) -> list[str]:
+    """The dotted keys of settings (of ``root``, by default the whole settings tree) that have
+    neither a comment nor a description, which both this example and the reference page would
+    show without a meaning."""
+    defaults = Settings.model_construct() if root is None else root
+    missing: list[str] = []
+    for section in type(defaults).model_fields:
+        value = getattr(defaults, section)
+        first = value[0] if isinstance(value, list) and value else value
+        if not isinstance(first, BaseModel):
+            raise TypeError(f"settings field {section} is neither a section nor a list of them")
+        for prefix, model in _leaf_models(f"{section}.", first):
+            cls = type(model)
+            comments = _field_comments(cls)
+            missing.extend(
+                prefix + name
+                for name in cls.model_fields
+                if not isinstance(getattr(model, name), BaseModel)
+                and not field_meaning(cls, name, comments)
+            )
+    return missing
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -79,7 +123,7 @@ def _section(lines: list[str], header: str, model: BaseModel) -> None:
     comments = _field_comments(cls)
     dumped = model.model_dump(mode="json")
     for name in scalars:
-        for comment in comments.get(name, []):
+        for comment in field_meaning(cls, name, comments):
             lines.append(f"# {comment}")
         value = dumped[name]
         if value is None:

@@ -13,8 +13,12 @@ from monitor.config._types import Duration, Section
 
 
 class WindowSettings(Section):
+    # Length of the tumbling windows of event time (aligned to the Unix epoch) that the
+    # estimators run on; the detector's threshold is calibrated for it.
     size: Duration = timedelta(minutes=5)
+    # Wait after a window's end before it is computed, so late records still count in it.
     lateness: Duration = timedelta(minutes=1)
+    # A window with fewer records is stored as insufficient: it never alerts.
     min_samples: int = Field(default=50, ge=2)
     # A window with more samples is computed on a uniform random subset of this many (seeded by
     # the window, so a recomputation agrees): memory and time stay bounded at any traffic.
@@ -51,9 +55,15 @@ class AlertSettings(Section):
     when its statistic passes the calibrated threshold and
     clears when the statistic falls to the clear level or below."""
 
+    # Significance level of each window's tests (terms corrected for their number, bound, OOD
+    # fraction): about the rate of warnings on in-distribution traffic. 0 < rate < 0.5.
     false_alarm_rate: float = Field(default=0.01, gt=0.0, lt=0.5)
+    # "auto": the detector (or the k-of-m rule) alone decides criticals; a positive number: a
+    # critical also needs the window's scale-adjusted bound over it.
     bound_budget: Annotated[Literal["auto"] | float, BeforeValidator(_auto_or_positive)] = "auto"
-    emid_budget: float = Field(default=0.0, ge=0.0)  # nats; finite (no inf/nan anywhere)
+    # Nats: with reference answers, critical when the whole bootstrap interval of EMID (the
+    # EMI drop from ID) lies above it.
+    emid_budget: float = Field(default=0.0, ge=0.0)
     # Mean time between false criticals per stream on ID traffic, at the configured window
     # size: the detector's threshold is calibrated for it (rerun `mllm-monitor calibrate` after
     # changing it or [windows] size).

@@ -23,10 +23,12 @@ def _is_loopback(host: str) -> bool:
 
 
 class DatabaseSettings(Section):
+    # sqlite:///PATH (one machine) or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB (needed by
+    # several replicas); postgresql:// means psycopg 3 too.
     url: str = "sqlite:///./mllm-monitor.db"
     # Give up connecting after this long (an unreachable server is one clear error, not a hang).
     connect_timeout: Duration = timedelta(seconds=5)
-    echo: bool = False
+    echo: bool = False  # log every SQL statement (SQLAlchemy's echo): debugging only, verbose
 
     @field_validator("url")
     @classmethod
@@ -43,13 +45,21 @@ class DatabaseSettings(Section):
 class RetentionSettings(Section):
     """Raw prompts, answers and images are not stored unless ``store_raw`` is switched on."""
 
+    # Keep raw prompts, answers, reference texts and images in the database for raw_ttl; off:
+    # none is written, and the retention job deletes any kept earlier.
     store_raw: bool = False
+    # How long raw content is kept; also how long a late reference waits for its record before
+    # the retention job deletes it.
     raw_ttl: Duration = timedelta(days=7)
 
 
 class ServerSettings(Section):
+    # Address the HTTP server (serve, or relay) listens on; any non-loopback address needs token.
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)  # TCP port; 0 = a free port, logged at start
+    # Bearer token the monitor's own routes (records, references, traces, windows) require;
+    # empty = none, allowed on a loopback host only. Health, readiness, metrics and the proxied
+    # routes never need it.
     token: str = ""
 
     @model_validator(mode="after")
