@@ -1,12 +1,13 @@
 """``mllm-monitor report --stream S --since T --until T --out report.html|.png``.
 
 Plots of the stored windows of a range (matplotlib, Agg backend: no display needed): the
-scale-adjusted bound against its calibrated threshold, each JSD term against its threshold,
-p-values against the false-alarm rate, EMI (live, ID) and EMID with its bootstrap interval,
-and the OOD fraction against its threshold; periods at warning / critical are shaded on
-every panel. ``.png`` writes the panels as one image of :data:`PNG_SIZE` pixels; ``.html``
-writes one self-contained file (each panel a base64 ``data:image/png`` image) with a summary,
-the table of windows and the risk transitions.
+drift detector's statistic against its threshold (what pages), the scale-adjusted bound
+against its calibrated threshold, each JSD term against its threshold, p-values against the
+false-alarm rate, EMI (live, ID) and EMID with its bootstrap interval, and the OOD fraction
+against its threshold; periods at warning / critical are shaded on every panel. ``.png``
+writes the panels as one image of :data:`PNG_SIZE` pixels; ``.html`` writes one
+self-contained file (each panel a base64 ``data:image/png`` image) with a summary, the table
+of windows and the risk transitions.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from monitor.errors import MonitorError
 from monitor.files import output_file, write_output
 from monitor.records import WINDOW_TERMS, WindowResult
 
-PNG_SIZE = (1200, 1500)  # pixels of the --out .png image
+PNG_SIZE = (1200, 1800)  # pixels of the --out .png image
 _DPI = 100
 PANEL_SIZE = (1000, 300)  # pixels of each HTML panel
 _SHADE = {1: ("#f5c542", 0.25), 2: ("#e0413a", 0.25)}
@@ -122,7 +123,23 @@ def _ood(ax: Any, windows: Sequence[WindowResult], alpha: float) -> None:
     ax.set_title("Out-of-distribution fraction (kNN)")
 
 
+def _detector(ax: Any, windows: Sequence[WindowResult], alpha: float) -> None:
+    """The panel that explains a page: the detector's statistic against its threshold."""
+    x = [_mid(w) for w in windows]
+    statistic = _series(windows, lambda w: w.detector.statistic if w.detector else None)
+    threshold = _series(windows, lambda w: w.detector.threshold if w.detector else None)
+    alarmed = _series(
+        windows, lambda w: w.detector.statistic if w.detector and w.detector.alarmed else None
+    )
+    ax.plot(x, statistic, "o-", color="#444444", label="statistic S", ms=3)
+    ax.plot(x, threshold, "r--", label="threshold (pages above)", lw=1)
+    ax.plot(x, threshold / 2, ":", color="#888888", label="clears at or below", lw=1)
+    ax.plot(x, alarmed, "o", color="red", label="critical", ms=5)
+    ax.set_title("Drift detector: statistic vs threshold (absent under the k-of-m rule)")
+
+
 PANELS: tuple[tuple[str, Panel], ...] = (
+    ("detector", _detector),
     ("bound", _bound),
     ("terms", _terms),
     ("p_values", _p_values),
