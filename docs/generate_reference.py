@@ -1,9 +1,11 @@
 """Write the documentation's reference pages from the code: settings, metrics, CLI, HTTP API.
 
 ``python docs/generate_reference.py`` rewrites ``docs/reference/*.md``; ``pages()`` returns
-the same pages in memory, which the test ``tests/unit/test_docs_reference.py`` compares with
-the committed files, so a page cannot drift from the settings model, the metrics, the typer
-app or the routes without failing CI. Nothing here is written by hand but the page intros.
+the same pages in memory, which the test ``tests/integration/test_docs_reference.py`` compares
+with the committed files, so a page cannot drift from the settings model, the metrics, the typer
+app or the routes without failing CI. Nothing here is written by hand but the page intros. A
+setting without a meaning (a comment next to its field) or a route without a summary (FastAPI
+``summary=``, or a docstring on a plain Starlette endpoint) stops the generator with an error.
 """
 
 from __future__ import annotations
@@ -278,6 +280,15 @@ def _serve_routes() -> tuple[list[Any], dict[str, Any]]:
             repository.close()
 
 
+def _route_summary(route: Any) -> str:
+    """A route's summary: FastAPI's ``summary=`` (also in the OpenAPI schema), else the first
+    paragraph of its endpoint's docstring (the sidecar's plain Starlette routes)."""
+    summary = getattr(route, "summary", None)
+    if summary:
+        return str(summary)
+    return (inspect.getdoc(route.endpoint) or "").split("\n\n", 1)[0].removesuffix(".")
+
+
 def http_page() -> str:
     routes, schema = _serve_routes()
     out = [
@@ -289,25 +300,32 @@ def http_page() -> str:
         "own routes need `Authorization: Bearer <[server] token>` when a token is set. Errors "
         'are `{"error": {"code", "message", "field"}}`. [Operations](../operations.md) '
         "describes what each route accepts and answers.\n",
-        "| method | path | parameters | handler |",
-        "|---|---|---|---|",
+        "| method | path | parameters | summary | handler |",
+        "|---|---|---|---|---|",
     ]
     rows = []
+    missing: list[str] = []
     for route in routes:
         path = getattr(route, "path", None)
         methods = getattr(route, "methods", None)
         if path is None or not methods:
             continue
         endpoint = route.endpoint
-        # The handler's docstring when it has one, else its name.
-        summary = _cell((inspect.getdoc(endpoint) or "").split("\n\n", 1)[0])
-        handler = summary or f"`{endpoint.__name__}`"
+        summary = _route_summary(route)
+        if not summary:
+            missing.append(f"{path} ({endpoint.__name__})")
+        handler = f"{_cell(summary)} | `{endpoint.__name__}`"
         for method in sorted(methods - {"HEAD"} if len(methods) > 1 else methods):
             operation = schema.get("paths", {}).get(path, {}).get(method.lower(), {})
             params = ", ".join(
                 f"`{p['name']}` ({p['in']})" for p in operation.get("parameters", [])
             )
             rows.append(f"| {method} | `{path}` | {params} | {handler} |")
+    if missing:
+        raise ValueError(
+            "routes without a summary (FastAPI summary=, or a docstring on a Starlette "
+            "endpoint): " + ", ".join(missing)
+        )
     out.extend(sorted(rows, key=lambda row: (row.split("|")[2], row)))
     out.append("")
     return "\n".join(out).rstrip("\n") + "\n"

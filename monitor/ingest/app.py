@@ -149,7 +149,12 @@ def _records_router(
     router = APIRouter(dependencies=[Depends(require_token)])
     limit = settings.ingest.max_body_bytes
 
-    @router.post("/v1/records", status_code=202)
+    @router.post(
+        "/v1/records",
+        status_code=202,
+        summary="Records in, one or a batch (all or nothing); 202 once the sampled ones are "
+        "durable in the inbox",
+    )
     async def post_records(request: Request) -> JSONResponse:
         body: Any = None
         records: list[TrafficRecord] = []
@@ -182,7 +187,11 @@ def _records_router(
             status_code=202,
         )
 
-    @router.post("/v1/references", status_code=202)
+    @router.post(
+        "/v1/references",
+        status_code=202,
+        summary="Reference answers for records sent earlier, joined by record id (all or nothing)",
+    )
     async def post_references(request: Request) -> JSONResponse:
         raw = await read_body(request, limit)
         body = await run_in_threadpool(parse_json, raw)
@@ -202,16 +211,20 @@ def _health_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/healthz")
+    @router.get("/healthz", summary="Liveness: 200 while the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz", summary="Readiness: 200 when every check is ok, else 503; each check named"
+    )
     async def readyz() -> JSONResponse:
         ready, checks = await run_in_threadpool(readiness.snapshot)
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics", summary="Prometheus metrics (the inbox depth is recounted at each scrape)"
+    )
     async def metrics_endpoint() -> Response:
         try:
             await run_in_threadpool(ingest.refresh_inbox_depth)

@@ -177,12 +177,15 @@ class SidecarProxy:
         router = APIRouter(lifespan=self._lifespan)
 
         async def chat_completions(request: Request) -> Response:
+            """Forwarded to the upstream (streamed or not); the complete exchange is sampled."""
             return await self.forward(request, route="chat_completions", sample=True)
 
         async def completions(request: Request) -> Response:
+            """Forwarded to the upstream, not sampled."""
             return await self.forward(request, route="completions", sample=False)
 
         async def models(request: Request) -> Response:
+            """The upstream's models (the list, or one by id), forwarded, not sampled."""
             return await self.forward(request, route="models", sample=False)
 
         router.routes.extend(

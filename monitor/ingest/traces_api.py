@@ -54,7 +54,10 @@ def traces_router(settings: Settings, metrics: MonitorMetrics, ingest: IngestSer
     router = APIRouter(dependencies=[Depends(require_token)])
     limit = settings.ingest.max_body_bytes
 
-    @router.post("/v1/traces")
+    @router.post(
+        "/v1/traces",
+        summary="OTLP/HTTP traces (protobuf or JSON): LLM spans become records, as posted ones do",
+    )
     async def post_traces(request: Request) -> Response:
         records: list[TrafficRecord] = []
         try:

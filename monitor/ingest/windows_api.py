@@ -38,7 +38,10 @@ def build_windows_router(repository: Any, streams: Sequence[str]) -> APIRouter:
     known = tuple(streams)
     router = APIRouter(dependencies=[Depends(require_token)])
 
-    @router.get("/v1/windows")
+    @router.get(
+        "/v1/windows",
+        summary="Computed windows overlapping [since, until), of one stream or all, oldest first",
+    )
     def get_windows(
         stream: str | None = Query(default=None),
         since: str | None = Query(default=None),
@@ -65,7 +68,7 @@ def build_windows_router(repository: Any, streams: Sequence[str]) -> APIRouter:
         windows = repository.list_windows(chosen, since=start, until=end)
         return {"windows": [w.to_dict() for w in windows]}
 
-    @router.get("/v1/windows/{window_id}")
+    @router.get("/v1/windows/{window_id}", summary="One computed window by its id")
     def get_window(window_id: str) -> Any:
         key = window_key(window_id)
         found = repository.get_window(str(key)) if key is not None else None

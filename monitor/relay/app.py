@@ -74,9 +74,11 @@ def create_relay_app(
             yield
 
     async def healthz(_request: Request) -> Response:
+        """Liveness: 200 while the process answers."""
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
+        """Always 200; the checks show the spool's size and the last batch accepted centrally."""
         last = forwarder.last_forward_at
         checks = {
             "proxy": "ok",
@@ -86,6 +88,7 @@ def create_relay_app(
         return JSONResponse({"ready": True, "checks": checks})
 
     async def metrics_endpoint(_request: Request) -> Response:
+        """Prometheus metrics of the relay's own registry."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = FastAPI(
