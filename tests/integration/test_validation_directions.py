@@ -1,4 +1,4 @@
-"""The validation script's core on real LLaVA-Bench (COCO) traffic, reduced: four text
+"""The validation's COCO part on real LLaVA-Bench (COCO) traffic, reduced: four text
 shifts, few resamples. A stronger shift of the same kind must give a larger text JSD and a
 larger bound, and disjoint clean halves must not look shifted.
 
@@ -28,7 +28,7 @@ SHIFTS = ("sr_4", "sr_7", "KeyboardAug_1", "KeyboardAug_3")
 
 def _validation_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "benchmarks_validation", ROOT / "benchmarks" / "validation.py"
+        "benchmarks_validation_coco", ROOT / "benchmarks" / "validation_coco.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
