@@ -1,6 +1,7 @@
 """The pages users look at, opened in a real browser: every page of the documentation site
 (``mkdocs build --strict``) and an HTML report written by ``mllm-monitor report``, each served
-over HTTP on 127.0.0.1 and loaded in headless Chromium (Debian's package, driven by Playwright).
+over HTTP on 127.0.0.1 and loaded in headless Chromium (Debian's package, driven by Playwright);
+and the page docs/render_dashboard_layout.py draws the Grafana dashboard's layout on.
 
 A page passes when it logs no console error and throws no uncaught exception, loads nothing from
 another origin (the pages must work offline), every image rendered, and every same-origin link
@@ -11,6 +12,8 @@ elsewhere.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -171,3 +174,31 @@ def test_html_report_renders_every_panel(browser_context: Any, tmp_path: Path) -
         problems = _problems([check])
     assert not problems, "\n".join(problems)
     assert check.images == len(PANELS)  # every panel's image decoded, none broken
+
+
+def test_dashboard_layout_draws_every_panel(browser_context: Any, tmp_path: Path) -> None:
+    """docs/render_dashboard_layout.py (the picture in the docs): one visible box per panel."""
+    spec = importlib.util.spec_from_file_location(
+        "render_dashboard_layout", ROOT / "docs" / "render_dashboard_layout.py"
+    )
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    dashboard = json.loads(layout.DASHBOARD.read_text())
+    (tmp_path / "index.html").write_text(layout.layout_html(dashboard))
+    with serve_directory(tmp_path) as base:
+        block_other_origins(browser_context, base.rstrip("/"))
+        (check,) = open_pages(browser_context, [base])
+        assert not _problems([check]), "\n".join(_problems([check]))
+        page = browser_context.new_page()
+        page.goto(base)
+        boxes = page.eval_on_selector_all(
+            ".panel, .row",
+            "els => els.map(e => [e.textContent, e.getBoundingClientRect().width,"
+            " e.getBoundingClientRect().height])",
+        )
+        page.close()
+    panels = layout.panels_of(dashboard)
+    assert len(boxes) == len(panels)
+    for (text, width, height), panel in zip(boxes, panels, strict=True):
+        assert text.startswith(panel["title"]) and width > 0 and height > 0, (text, panel)
