@@ -151,7 +151,8 @@ def _finish(check: PageCheck, page: Any, response: Any) -> PageCheck:
 
 
 def block_other_origins(context: Any, origin: str) -> None:
-    """Abort every request of ``context`` that leaves ``origin`` (data: URLs never route)."""
+    """Abort every request of ``context`` that leaves ``origin`` (data: URLs never route). It
+    replaces what an earlier call set up: a context shared by tests serves other origins."""
 
     def handle(route: Any) -> None:
         if _origin(route.request.url) == origin:
@@ -159,6 +160,7 @@ def block_other_origins(context: Any, origin: str) -> None:
         else:
             route.abort("blockedbyclient")
 
+    context.unroute("**/*")
     context.route("**/*", handle)
 
 
