@@ -120,7 +120,7 @@ def calibrate(
             help="permutation: test a window on at most this fraction of the comparison's "
             "records (default 0.05). Larger fractions see smaller changes, but the false-alarm "
             "rate a given store delivers then strays from the configured one (exact only on "
-            "average over ID sets; README, 'calibration').",
+            "average over ID sets; see the docs, 'Reference stores and calibration').",
         ),
     ] = None,
 ) -> None:

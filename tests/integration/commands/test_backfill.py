@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from monitor.commands.report import PNG_SIZE
+from monitor.commands.report import PANELS, PNG_SIZE
 from tests.integration.commands.conftest import (
     BASE,
     WINDOW_RECORDS,
@@ -229,7 +229,7 @@ def test_report_png_and_html(workspace: Workspace, backfilled: dict[str, Any]) -
     result = workspace.cli("report", *span, "--out", str(page))
     assert result.exit_code == 0, result.output
     text = page.read_text()
-    assert text.count("src='data:image/png;base64,") == 5
+    assert text.count("src='data:image/png;base64,") == len(PANELS)
     assert "<table id='windows'>" in text and "<table id='transitions'>" in text
     for window in backfilled["windows"]:
         assert f"<td>{window.id}</td>" in text
