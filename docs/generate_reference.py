@@ -298,7 +298,7 @@ def http_page() -> str:
         "sidecar's routes (`/v1/chat/completions`, `/v1/completions`, `/v1/models`) exist "
         "only when `[proxy] upstream` is set and are forwarded unchanged to it. The monitor's "
         "own routes need `Authorization: Bearer <[server] token>` when a token is set. Errors "
-        'are `{"error": {"code", "message", "field"}}`. [Operations](../operations.md) '
+        'are `{"error": {"code", "message", "field"}}`. [Serving and ingest](../serving.md) '
         "describes what each route accepts and answers.\n",
         "| method | path | parameters | summary | handler |",
         "|---|---|---|---|---|",
