@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from render_dashboard_layout import DASHBOARD, layout_html, screenshot_html
+from render_dashboard_layout import DASHBOARD, chromium_page, layout_html, screenshot_html
 
 IMAGES = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 250_000
@@ -72,25 +72,13 @@ def quickstart_report(workspace: Path) -> Path:
 
 def screenshot_file(page: Path, out: Path) -> None:
     """The top of ``page`` in headless Chromium, down to its REPORT_PANELS-th image."""
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium")
-    if executable is None:
-        raise SystemExit(
-            "chromium is not installed: apt-get install --no-install-recommends chromium"
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable)
-        try:
-            view = browser.new_page(viewport={"width": REPORT_WIDTH, "height": 800})
-            view.goto(page.as_uri(), wait_until="load")
-            images = view.locator("img")
-            last = images.nth(min(REPORT_PANELS, images.count()) - 1).bounding_box()
-            height = 800 if last is None else last["y"] + last["height"] + 12
-            clip = {"x": 0, "y": 0, "width": REPORT_WIDTH, "height": height}
-            out.write_bytes(view.screenshot(full_page=True, clip=clip))  # type: ignore[arg-type]
-        finally:
-            browser.close()
+    with chromium_page(REPORT_WIDTH) as view:
+        view.goto(page.as_uri(), wait_until="load")
+        images = view.locator("img")
+        last = images.nth(min(REPORT_PANELS, images.count()) - 1).bounding_box()
+        height = 800 if last is None else last["y"] + last["height"] + 12
+        clip = {"x": 0, "y": 0, "width": REPORT_WIDTH, "height": height}
+        out.write_bytes(view.screenshot(full_page=True, clip=clip))
 
 
 def shrink(path: Path) -> int:

@@ -15,6 +15,8 @@ import argparse
 import html
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,9 @@ def layout_html(dashboard: dict[str, Any]) -> str:
     )
 
 
-def screenshot_html(page_html: str, out: Path, *, width: int = WIDTH) -> None:
-    """A full-page PNG of ``page_html`` in headless Chromium."""
+@contextmanager
+def chromium_page(width: int) -> Iterator[Any]:
+    """A Playwright page of the Debian chromium (no browser download), closed on exit."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
@@ -100,12 +103,17 @@ def screenshot_html(page_html: str, out: Path, *, width: int = WIDTH) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable)
         try:
-            page = browser.new_page(viewport={"width": width, "height": 800})
-            page.set_content(page_html, wait_until="load")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out), full_page=True)
+            yield browser.new_page(viewport={"width": width, "height": 800})
         finally:
             browser.close()
+
+
+def screenshot_html(page_html: str, out: Path, *, width: int = WIDTH) -> None:
+    """A full-page PNG of ``page_html`` in headless Chromium."""
+    with chromium_page(width) as page:
+        page.set_content(page_html, wait_until="load")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
 
 
 def main() -> None:
