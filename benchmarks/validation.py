@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     traffic: TrafficRun | None = None
     command = f"python benchmarks/validation.py --part {args.part}"
     data_lines = []
+    seconds: dict[str, float] = {}
     if coco_wanted:
+        began = time.monotonic()
         coco = run_coco(args.data, resamples=args.resamples, splits=args.splits, log=_log)
         command += f" --data COCO --resamples {args.resamples} --splits {args.splits}"
         data_lines.append("COCO is the llava-bench-coco-shift directory")
+        seconds["COCO"] = time.monotonic() - began
     if traffic_wanted:
         plan = TrafficPlan(
             reference_records=args.reference,
@@ -88,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             mix_rates=args.mix_percent,
             seed=args.seed,
         )
+        began = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="validation-traffic-") as workdir:
             traffic = run_traffic(args.traffic_data, Path(workdir) / "ws", plan, log=_log)
+        seconds["traffic"] = time.monotonic() - began
         percents = ",".join(f"{round(r * 100)}" for r in plan.mix_rates)
         command += (
             f" --traffic-data TEXT --reference {plan.reference_records} --id-windows "
@@ -98,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         data_lines.append("TEXT is the llava-eval-text directory (llava-v1.5-13b on MMBench, MME)")
     command += f" --out {args.out}"
-    text = page(coco, traffic, command=command, data="where " + ", and ".join(data_lines) + ".")
+    where = "where " + ", and ".join(data_lines) + "."
+    text = page(coco, traffic, command=command, data=where, seconds=seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     _log(f"wrote {args.out}")

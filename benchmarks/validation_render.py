@@ -18,7 +18,14 @@ from monitor.detection.selfcheck import clopper_pearson
 from monitor.estimators.calibration import Interval
 
 
-def page(coco: CocoRun | None, traffic: TrafficRun | None, *, command: str, data: str) -> str:
+def page(
+    coco: CocoRun | None,
+    traffic: TrafficRun | None,
+    *,
+    command: str,
+    data: str,
+    seconds: dict[str, float],
+) -> str:
     """The whole page: header, the parts that ran, what is not covered."""
     lines = [
         "# Validation on real traffic",
@@ -30,6 +37,10 @@ def page(coco: CocoRun | None, traffic: TrafficRun | None, *, command: str, data
         f"    {command}",
         "",
         data,
+        "",
+        "Run time: "
+        + ", ".join(f"{part} part {value:.0f} s" for part, value in seconds.items())
+        + ".",
         "",
     ]
     if coco is not None:
@@ -305,6 +316,36 @@ def traffic_lines(run: TrafficRun) -> list[str]:
     return lines
 
 
+def _power_reading(run: TrafficRun) -> list[str]:
+    """The power curve in words: the smallest share that paged, and which terms moved."""
+    ids = run.stream(ID_STREAM)
+    mixes = [s for s in run.streams if s.plan.name != ID_STREAM]
+    paged = [s for s in mixes if s.first_page is not None]
+    if not paged:
+        return ["* In this run no mix stream paged."]
+    first = min(paged, key=lambda s: s.plan.shift_records)
+
+    def text_median(stream: StreamResult) -> float:
+        return float(np.median([w["jsd"]["text"] for w in stream.windows]))
+
+    def answer_median(stream: StreamResult) -> float:
+        return float(np.median([w["jsd"]["response"] for w in stream.windows]))
+
+    text_rise = text_median(first) / max(text_median(ids), 1e-12)
+    answer_rise = answer_median(first) / max(answer_median(ids), 1e-12)
+    source = "answers" if answer_rise > text_rise else "prompts"
+    return [
+        f"* In this run the smallest MME share that paged was {first.plan.shift_records} of"
+        f" {WINDOW_RECORDS} records per window",
+        f"  (`{first.plan.name}`, first page at window {first.first_page}). At that share the"
+        f" median text term was {text_median(first):.3f}",
+        f"  against {text_median(ids):.3f} on ID windows and the median answer-drift term"
+        f" {answer_median(first):.3f} against {answer_median(ids):.3f}:",
+        "  the detector adds up small per-window evidence over windows, here more of it from the"
+        f" {source}.",
+    ]
+
+
 def traffic_reading_lines(run: TrafficRun) -> list[str]:
     """What the traffic part shows and what it does not."""
     ids = run.stream(ID_STREAM)
@@ -324,13 +365,14 @@ def traffic_reading_lines(run: TrafficRun) -> list[str]:
         f"* How often held-out windows of the reference's own benchmark warn or page, over {n}",
         "  windows, and how the share of flagged windows and the time to the first page change",
         "  with the share of MME records in a window.",
+        *_power_reading(run),
         "",
         "Does not show:",
         "",
         f"* The false-page rate at the configured target. {n} ID windows are {n * window_min:g}"
         " minutes of",
-        f"  traffic; even with no page the exact 95% upper limit is {per_month_high:.0f}"
-        " false pages per month,",
+        f"  traffic; with {ids.pages} page(s) seen, the exact 95% upper limit is"
+        f" {per_month_high:.0f} false pages per month,",
         f"  while the target is one per {target_windows:,.0f} windows. That target rests on the",
         "  calibration's simulation of ID window sequences (its figures are in the setup above),",
         "  which this run does not check at that depth.",
