@@ -212,7 +212,9 @@ def _calibration_lines(run: TrafficRun) -> list[str]:
     cal: dict[str, Any] = run.calibration
     det: dict[str, Any] = cal.get("detector") or {}
     lines = [
-        f"* Calibration (`reference calibrate`, the quickstart's call): method {cal.get('method')},"
+        f"* Calibration: what `reference calibrate --window-sizes {WINDOW_RECORDS}` runs (the"
+        " quickstart's call"
+        f" of it): method {cal.get('method')},"
         f" {cal.get('trials')} null trials at windows of {WINDOW_RECORDS}; per-window",
         f"  false-alarm rate (warnings) `alerts.false_alarm_rate` = {run.false_alarm_rate:g};"
         f" false-page target `alerts.false_page_interval` = {_days(run.false_page_interval_s)}"
@@ -299,6 +301,9 @@ def traffic_lines(run: TrafficRun) -> list[str]:
         f"{window_min:g}-minute windows. The rate rests on {n} windows ({exposure:g} minutes of"
         f" traffic): the configured target, {target:.2f} false pages per month, is far below what",
         "a run of this length can resolve (see below).",
+        f"The configured per-window false-alarm rate, {run.false_alarm_rate:.0%}, is"
+        f" {'inside' if warn_low <= run.false_alarm_rate <= warn_high else 'outside'} the"
+        " interval of the flagged share.",
         "",
         "### Power curve: MME (and MM-Vet) mixed into held-out MMBench",
         "",
