@@ -12,7 +12,9 @@ this for every command, so commands added later are covered without doing anythi
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -165,8 +167,43 @@ def config_check(
         typer.echo(f"  {section}: {json.dumps(values)}")
 
 
+# A line that starts a list item keeps its own line in --help.
+_LIST_ITEM = re.compile(r"^\s*(?:[*-] |\d+[.)] )")
+
+
+def _reflow(text: str) -> str:
+    """A docstring's paragraphs as single lines, so that --help wraps them to the terminal.
+    Typer keeps the line breaks of every paragraph after the first, which at 80 columns rags
+    each source line into a long and a short one. List items and ``\\b`` blocks stay as written."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines = paragraph.split("\n")
+        if lines[0].startswith("\b"):
+            paragraphs.append(paragraph)
+            continue
+        joined = [lines[0]]
+        for line in lines[1:]:
+            if _LIST_ITEM.match(line):
+                joined.append(line)
+            else:
+                joined[-1] = f"{joined[-1]} {line.strip()}"
+        paragraphs.append("\n".join(joined))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        text = command.help or (inspect.getdoc(command.callback) if command.callback else None)
+        if text:
+            command.help = _reflow(text)
+    for subgroup in group.registered_groups:
+        if subgroup.typer_instance is not None:
+            _reflow_help(subgroup.typer_instance)
+
+
 # Every other command lives in monitor.commands, one module per command group.
 register_commands(app, config_app=config_app)
+_reflow_help(app)
 
 
 def main() -> None:

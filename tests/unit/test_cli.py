@@ -254,3 +254,28 @@ def test_help_names_no_internal_document(path: list[str]) -> None:
     result = runner.invoke(app, [*path, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "DESIGN" not in result.output and "../shared" not in result.output
+
+
+def test_help_paragraphs_reflow_but_lists_keep_their_lines() -> None:
+    from monitor.cli import _reflow
+
+    text = "First\nline.\n\nA paragraph\nover lines:\n* one\n  item\n- two\n\n\bkept\nas is"
+    assert (
+        _reflow(text)
+        == "First line.\n\nA paragraph over lines:\n* one item\n- two\n\n\bkept\nas is"
+    )
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "root")
+def test_every_command_help_is_reflowed(path: list[str]) -> None:
+    """--help wraps prose to the terminal: no source line break is left inside a paragraph."""
+    from monitor.cli import _LIST_ITEM
+
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    for paragraph in (command.help or "").split("\n\n"):
+        lines = paragraph.split("\n")
+        if lines[0].startswith("\b"):
+            continue
+        assert all(_LIST_ITEM.match(line) for line in lines[1:]), (path, paragraph)
