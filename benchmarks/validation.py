@@ -4,7 +4,8 @@ Two parts (``--part coco|traffic|all``):
 
 * coco (``validation_coco.py``): LLaVA-Bench (COCO) under text and image shifts, from the
   llava-bench-coco-shift directory (``--data``): JSD terms, bound, EMI and EMID with bootstrap
-  intervals, permutation p-values, a clean-against-clean control;
+  intervals, permutation p-values, a clean-against-clean control, and the risk the product's
+  window test gives one window of held-out questions per shift;
 * traffic (``validation_traffic.py``): MMBench and MME records of the llava-eval-text directory
   (``--traffic-data``) posted to a running ``mllm-monitor serve`` the way the quickstart does:
   held-out MMBench windows as the false-alarm control, MME mixed in at several rates as the

@@ -14,7 +14,12 @@ per shift scenario:
   estimator (both (prompt, reference) and (prompt, answer) pairs, early stopping on whole
   records), and evaluated on the other half (out of sample);
 * a false-alarm control: disjoint random halves of the clean records, one as ID and one as
-  live, with the bound's permutation p-value.
+  live, with the bound's permutation p-value;
+* the risk of one unpaired window through the product's own window test: a reference store of
+  the clean records CLUB trains on (half of them), calibrated by permutation, and a window of
+  the other half's questions under the shift (the clean other half as a control), read as the
+  daemon reads a window of a permutation-calibrated store (terms, per-window permutation nulls,
+  the warning, the drift detector's score), with how many such windows in a row would page.
 
 The page is written by ``validation_render``; the entry point is ``benchmarks/validation.py``.
 Texts are embedded by the product's ``hf_mean_pool`` encoder over the MiniLM model of the
@@ -24,14 +29,24 @@ Texts are embedded by the product's ``hf_mean_pool`` encoder over the MiniLM mod
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.stats import spearmanr
 
+from monitor.detection.assess import assess_window
+from monitor.detection.calibrate import detector_calibration
+from monitor.detection.detector import Detector, DetectorState
+from monitor.detection.permutation import PermutationTest, permutation_calibration
+from monitor.detection.risk import policy_from_settings
+from monitor.detection.window_model import Estimate, judge_window
+from monitor.detection.window_stats import TESTED_TERMS, IDArrays, WindowStatistics
 from monitor.estimators.calibration import (
     Interval,
     NullDistribution,
@@ -65,6 +80,15 @@ DIRECTION_PAIRS: tuple[tuple[str, str], ...] = (
 MODEL_FILE = "llava_bench_coco_{}llava-v1.5-13b.jsonl"
 MAX_TOKENS = 512  # the [encoders.text] default
 ID_HOLDOUT_FRACTION = 0.5  # of the 90 clean records, never trained on: EMI(ID) and EMID
+# The window test's settings, at the product's defaults ([alerts] and [windows]), except that
+# the whole 45-record window is tested (`calibrate --window-fraction 1`; the default 5% of a
+# 45-record store would test 5 of them).
+FALSE_ALARM_RATE = 0.01
+FALSE_PAGE_INTERVAL = timedelta(days=90)
+WINDOW_LENGTH = timedelta(minutes=5)
+WINDOW_FRACTION = 1.0
+CONTROL = "clean"  # the risk row of the clean held-out half
+PAGE_SEARCH_LIMIT = 10_000  # windows stepped before "never" (a score above drift pages sooner)
 
 
 @dataclass(frozen=True)
@@ -298,6 +322,138 @@ def clean_halves_control(
     return ControlResult(bounds, [null.p_value(b) for b in bounds])
 
 
+@dataclass(frozen=True)
+class WindowStore:
+    """What a stream of a permutation-calibrated store of the clean reference half judges a
+    window with: its calibration, statistics, permutation test and drift detector."""
+
+    calibration: dict[str, Any]
+    stats: WindowStatistics
+    test: PermutationTest
+    detector: Detector
+
+
+@dataclass(frozen=True)
+class WindowRisk:
+    """One window of the held-out questions as the product reads it."""
+
+    name: str
+    level: str  # ok, warning or critical (the risk rule after this one window)
+    smallest_term: str  # the tested term with the smallest p-value
+    smallest_p: float
+    term_level: float  # a term's p-value below this warns (Bonferroni over the terms tested)
+    p_values: dict[str, float]  # of each tested term with a value
+    bound_p: float | None
+    score: float | None  # the drift detector's score of the window
+    windows_to_page: int | None  # None: never (score at or below the detector's drift)
+
+
+def reference_half(n: int, held: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """The record positions CLUB trains on: the reference store's records."""
+    return np.setdiff1d(np.arange(n), held).astype(np.intp)
+
+
+def window_store(clean: Embedded, reference: npt.NDArray[np.intp], *, seed: int = 0) -> WindowStore:
+    """`mllm-monitor calibrate --method permutation --window-fraction 1` of a store of the
+    ``reference`` clean records, as pure calls: the permutation calibration (its default
+    number of permutations), the statistics the daemon builds from it and the detector it
+    calibrates for FALSE_PAGE_INTERVAL at WINDOW_LENGTH windows."""
+    store = clean.take(reference)
+    n = len(reference)
+    arrays = IDArrays(
+        store.prompts,
+        store.answers,
+        None,
+        np.zeros(n, dtype=bool),
+        store.references,
+        np.ones(n, dtype=bool),
+    )
+    calibration = permutation_calibration(
+        arrays, seed=seed, false_alarm_rate=FALSE_ALARM_RATE, max_window_fraction=WINDOW_FRACTION
+    )
+    calibration["detector"] = detector_calibration(
+        calibration, window=WINDOW_LENGTH, false_page_interval=FALSE_PAGE_INTERVAL, seed=seed
+    )
+    stats = WindowStatistics.for_calibration(arrays, calibration)
+    detector = Detector.from_calibration(calibration)
+    assert detector is not None
+    return WindowStore(
+        calibration,
+        stats,
+        PermutationTest(arrays, calibration["comparison"], stats.jsd_mode),
+        detector,
+    )
+
+
+def window_risk(name: str, store: WindowStore, window: Embedded, *, seed: int = 0) -> WindowRisk:
+    """The window's terms, permutation nulls and assessment (StreamModel.estimate for a store
+    without images or OOD threshold), its verdict from the detector's initial state
+    (judge_window under the default [alerts], no EMID: see the page), and how many windows of
+    the same score in a row the detector takes to page."""
+    n = window.prompts.shape[0]
+    limit = int(store.calibration["max_window_records"])
+    assert n <= limit, "the whole window is tested (WINDOW_FRACTION)"
+    values = store.stats(
+        prompts=window.prompts,
+        images=None,
+        responses=window.answers,
+        reference_pairs=(window.answers, window.references),
+    )
+    rows: dict[str, Rows | None] = {
+        "prompt": window.prompts,
+        "image": None,
+        "response": window.answers,
+        "reference": window.references,
+    }
+    present = {kind: np.full(n, kind != "image") for kind in rows}
+    trials = int(store.calibration["trials"])
+    nulls = store.test.nulls(rows, present, values, trials=trials, seed=seed)
+    assessment = assess_window(
+        store.calibration,
+        values,
+        n=n,
+        n_images=0,
+        n_references=n,
+        ood_fraction=None,
+        alpha=FALSE_ALARM_RATE,
+        window_nulls=nulls,
+    )
+    reasons = tuple(f"{t} p={assessment.p_values[t]:.3g}" for t in assessment.significant_terms)
+    estimate = Estimate(values=values, assessment=assessment, reasons=reasons)
+    policy = policy_from_settings(None, "auto", 0.0)
+    verdict = judge_window(
+        estimate, detector=store.detector, before=None, previous=(), policy=policy
+    )
+    tested = {t: p for t in TESTED_TERMS if (p := assessment.p_values.get(t)) is not None}
+    smallest = min(tested, key=lambda t: tested[t])
+    score = verdict.detector.score if verdict.detector is not None else None
+    assert assessment.term_level is not None
+    return WindowRisk(
+        name=name,
+        level=verdict.decision.level.name.lower(),
+        smallest_term=smallest,
+        smallest_p=tested[smallest],
+        term_level=assessment.term_level,
+        p_values=tested,
+        bound_p=assessment.p_values.get("bound"),
+        score=score,
+        windows_to_page=windows_to_page(store.detector, score),
+    )
+
+
+def windows_to_page(detector: Detector, score: float | None) -> int | None:
+    """Windows of this score in a row, from the detector's initial state, until it pages;
+    None when it never does (no score, or one at or below the drift)."""
+    if score is None or score <= detector.drift:
+        return None
+    state = DetectorState()
+    for count in range(1, PAGE_SEARCH_LIMIT + 1):
+        state = detector.step(state, score)
+        if state.alarmed:
+            return count
+    return None
+
+
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(spearmanr(xs, ys).statistic)
 
@@ -313,6 +469,10 @@ class CocoRun:
     held: int
     resamples: int
     splits: int
+    risks: list[WindowRisk]
+    detector: Detector
+    permutations: int
+    risk_seconds: float
 
 
 def run_coco(
@@ -336,11 +496,18 @@ def run_coco(
         clean.references[held],
         resamples=resamples,
     )
+    started = time.perf_counter()
+    store = window_store(clean, reference_half(clean.prompts.shape[0], held))
+    risks = [window_risk(CONTROL, store, clean.take(held))]
+    risk_seconds = time.perf_counter() - started
     results = []
     for name in scenarios:
         live = embed_live(encode, read_scenario(data, name), clean_texts, clean)
         results.append(evaluate_scenario(name, clean, live, club, held, resamples=resamples))
-        log(f"{name}: bound {results[-1].bound.estimate:.3f}")
+        started = time.perf_counter()
+        risks.append(window_risk(name, store, live.take(held)))
+        risk_seconds += time.perf_counter() - started
+        log(f"{name}: bound {results[-1].bound.estimate:.3f}, risk {risks[-1].level}")
     control = clean_halves_control(clean, splits=splits, trials=resamples)
     return CocoRun(
         results=results,
@@ -350,4 +517,8 @@ def run_coco(
         held=len(held),
         resamples=resamples,
         splits=splits,
+        risks=risks,
+        detector=store.detector,
+        permutations=int(store.calibration["trials"]),
+        risk_seconds=risk_seconds,
     )

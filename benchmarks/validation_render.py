@@ -9,7 +9,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from validation_coco import DIRECTION_PAIRS, MAX_TOKENS, CocoRun, spearman
+from validation_coco import (
+    CONTROL,
+    DIRECTION_PAIRS,
+    FALSE_ALARM_RATE,
+    FALSE_PAGE_INTERVAL,
+    MAX_TOKENS,
+    WINDOW_LENGTH,
+    CocoRun,
+    WindowRisk,
+    spearman,
+)
 from validation_traffic import ID_STREAM, MINUTES_PER_MONTH, StreamResult, TrafficRun
 
 from monitor.commands.quickstart import WINDOW_RECORDS
@@ -102,6 +112,14 @@ def coco_lines(run: CocoRun) -> list[str]:
         "* p: paired permutation p-value, swapping the clean and shifted",
         f"  versions of a random half of the questions, {resamples} permutations (smallest",
         f"  possible p: {1 / (resamples + 1):.4f}).",
+        f"* Risk: the product's window test, unpaired. A reference store of the {90 - held} clean",
+        "  records CLUB trains on, calibrated as `mllm-monitor calibrate --method permutation",
+        "  --window-fraction 1` would (its default number of permutations; the drift detector",
+        f"  for `[alerts] false_page_interval` = {FALSE_PAGE_INTERVAL.days}d at"
+        f" {WINDOW_LENGTH.total_seconds() / 60:g}-minute windows), judges one window of the other",
+        f"  {held} questions under the shift, through the daemon's own pure functions (terms,",
+        "  per-window permutation nulls, the warning, the detector's score); the same questions",
+        "  clean are the control window.",
         "* 90 records is small: the JSD terms are biased upwards at this size and EMI from a",
         "  CLUB trained on 45 records is noisy. Read the intervals, not the third digit.",
         "",
@@ -120,6 +138,7 @@ def coco_lines(run: CocoRun) -> list[str]:
             f"{_fmt(r.output_live)} | {_fmt(r.bound, 3)} | {r.bound_p:.3f} | "
             f"{_fmt(r.emi_live, 3)} | {_fmt(r.emid, 3)} |"
         )
+    lines += _risk_lines(run)
     lines += [
         "",
         "### Does the bound track EMID?",
@@ -404,6 +423,75 @@ def traffic_reading_lines(run: TrafficRun) -> list[str]:
     ]
 
 
+def _windows_to_page(risk: WindowRisk, window_min: float) -> str:
+    if risk.windows_to_page is None:
+        return "never"
+    n = risk.windows_to_page
+    return f"{n} window{'s' if n != 1 else ''} ({n * window_min:g} min)"
+
+
+def _risk_lines(run: CocoRun) -> list[str]:
+    risks, detector = run.risks, run.detector
+    window_min = WINDOW_LENGTH.total_seconds() / 60
+    level = risks[0].term_level
+    floor = 1 / (run.permutations + 1)
+    lines = [
+        "",
+        f"### Risk of one window of {run.held} held-out questions",
+        "",
+        f"Store: the other {90 - run.held} clean records, {run.permutations} permutations per"
+        f" window (smallest p: {floor:.4f}).",
+        f"A tested term warns below p = {level:.4f} ({FALSE_ALARM_RATE:g} over the"
+        f" {round(FALSE_ALARM_RATE / level)} terms tested: text, output_live, response; no"
+        " visual term, no OOD threshold in the store). The score is the drift detector's z of",
+        "the bound's and the response term's p-values; its threshold for one false page per",
+        f"{FALSE_PAGE_INTERVAL.days} days at {window_min:g}-minute windows is"
+        f" {detector.threshold:.3g}, with drift {detector.drift:g}, so a score at or below"
+        f" {detector.drift:g} never pages.",
+        "",
+        "| window | level | text p | output_live p | response p | bound p | score | "
+        "windows to page if sustained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def p_cell(risk: WindowRisk, term: str) -> str:
+        p = risk.p_values.get(term)
+        if p is None:
+            return "-"
+        cell = f"{p:.4f}"
+        return f"**{cell}**" if p < risk.term_level else cell
+
+    for r in risks:
+        name = f"{CONTROL} (control)" if r.name == CONTROL else r.name
+        bound = "-" if r.bound_p is None else f"{r.bound_p:.4f}"
+        score = "-" if r.score is None else f"{r.score:.2f}"
+        lines.append(
+            f"| {name} | {r.level} | {p_cell(r, 'text')} | {p_cell(r, 'output_live')} | "
+            f"{p_cell(r, 'response')} | {bound} | {score} | {_windows_to_page(r, window_min)} |"
+        )
+    lines += [
+        "",
+        "Bold: below the warning's per-term level. A single window is ok or a warning; a",
+        "critical needs the detector over a sequence of windows (the last column: windows of the",
+        "same score in a row, from the detector's initial state). The EMID rule (critical when",
+        "a window's whole EMID interval lies above `[alerts] emid_budget`) is not applied here:",
+        "a 45-record store whose CLUB trains on every record has no held-out EMI(ID) (the EMID",
+        "column above is on held-out questions, and none of its intervals lies above 0).",
+        f"Risk computation: {run.risk_seconds:.0f} s for all {len(risks)} windows, detector",
+        "calibration included.",
+    ]
+    image_only = [r.name for r in risks if r.name in ("defocus_blur_3", "frost_5")]
+    if image_only and all(r.level == "ok" for r in risks if r.name in image_only):
+        lines += [
+            "",
+            f"The image-only shifts ({', '.join(image_only)}) stay ok: their prompts are the clean",
+            "ones, so the text term is the control's, there are no images here for a visual term,",
+            "and the answers to 45 degraded images are not told apart from the clean answers at",
+            "this size (output_live and response p-values above).",
+        ]
+    return lines
+
+
 def not_covered_lines(coco: bool, traffic: bool) -> list[str]:
     lines = ["## Not covered here", ""]
     if not coco:
@@ -415,13 +503,14 @@ def not_covered_lines(coco: bool, traffic: bool) -> list[str]:
     lines += [
         "* Images: neither data set carries them, so the visual term of the bound is never",
         "  measured here.",
-        "* Risk levels on the COCO part. The product could read the shifted set as one window",
-        "  against a store of the 90 clean records (a permutation calibration, as stores too",
-        "  small for pseudo-windows get); that is not done here: the window would hold the very",
-        "  questions of the store that calibrates it, a paired design the product's unpaired",
-        "  window test does not model, and pages are about sequences of windows, which 90",
-        "  questions do not make. The paired permutation p-values above fit this design; risk",
-        "  levels and pages on real traffic are in the traffic part.",
+        "* Risk on the COCO part is one 45-record window per scenario against a 45-record",
+        "  store: the permutation p-value floor (1 / (permutations + 1)) caps how strong a",
+        "  window can look, so every detected text shift reads the same p and score, and",
+        '  "windows to page" is what a sustained stream of such windows would do, not a',
+        "  measured sequence (90 questions make one window). The store's default window",
+        "  fraction (5%) would test only 5 records of the window; `--window-fraction 1` is",
+        "  assumed. False alarms of such windows are not measured here (one control window);",
+        "  risk levels and pages on real traffic are in the traffic part.",
         "* Window-level false alarms and power over many more windows (simulated sequences from",
         "  MMBench, MME and MM-Vet rows, without the daemon) are measured by",
         "  `benchmarks/bench_pager.py`.",
