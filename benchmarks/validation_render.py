@@ -116,10 +116,10 @@ def coco_lines(run: CocoRun) -> list[str]:
         "  records CLUB trains on, calibrated as `mllm-monitor calibrate --method permutation",
         "  --window-fraction 1` would (its default number of permutations; the drift detector",
         f"  for `[alerts] false_page_interval` = {FALSE_PAGE_INTERVAL.days}d at"
-        f" {WINDOW_LENGTH.total_seconds() / 60:g}-minute windows), judges one window of the other",
-        f"  {held} questions under the shift, through the daemon's own pure functions (terms,",
-        "  per-window permutation nulls, the warning, the detector's score); the same questions",
-        "  clean are the control window.",
+        f" {WINDOW_LENGTH.total_seconds() / 60:g}-minute windows),",
+        f"  judges one window of the other {held} questions under the shift through the",
+        "  daemon's own pure functions (terms, per-window permutation nulls, the warning, the",
+        "  detector's score); the same questions clean are the control window.",
         "* 90 records is small: the JSD terms are biased upwards at this size and EMI from a",
         "  CLUB trained on 45 records is noisy. Read the intervals, not the third digit.",
         "",
@@ -440,14 +440,14 @@ def _risk_lines(run: CocoRun) -> list[str]:
         f"### Risk of one window of {run.held} held-out questions",
         "",
         f"Store: the other {90 - run.held} clean records, {run.permutations} permutations per"
-        f" window (smallest p: {floor:.4f}).",
-        f"A tested term warns below p = {level:.4f} ({FALSE_ALARM_RATE:g} over the"
-        f" {round(FALSE_ALARM_RATE / level)} terms tested: text, output_live, response; no"
-        " visual term, no OOD threshold in the store). The score is the drift detector's z of",
-        "the bound's and the response term's p-values; its threshold for one false page per",
-        f"{FALSE_PAGE_INTERVAL.days} days at {window_min:g}-minute windows is"
-        f" {detector.threshold:.3g}, with drift {detector.drift:g}, so a score at or below"
-        f" {detector.drift:g} never pages.",
+        f" window (smallest p: {floor:.4f}). A",
+        f"tested term warns below p = {level:.4f} ({FALSE_ALARM_RATE:g} over the"
+        f" {round(FALSE_ALARM_RATE / level)} terms tested: text, output_live,",
+        "response; no visual term, and the store has no OOD threshold). The score is the drift",
+        "detector's z of the bound's and the response term's p-values; its threshold for one",
+        f"false page per {FALSE_PAGE_INTERVAL.days} days at {window_min:g}-minute windows is"
+        f" {detector.threshold:.3g}, with drift {detector.drift:g}: a",
+        f"score at or below {detector.drift:g} never pages.",
         "",
         "| window | level | text p | output_live p | response p | bound p | score | "
         "windows to page if sustained |",
@@ -475,11 +475,19 @@ def _risk_lines(run: CocoRun) -> list[str]:
         "critical needs the detector over a sequence of windows (the last column: windows of the",
         "same score in a row, from the detector's initial state). The EMID rule (critical when",
         "a window's whole EMID interval lies above `[alerts] emid_budget`) is not applied here:",
-        "a 45-record store whose CLUB trains on every record has no held-out EMI(ID) (the EMID",
-        "column above is on held-out questions, and none of its intervals lies above 0).",
-        f"Risk computation: {run.risk_seconds:.0f} s for all {len(risks)} windows, detector",
-        "calibration included.",
+        "this store's CLUB trains on all 45 of its records, so the daemon would read EMI(ID) in",
+        "sample, biased upwards (the EMID column above is out of sample, on held-out questions).",
+        f"Risk computation: {run.risk_seconds:.0f} s for all {len(risks)} windows, detector"
+        " calibration included.",
     ]
+    floored = [r.name for r in risks if r.p_values.get("text") == floor]
+    if floored:
+        lines += [
+            "",
+            f"{', '.join(floored)}: the text p-value is at the permutation floor, so these",
+            "windows read the same score; how much stronger one of them is than another does",
+            "not show in a 45-record window.",
+        ]
     image_only = [r.name for r in risks if r.name in ("defocus_blur_3", "frost_5")]
     if image_only and all(r.level == "ok" for r in risks if r.name in image_only):
         lines += [
@@ -505,7 +513,7 @@ def not_covered_lines(coco: bool, traffic: bool) -> list[str]:
         "  measured here.",
         "* Risk on the COCO part is one 45-record window per scenario against a 45-record",
         "  store: the permutation p-value floor (1 / (permutations + 1)) caps how strong a",
-        "  window can look, so every detected text shift reads the same p and score, and",
+        "  window can look (text shifts of different strength read the same p and score), and",
         '  "windows to page" is what a sustained stream of such windows would do, not a',
         "  measured sequence (90 questions make one window). The store's default window",
         "  fraction (5%) would test only 5 records of the window; `--window-fraction 1` is",
