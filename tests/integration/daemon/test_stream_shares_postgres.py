@@ -33,6 +33,7 @@ from monitor.windows import window_start
 from tests.integration.daemon.test_leader_lost_postgres import (  # noqa: F401
     Replica,
     admin,
+    clear_of_window_end,
     database_url,
 )
 from tests.integration.daemon.test_pipeline import StandIn
@@ -78,6 +79,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:  # noqa: F811
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[list[Replica]]:
     made = [Replica(settings) for _ in range(3)]
+    clear_of_window_end()
     try:
         yield made
     finally:
