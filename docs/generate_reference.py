@@ -250,9 +250,7 @@ def _flat_routes(routes: list[Any]) -> Iterator[Any]:
 def _serve_routes() -> tuple[list[Any], dict[str, Any]]:
     """The routes of the app `serve` builds (records, traces, health, metrics, the sidecar's
     routes, the windows routes) and their OpenAPI schema, on a throwaway SQLite file."""
-    from monitor.daemon import serving_routers
-    from monitor.ingest.app import create_app
-    from monitor.ingest.service import IngestService
+    from monitor.daemon import serving_app
     from monitor.metrics import MonitorMetrics
     from monitor.store import migrate
     from monitor.store.engine import engine_from_settings
@@ -271,9 +269,7 @@ def _serve_routes() -> tuple[list[Any], dict[str, Any]]:
         repository = open_repository(settings)
         try:
             metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-            ingest = IngestService(settings, repository, metrics)
-            routers = serving_routers(settings, repository, ingest, metrics)
-            app = create_app(settings, repository, metrics, ingest=ingest, routers=routers)
+            app, _ = serving_app(settings, repository, metrics)
             schema = get_openapi(title="mllm-monitor", version="", routes=app.routes)
             return list(_flat_routes(app.routes)), schema
         finally:

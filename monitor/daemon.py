@@ -92,9 +92,7 @@ class Daemon:
 
     def _load(self) -> None:
         from monitor.embedding import encoders_from_settings
-        from monitor.ingest.app import create_app
         from monitor.ingest.readiness import CachedProbe, Readiness, database_check
-        from monitor.ingest.service import IngestService
         from monitor.store.repository import open_repository
 
         settings = self.settings
@@ -113,17 +111,9 @@ class Daemon:
         )
         self.stores = self._load_stores(readiness, encoders)
 
-        self.ingest = ingest = IngestService(settings, repository, self.metrics)
         self.workers = self._build_workers(repository, encoders, readiness)
         self.scheduler = self._build_scheduler(repository, readiness)
-        self.app = create_app(
-            settings,
-            repository,
-            self.metrics,
-            readiness=readiness,
-            ingest=ingest,
-            routers=self._routers(repository, ingest),
-        )
+        self.app, self.ingest = serving_app(settings, repository, self.metrics, readiness=readiness)
 
     def _load_stores(self, readiness: Readiness, encoders: EncoderSet) -> dict[str, ReferenceStore]:
         """The reference stores by stream (:func:`monitor.services.stream_stores`), each
@@ -185,9 +175,6 @@ class Daemon:
         return WindowScheduler(
             self.settings, repository, self.stores, self.metrics, readiness=readiness
         )
-
-    def _routers(self, repository: Repository, ingest: IngestService) -> list[APIRouter]:
-        return serving_routers(self.settings, repository, ingest, self.metrics)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -309,6 +296,26 @@ def serve(settings: Settings) -> None:
     daemon = Daemon(settings)
     daemon.load()
     daemon.run()
+
+
+def serving_app(
+    settings: Settings,
+    repository: Repository,
+    metrics: MonitorMetrics,
+    *,
+    readiness: Readiness | None = None,
+) -> tuple[FastAPI, IngestService]:
+    """The app ``serve`` runs, and its ingest service: the ingest app with
+    :func:`serving_routers` (also what the generated HTTP reference and the route tests build)."""
+    from monitor.ingest.app import create_app
+    from monitor.ingest.service import IngestService
+
+    ingest = IngestService(settings, repository, metrics)
+    routers = serving_routers(settings, repository, ingest, metrics)
+    app = create_app(
+        settings, repository, metrics, readiness=readiness, ingest=ingest, routers=routers
+    )
+    return app, ingest
 
 
 def serving_routers(

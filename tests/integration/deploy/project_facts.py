@@ -43,9 +43,7 @@ def console_scripts() -> dict[str, str]:
 def daemon_app(tmp_dir: Path) -> Iterator[TestClient]:
     """A client of the app as the daemon builds it (records, health, metrics, the sidecar
     route, the windows route), on a throwaway SQLite file; the upstream is unreachable."""
-    from monitor.daemon import serving_routers
-    from monitor.ingest.app import create_app
-    from monitor.ingest.service import IngestService
+    from monitor.daemon import serving_app
     from monitor.metrics import MonitorMetrics
     from monitor.store import migrate
     from monitor.store.engine import engine_from_settings
@@ -63,9 +61,7 @@ def daemon_app(tmp_dir: Path) -> Iterator[TestClient]:
     repository = open_repository(settings)
     try:
         metrics = MonitorMetrics(CollectorRegistry(), ["default"])
-        ingest = IngestService(settings, repository, metrics)
-        routers = serving_routers(settings, repository, ingest, metrics)
-        app = create_app(settings, repository, metrics, ingest=ingest, routers=routers)
+        app, _ = serving_app(settings, repository, metrics)
         with TestClient(app) as client:
             yield client
     finally:
